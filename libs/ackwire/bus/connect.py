@@ -1,0 +1,90 @@
+"""Connecting to NATS the way a long-running service should.
+
+A service started before NATS is reachable (the seeds' worker that
+crash-looped on ECONNREFUSED) waits and retries with capped exponential
+back-off and jitter, logging one clear line per attempt, and carries on as
+soon as NATS is up. After the first connection, nats-py reconnects by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats
+import stamina
+import structlog
+from nats.aio.client import Client
+from nats.errors import NoServersError
+
+T = TypeVar("T")
+
+UNREACHABLE = (OSError, TimeoutError, NoServersError)
+"""What a failed first connection raises: refused, unresolvable, timed out, no server left."""
+
+_log = structlog.get_logger("ackwire.bus")
+
+
+def client_options(servers: list[str], name: str) -> dict[str, Any]:
+    """Options for `nats.connect` (and FastStream's `NatsBroker`) shared by every service."""
+
+    async def on_error(exc: Exception) -> None:
+        # A refused or lost socket is reported as `nats.unreachable` / `nats.disconnected`.
+        log = _log.debug if isinstance(exc, UNREACHABLE) else _log.warning
+        log("nats.error", error=str(exc) or type(exc).__name__)
+
+    async def on_disconnected() -> None:
+        _log.warning("nats.disconnected")
+
+    async def on_reconnected() -> None:
+        _log.info("nats.reconnected")
+
+    return {
+        "servers": servers,
+        "name": name,
+        "connect_timeout": 2,
+        "reconnect_time_wait": 1,
+        # The first connection gives up after two tries of each server, so that
+        # `until_connected` backs off and says so; `keep_reconnecting` lifts the limit
+        # once connected. (Unlimited from the start, nats-py would retry the first
+        # connection itself, silently and without back-off.)
+        "max_reconnect_attempts": 1,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnected,
+        "reconnected_cb": on_reconnected,
+    }
+
+
+async def until_connected(connect: Callable[[], Awaitable[T]], servers: list[str]) -> T:
+    """Run `connect` until it succeeds, backing off between attempts; never gives up."""
+    async for attempt in stamina.retry_context(
+        on=UNREACHABLE, attempts=None, timeout=None, wait_initial=0.2, wait_max=5.0
+    ):
+        with attempt:
+            try:
+                connected = await connect()
+            except UNREACHABLE as exc:
+                _log.warning(
+                    "nats.unreachable",
+                    servers=servers,
+                    attempt=attempt.num,
+                    retry_in_s=round(attempt.next_wait, 2),
+                    error=str(exc) or type(exc).__name__,
+                    hint="waiting for NATS; retrying with back-off",
+                )
+                raise
+            _log.info("nats.connected", servers=servers, attempts=attempt.num)
+            return connected
+    raise AssertionError("stamina stopped retrying without attempts or timeout")  # pragma: no cover
+
+
+def keep_reconnecting(nc: Client) -> None:
+    """From now on, let nats-py reconnect by itself after any loss of connection."""
+    nc.options["max_reconnect_attempts"] = -1
+
+
+async def connect_nats(servers: list[str], name: str) -> Client:
+    """A nats-py client, waiting for NATS as long as it takes."""
+    nc = await until_connected(lambda: nats.connect(**client_options(servers, name)), servers)
+    keep_reconnecting(nc)
+    return nc

@@ -1,0 +1,39 @@
+"""Messages and records on the bus, as pydantic models (never bare dicts)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class BusModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class PresenceRecord(BusModel):
+    """A live connection: which session of which user is held by which gateway."""
+
+    session_id: str
+    user: str
+    gateway: str
+    connection_id: str
+    connected_at: datetime = Field(default_factory=utc_now)
+
+
+class NodeRegistration(BusModel):
+    """A node announcing itself; refreshed every heartbeat, gone when it stops refreshing."""
+
+    name: str
+    kinds: list[str]
+    capacity: Annotated[int, Field(ge=1)]
+    pid: int
+    started_at: datetime = Field(default_factory=utc_now)

@@ -1,0 +1,76 @@
+"""Creating every stream and KV bucket the suite uses, idempotently.
+
+Every service runs `provision` at start-up, so no start order is needed and a
+configuration change (say, replicas 1 -> 3) is applied by the next service
+that starts. Running it twice, or from many services at once, is harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BadRequestError
+
+from ackwire.bus import subjects
+from ackwire.settings import Settings
+
+#: JetStream's "stream name already in use with a different configuration".
+_STREAM_NAME_IN_USE = 10058
+
+_log = structlog.get_logger("ackwire.bus")
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    bucket: str
+    description: str
+    ttl_s: float | None = None
+
+
+def buckets(settings: Settings) -> list[BucketSpec]:
+    """Every KV bucket of the suite, as this deployment configures it."""
+    return [
+        BucketSpec(subjects.PRESENCE_BUCKET, "ackwire: live connections, one key per session"),
+        BucketSpec(
+            subjects.NODES_BUCKET,
+            "ackwire: registered nodes, expiring after three missed heartbeats",
+            ttl_s=3 * settings.node_heartbeat_s,
+        ),
+    ]
+
+
+async def provision(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update every stream and bucket to match `settings`."""
+    for spec in buckets(settings):
+        await _ensure_bucket(js, spec, settings.replicas)
+
+
+async def _ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> None:
+    config = KeyValueConfig(
+        bucket=spec.bucket,
+        description=spec.description,
+        ttl=spec.ttl_s,
+        replicas=replicas,
+        storage=StorageType.FILE,
+        history=1,
+    )
+    try:
+        await js.create_key_value(config)
+    except BadRequestError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise
+        stream = f"KV_{spec.bucket}"
+        current = (await js.stream_info(stream)).config
+        await js.update_stream(
+            current.evolve(
+                description=spec.description,
+                max_age=spec.ttl_s or 0.0,
+                # JetStream requires the duplicate window to fit inside max_age.
+                duplicate_window=min(current.duplicate_window or 120.0, spec.ttl_s or 120.0),
+                num_replicas=replicas,
+            )
+        )
+        _log.info("bus.bucket_updated", bucket=spec.bucket, replicas=replicas, ttl_s=spec.ttl_s)

@@ -1,0 +1,71 @@
+"""Every subject, stream, bucket and key name the suite uses, built in one place.
+
+Names that carry client-influenced input (user ids, session ids, service
+names) pass through a validator or an injective encoding here, so that no
+client input can put `.`, `*`, `>` or whitespace into a subject or a key.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+
+PREFIX = "ackwire"
+
+#: KV bucket of live connections, one key per session: who is connected where.
+PRESENCE_BUCKET = "ackwire_presence"
+#: KV bucket of registered nodes, one key per node, refreshed by its heartbeat.
+NODES_BUCKET = "ackwire_nodes"
+
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SESSION_ID = re.compile(r"s-[A-Za-z0-9_-]{16,64}")
+_USER_ID_MAX = 256
+
+
+class InvalidNameError(ValueError):
+    """A name that cannot be placed into a subject or a key."""
+
+
+def new_session_id() -> str:
+    """A fresh, unguessable session id (`s-` and 128 random bits)."""
+    return "s-" + secrets.token_urlsafe(16)
+
+
+def session_token(session_id: str) -> str:
+    """The session id as one subject token; raises `InvalidNameError` if it is not one of ours."""
+    if not _SESSION_ID.fullmatch(session_id):
+        raise InvalidNameError(f"not a session id: {session_id[:80]!r}")
+    return session_id
+
+
+def service_token(name: str) -> str:
+    """A gateway, scheduler or node name as one subject token."""
+    if not _SAFE_TOKEN.fullmatch(name):
+        raise InvalidNameError(f"service names are 1-64 of A-Z a-z 0-9 _ -, not {name[:80]!r}")
+    return name
+
+
+def user_token(user_id: str) -> str:
+    """A user id as one subject token and KV key part; injective.
+
+    Ids made of `[A-Za-z0-9_-]` (up to 64) stand for themselves, so operators
+    can read them; any other id (an e-mail address, say) is `=` followed by
+    the base32 of its UTF-8 bytes. `=` never appears in a plain id, so two
+    users never share a token.
+    """
+    if not user_id or len(user_id) > _USER_ID_MAX:
+        raise InvalidNameError(f"a user id is 1-{_USER_ID_MAX} characters")
+    if _SAFE_TOKEN.fullmatch(user_id):
+        return user_id
+    encoded = base64.b32encode(user_id.encode("utf-8", "surrogatepass")).decode("ascii")
+    return "=" + encoded.rstrip("=").lower()
+
+
+def presence_key(user_id: str, session_id: str) -> str:
+    """The presence key of one session: `<user>.<session>`, so `<user>.*` lists a user's."""
+    return f"{user_token(user_id)}.{session_token(session_id)}"
+
+
+def node_key(node_name: str) -> str:
+    return service_token(node_name)

@@ -1,0 +1,71 @@
+"""What every service process does around its work: start, announce, drain on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from typing import Any, Protocol
+
+import structlog
+
+_log = structlog.get_logger("ackwire")
+
+
+class Service(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def url(self) -> str | None: ...
+
+    async def start(self) -> None:
+        """Connect (waiting for NATS as long as it takes) and begin serving."""
+
+    async def drain(self) -> None:
+        """Stop taking work, finish or hand back what is in flight, disconnect."""
+
+
+def announce_started(service: str, name: str, url: str | None = None) -> None:
+    """Print the `ackwire started …` line of operations.md; tools parse it from stdout."""
+    line = f"ackwire started {service} {name} pid={os.getpid()}"
+    print(f"{line} {url}" if url else line, flush=True)
+
+
+def stop_signal() -> asyncio.Future[signal.Signals]:
+    """A future that SIGTERM or SIGINT completes; the handlers are in place on return."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    return received
+
+
+async def run_until_stopped(kind: str, service: Service) -> None:
+    """Start `service`, announce it, serve until SIGTERM/SIGINT, then drain.
+
+    A signal while the service still waits for NATS stops it cleanly too.
+    """
+    structlog.contextvars.bind_contextvars(**{kind: service.name})
+    stop = stop_signal()
+    starting = asyncio.ensure_future(service.start())
+    either: list[asyncio.Future[Any]] = [starting, stop]
+    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        _log.info("service.stopped_before_start", service=kind, signal=stop.result().name)
+        await service.drain()
+        return
+    starting.result()
+    announce_started(kind, service.name, service.url)
+    sig = await stop
+    _log.info("service.stopping", service=kind, signal=sig.name)
+    await service.drain()

@@ -1,0 +1,72 @@
+"""Liveness, readiness and Prometheus metrics over plain HTTP.
+
+Every service answers `GET /healthz`, `GET /readyz` and `GET /metrics`. The
+gateway answers them on its WebSocket port (websockets lets a request that is
+not an upgrade be answered in `process_request`); the scheduler and nodes run
+the same responder on `ACKWIRE_HTTP_PORT`. No extra web framework is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+
+import prometheus_client
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+Readiness = Callable[[], str | None]
+"""Returns `None` when ready, else why not (shown in the 503 body)."""
+
+
+class Probes:
+    def __init__(self, readiness: Readiness) -> None:
+        self._readiness = readiness
+
+    def respond(self, _connection: ServerConnection, request: Request) -> Response | None:
+        """Answer a plain HTTP request; `None` lets a WebSocket upgrade proceed."""
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        path = request.path.partition("?")[0]
+        if path == "/healthz":
+            return _response(HTTPStatus.OK, b"ok\n")
+        if path == "/readyz":
+            why_not = self._readiness()
+            if why_not is None:
+                return _response(HTTPStatus.OK, b"ready\n")
+            return _response(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {why_not}\n".encode())
+        if path == "/metrics":
+            return _response(
+                HTTPStatus.OK,
+                prometheus_client.generate_latest(),
+                prometheus_client.CONTENT_TYPE_LATEST,
+            )
+        return _response(HTTPStatus.NOT_FOUND, b"not found\n")
+
+
+def _response(
+    status: HTTPStatus, body: bytes, content_type: str = "text/plain; charset=utf-8"
+) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+async def serve_probes(host: str, port: int, probes: Probes) -> Server:
+    """An HTTP-only server for services that hold no WebSockets (scheduler, nodes)."""
+
+    async def refuse_upgrade(connection: ServerConnection, request: Request) -> Response:
+        return probes.respond(connection, request) or _response(
+            HTTPStatus.NOT_FOUND, b"this port serves health and metrics only\n"
+        )
+
+    async def unreachable(_connection: ServerConnection) -> None:  # every request is answered above
+        return None
+
+    return await serve(unreachable, host, port, process_request=refuse_upgrade)

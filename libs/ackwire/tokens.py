@@ -1,0 +1,83 @@
+"""Client tokens: JWTs whose `sub` is the user and whose `topics` claim lists patterns.
+
+HS256 with the deployment's secret by default; RS256/ES256 with a configured
+public key. The gateway verifies, `ackwire token` mints (HS256 only: a
+deployment on public keys mints with its own identity provider).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from ackwire.settings import JwtAlgorithm, Settings
+
+_SUB_MAX = 256
+_TOPIC_MAX = 256
+_TOPICS_MAX = 256
+_LEEWAY_S = 5
+
+
+class InvalidTokenError(Exception):
+    """The token is missing, malformed, badly signed or expired; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a verified token speaks for."""
+
+    user: str
+    topics: tuple[str, ...]
+    expires_at: float
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings) -> None:
+        self._algorithm = settings.jwt_algorithm
+        if self._algorithm is JwtAlgorithm.HS256:
+            self._key: str = settings.jwt_secret.get_secret_value()
+        elif settings.jwt_public_key:
+            self._key = settings.jwt_public_key
+        else:
+            raise ValueError(f"ACKWIRE_JWT_PUBLIC_KEY is required for {self._algorithm}")
+
+    def verify(self, token: str) -> Identity:
+        """The identity a token proves; raises `InvalidTokenError` saying why not."""
+        if not token:
+            raise InvalidTokenError("missing token")
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self._algorithm.value],
+                options={"require": ["sub", "exp"]},
+                leeway=_LEEWAY_S,
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise InvalidTokenError("token expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise InvalidTokenError(f"invalid token: {exc}") from exc
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not 0 < len(sub) <= _SUB_MAX:
+            raise InvalidTokenError(f"claim `sub` must be a string of 1-{_SUB_MAX} characters")
+        topics = claims.get("topics", [])
+        if (
+            not isinstance(topics, list)
+            or len(topics) > _TOPICS_MAX
+            or not all(isinstance(t, str) and 0 < len(t) <= _TOPIC_MAX for t in topics)
+        ):
+            raise InvalidTokenError("claim `topics` must be a list of topic patterns")
+        return Identity(user=sub, topics=tuple(topics), expires_at=float(claims["exp"]))
+
+
+def mint_token(
+    secret: str, sub: str, *, topics: list[str] | None = None, ttl_s: float = 3600.0
+) -> str:
+    """An HS256 token for `sub`, valid for `ttl_s` seconds."""
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": sub, "iat": now, "exp": now + int(ttl_s)}
+    if topics:
+        claims["topics"] = topics
+    return jwt.encode(claims, secret, algorithm="HS256")

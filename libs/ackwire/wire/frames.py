@@ -1,0 +1,161 @@
+"""Every frame of the ackwire v1 client protocol, as pydantic models.
+
+Frames are parsed strictly: a field of the wrong type is a bad frame, never
+coerced (``"18"`` is not a ``seq``). Unknown fields are ignored so that newer
+clients and gateways can add fields without breaking older peers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+from ackwire.wire.codes import ErrorCode
+
+SUBPROTOCOL = "ackwire.v1"
+
+#: Bounds on client-chosen strings: nothing a client sends may grow without limit.
+REF_MAX = 128
+NAME_MAX = 256
+
+
+class Frame(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+
+# -- client -> gateway -----------------------------------------------------
+
+
+class ResumeRequest(Frame):
+    session_id: Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+    resume_token: Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+    last_seq: Annotated[int, Field(ge=0)] | None = None
+
+
+class ClientInfo(Frame):
+    name: Annotated[str, Field(max_length=NAME_MAX)] | None = None
+    version: Annotated[str, Field(max_length=NAME_MAX)] | None = None
+
+
+class Hello(Frame):
+    type: Literal["hello"] = "hello"
+    token: Annotated[str, Field(max_length=8192)]
+    resume: ResumeRequest | None = None
+    client: ClientInfo | None = None
+
+
+class Ack(Frame):
+    """Acks one message (`seq`) or every message up to and including `upto`."""
+
+    type: Literal["ack"] = "ack"
+    seq: Annotated[int, Field(ge=1)] | None = None
+    upto: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_position(self) -> Self:
+        if (self.seq is None) == (self.upto is None):
+            raise ValueError("an ack carries exactly one of `seq` and `upto`")
+        return self
+
+
+class Submit(Frame):
+    type: Literal["submit"] = "submit"
+    ref: Annotated[str, Field(min_length=1, max_length=REF_MAX)]
+    kind: Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+    payload: dict[str, JsonValue]
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=NAME_MAX)] | None = None
+
+
+class Subscribe(Frame):
+    type: Literal["subscribe"] = "subscribe"
+    ref: Annotated[str, Field(min_length=1, max_length=REF_MAX)]
+    topic: Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+
+
+class Unsubscribe(Frame):
+    type: Literal["unsubscribe"] = "unsubscribe"
+    ref: Annotated[str, Field(min_length=1, max_length=REF_MAX)]
+    topic: Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+
+
+class Ping(Frame):
+    type: Literal["ping"] = "ping"
+
+
+class Bye(Frame):
+    type: Literal["bye"] = "bye"
+
+
+ClientFrame = Annotated[
+    Hello | Ack | Submit | Subscribe | Unsubscribe | Ping | Bye,
+    Field(discriminator="type"),
+]
+
+
+# -- gateway -> client -----------------------------------------------------
+
+
+class Welcome(Frame):
+    type: Literal["welcome"] = "welcome"
+    session_id: str
+    resume_token: str
+    resumed: bool
+    reason: Literal["new", "expired", "unknown"] | None = None
+    gateway: str
+    heartbeat_s: float
+    max_frame_bytes: int
+    window: int
+
+
+class Deliver(Frame):
+    type: Literal["deliver"] = "deliver"
+    seq: int
+    id: str
+    kind: Literal["result", "error", "progress", "message"]
+    job_id: str | None = None
+    data: JsonValue
+    redelivered: bool = False
+
+
+class Accepted(Frame):
+    type: Literal["accepted"] = "accepted"
+    ref: str
+    job_id: str
+
+
+class Subscribed(Frame):
+    type: Literal["subscribed"] = "subscribed"
+    ref: str
+    topic: str
+
+
+class Unsubscribed(Frame):
+    type: Literal["unsubscribed"] = "unsubscribed"
+    ref: str
+    topic: str
+
+
+class Event(Frame):
+    type: Literal["event"] = "event"
+    topic: str
+    seq: int
+    data: JsonValue
+    snapshot: bool = False
+
+
+class Pong(Frame):
+    type: Literal["pong"] = "pong"
+
+
+class Error(Frame):
+    type: Literal["error"] = "error"
+    ref: str | None = None
+    code: ErrorCode
+    message: str
+
+
+ServerFrame = Annotated[
+    Welcome | Deliver | Accepted | Subscribed | Unsubscribed | Event | Pong | Error,
+    Field(discriminator="type"),
+]

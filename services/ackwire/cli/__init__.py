@@ -1,0 +1,1 @@
+"""The `ackwire` command: run the stack or one service, and drive it."""

@@ -1,0 +1,3 @@
+from ackwire.cli.main import main
+
+raise SystemExit(main())

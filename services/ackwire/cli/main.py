@@ -1,0 +1,153 @@
+"""`ackwire`: one command for the whole suite (operations.md, "Driving the stack")."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ackwire.bus.subjects import InvalidNameError
+from ackwire.logs import configure_logging
+from ackwire.settings import JwtAlgorithm, Settings
+from ackwire.tokens import mint_token
+
+DEMO_KINDS = "echo,sleep,fail,translate"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ackwire", description="Real-time delivery over WebSockets that provably arrives."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="run the whole stack on one machine")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8765, help="first gateway's port")
+    up.add_argument("--gateways", type=_positive, default=2)
+    up.add_argument("--nodes", type=_positive, default=2)
+    up.add_argument("--nats-url", help="use this NATS server or cluster instead of an embedded one")
+    up.add_argument("--data-dir", type=Path, default=Path(".ackwire"))
+
+    gateway = commands.add_parser("gateway", help="run one edge gateway")
+    gateway.add_argument("--host", default="127.0.0.1")
+    gateway.add_argument("--port", type=int, help="default: ACKWIRE_GATEWAY_PORT")
+    gateway.add_argument("--name", default="gw-1")
+    _nats_url_flag(gateway)
+
+    scheduler = commands.add_parser("scheduler", help="run the scheduler")
+    scheduler.add_argument("--name", default="scheduler-1")
+    scheduler.add_argument("--http-host", default="127.0.0.1")
+    _nats_url_flag(scheduler)
+
+    node = commands.add_parser("node", help="run a node serving job kinds")
+    node.add_argument("--name", default="node-1")
+    node.add_argument("--kinds", default=DEMO_KINDS, help=f"comma-separated (default {DEMO_KINDS})")
+    node.add_argument("--capacity", type=_positive, default=4, help="jobs run at once")
+    node.add_argument("--http-host", default="127.0.0.1")
+    _nats_url_flag(node)
+
+    token = commands.add_parser("token", help="print a client token (HS256)")
+    token.add_argument("--sub", required=True, help="the user id")
+    token.add_argument(
+        "--topics", action="append", default=[], help="a topic pattern the user may subscribe to"
+    )
+    token.add_argument("--ttl", type=_positive, default=3600, help="seconds until it expires")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in {
+            "nats_url": getattr(args, "nats_url", None),
+            "gateway_port": getattr(args, "port", None) if args.command == "gateway" else None,
+        }.items()
+        if value is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        parser.exit(2, f"ackwire: bad setting: {_first_error(exc)}\n")
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        return _run(args, settings)
+    except InvalidNameError as exc:
+        parser.exit(2, f"ackwire: {exc}\n")
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here: `ackwire token` should not pay for the services' imports.
+    if args.command == "token":
+        return _print_token(args, settings)
+    if args.command == "up":
+        from ackwire.cli.up import StackOptions, run_stack
+
+        options = StackOptions(
+            host=args.host,
+            port=args.port,
+            gateways=args.gateways,
+            nodes=args.nodes,
+            nats_url=args.nats_url,
+            data_dir=args.data_dir,
+        )
+        return asyncio.run(run_stack(options, settings))
+    from ackwire.lifecycle import Service, run_until_stopped
+
+    service: Service
+    if args.command == "gateway":
+        from ackwire.gateway.server import Gateway
+
+        service = Gateway(settings, name=args.name, host=args.host, port=settings.gateway_port)
+    elif args.command == "scheduler":
+        from ackwire.scheduler.service import Scheduler
+
+        service = Scheduler(settings, name=args.name, host=args.http_host)
+    else:
+        from ackwire.node.service import Node
+
+        kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
+        service = Node(
+            settings, name=args.name, kinds=kinds, capacity=args.capacity, host=args.http_host
+        )
+    asyncio.run(run_until_stopped(args.command, service))
+    return 0
+
+
+def _print_token(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.jwt_algorithm is not JwtAlgorithm.HS256:
+        print(
+            f"ackwire: token mints HS256 tokens; this deployment verifies {settings.jwt_algorithm}",
+            file=sys.stderr,
+        )
+        return 2
+    secret = settings.jwt_secret.get_secret_value()
+    print(mint_token(secret, args.sub, topics=args.topics, ttl_s=args.ttl))
+    return 0
+
+
+def _nats_url_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nats-url", help="default: ACKWIRE_NATS_URL")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"])
+    return f"ACKWIRE_{field.upper()}: {first['msg']}"

@@ -1,0 +1,177 @@
+"""One client connection: the handshake, then frames in and out.
+
+The rules live in `ackwire.wire.FrameGuard`; this module only moves frames
+between the socket, the guard and the bus, and carries out the verdicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+
+import structlog
+from nats.errors import Error as NatsError
+from nats.js.errors import Error as JetStreamError
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from ackwire.bus.models import PresenceRecord
+from ackwire.bus.subjects import new_session_id
+from ackwire.gateway import metrics
+from ackwire.gateway.presence import PresenceTable
+from ackwire.settings import Settings
+from ackwire.tokens import Identity, InvalidTokenError, TokenVerifier
+from ackwire.wire import encode
+from ackwire.wire.codes import CloseCode, ErrorCode
+from ackwire.wire.frames import (
+    Ack,
+    Bye,
+    ClientFrame,
+    Error,
+    Frame,
+    Hello,
+    Ping,
+    Pong,
+    Submit,
+    Subscribe,
+    Unsubscribe,
+    Welcome,
+)
+from ackwire.wire.guard import Close, FrameGuard, Reject
+
+_log = structlog.get_logger("ackwire.gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayContext:
+    """What every connection of one gateway shares."""
+
+    name: str
+    settings: Settings
+    verifier: TokenVerifier
+    presence: PresenceTable
+
+
+class ClientConnection:
+    """Drives one WebSocket from upgrade to close."""
+
+    def __init__(self, ws: ServerConnection, gateway: GatewayContext) -> None:
+        self._ws = ws
+        self._gateway = gateway
+        self._guard = FrameGuard()
+        self._connection_id = "c-" + secrets.token_hex(6)
+
+    async def run(self) -> None:
+        structlog.contextvars.bind_contextvars(
+            gateway=self._gateway.name, connection_id=self._connection_id
+        )
+        try:
+            hello = await self._await_hello()
+            if hello is None:
+                return
+            identity = await self._authenticate(hello)
+            if identity is None:
+                return
+            await self._serve(hello, identity)
+        except ConnectionClosed:
+            pass  # the client went away; nothing here is owed to it yet
+
+    async def _await_hello(self) -> Hello | None:
+        try:
+            async with asyncio.timeout(self._gateway.settings.hello_timeout_s):
+                data = await self._ws.recv()
+        except TimeoutError:
+            await self._close(self._guard.hello_timed_out())
+            return None
+        verdict = self._guard.receive_hello(data)
+        if isinstance(verdict, Close):
+            await self._close(verdict)
+            return None
+        return verdict
+
+    async def _authenticate(self, hello: Hello) -> Identity | None:
+        try:
+            return self._gateway.verifier.verify(hello.token)
+        except InvalidTokenError as exc:
+            await self._close(self._guard.unauthorized(str(exc)))
+            return None
+
+    async def _serve(self, hello: Hello, identity: Identity) -> None:
+        session_id = new_session_id()
+        structlog.contextvars.bind_contextvars(session_id=session_id, user=identity.user)
+        record = PresenceRecord(
+            session_id=session_id,
+            user=identity.user,
+            gateway=self._gateway.name,
+            connection_id=self._connection_id,
+        )
+        try:
+            await self._gateway.presence.connected(record)
+        except (TimeoutError, NatsError, JetStreamError) as exc:
+            _log.error("session.bus_unavailable", error=str(exc) or type(exc).__name__)
+            await self._close(Close(CloseCode.INTERNAL_ERROR, "bus unavailable; retry"))
+            return
+        self._guard.hello_accepted()
+        metrics.CONNECTIONS.inc()
+        try:
+            settings = self._gateway.settings
+            await self._send(
+                Welcome(
+                    session_id=session_id,
+                    resume_token=secrets.token_urlsafe(32),
+                    resumed=False,
+                    reason="new" if hello.resume is None else "unknown",
+                    gateway=self._gateway.name,
+                    heartbeat_s=settings.heartbeat_s,
+                    max_frame_bytes=settings.max_frame_bytes,
+                    window=settings.window,
+                )
+            )
+            _log.info("session.opened", client=hello.client.name if hello.client else None)
+            await self._read_frames()
+        finally:
+            metrics.CONNECTIONS.dec()
+            await self._gateway.presence.disconnected(record)
+            _log.info("session.connection_ended", close_code=self._ws.close_code)
+
+    async def _read_frames(self) -> None:
+        async for data in self._ws:
+            verdict = self._guard.receive(data)
+            if isinstance(verdict, Close):
+                await self._close(verdict)
+                return
+            if isinstance(verdict, Reject):
+                metrics.BAD_FRAMES.inc()
+                await self._send(verdict.error)
+                continue
+            if not await self._handle(verdict.frame):
+                return
+
+    async def _handle(self, frame: ClientFrame) -> bool:
+        """Act on one accepted frame; `False` when the connection is over."""
+        match frame:
+            case Ping():
+                await self._send(Pong())
+            case Bye():
+                await self._close(Close(CloseCode.NORMAL, "bye"))
+                return False
+            case Ack():
+                pass  # nothing is delivered on this gateway yet, so nothing can be owed
+            case Submit(ref=ref) | Subscribe(ref=ref) | Unsubscribe(ref=ref):
+                await self._send(
+                    Error(
+                        ref=ref,
+                        code=ErrorCode.UNAVAILABLE,
+                        message=f"{frame.type} is not served by this gateway yet",
+                    )
+                )
+        return True
+
+    async def _send(self, frame: Frame) -> None:
+        await self._ws.send(encode(frame))
+
+    async def _close(self, close: Close) -> None:
+        metrics.CLOSES.labels(code=str(close.code.value)).inc()
+        _log.info("connection.closing", close_code=close.code.value, reason=close.reason)
+        await self._ws.close(close.code, close.reason)

@@ -1,0 +1,13 @@
+"""The gateway's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+CONNECTIONS = Gauge("ackwire_gateway_connections", "Client connections past welcome, now open")
+CLOSES = Counter(
+    "ackwire_gateway_closes_total",
+    "Client connections closed by the gateway, by close code",
+    ["code"],
+)
+BAD_FRAMES = Counter("ackwire_gateway_bad_frames_total", "Frames answered with bad_frame")

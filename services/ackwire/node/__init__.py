@@ -1,0 +1,1 @@
+"""Nodes: the workers that run jobs of the kinds they register."""

@@ -1,0 +1,1 @@
+"""The scheduler: owns every job's life from accepted to its terminal delivery."""

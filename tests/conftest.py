@@ -1,0 +1,63 @@
+"""Fixtures shared by every test: real nats-servers, gateways, tokens and clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from ackwire.bus.embedded import EmbeddedCluster, EmbeddedNats
+from ackwire.settings import Settings
+from ackwire.tokens import mint_token
+from support.auth import TEST_SECRET
+from support.logs import LogWatch
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    async with EmbeddedNats(tmp_path / "nats") as server:
+        yield server
+
+
+@pytest.fixture
+async def nats_cluster(tmp_path: Path) -> AsyncIterator[EmbeddedCluster]:
+    async with EmbeddedCluster(tmp_path / "cluster") as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def settings(nats_server: EmbeddedNats) -> Settings:
+    return Settings(
+        nats_url=nats_server.url,
+        jwt_secret=TEST_SECRET,
+        hello_timeout_s=2.0,
+        heartbeat_s=5.0,
+        max_frame_bytes=4096,
+        gateway_port=0,
+        http_port=0,
+    )
+
+
+@pytest.fixture
+def make_token() -> Callable[..., str]:
+    def make(sub: str = "alice", **kwargs: object) -> str:
+        return mint_token(TEST_SECRET, sub, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def logs() -> Iterator[LogWatch]:
+    """Every structured log line of the test, awaitable by event name."""
+    watch = LogWatch()
+    previous = structlog.get_config()
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, watch],
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield watch
+    finally:
+        structlog.configure(**previous)

@@ -1,0 +1,32 @@
+import asyncio
+import urllib.error
+import urllib.request
+
+from ackwire.probes import Probes, serve_probes
+
+
+def status_of(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+async def test_readyz_says_why_a_service_is_not_ready() -> None:
+    why: list[str | None] = ["not connected to NATS"]
+    server = await serve_probes("127.0.0.1", 0, Probes(lambda: why[0]))
+    port = next(iter(server.sockets)).getsockname()[1]
+    try:
+        status, body = await asyncio.to_thread(status_of, f"http://127.0.0.1:{port}/readyz")
+        assert (status, body) == (503, "not ready: not connected to NATS\n")
+        why[0] = None
+        assert await asyncio.to_thread(status_of, f"http://127.0.0.1:{port}/readyz") == (
+            200,
+            "ready\n",
+        )
+        assert (await asyncio.to_thread(status_of, f"http://127.0.0.1:{port}/healthz"))[0] == 200
+        assert (await asyncio.to_thread(status_of, f"http://127.0.0.1:{port}/"))[0] == 404
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -1,0 +1,76 @@
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from ackwire.settings import JwtAlgorithm, Settings
+from ackwire.tokens import InvalidTokenError, TokenVerifier, mint_token
+from support.auth import TEST_SECRET
+
+
+def test_a_minted_token_verifies_with_its_claims() -> None:
+    verifier = TokenVerifier(Settings(jwt_secret=TEST_SECRET))
+    identity = verifier.verify(mint_token(TEST_SECRET, "alice", topics=["chat.*"], ttl_s=60))
+    assert identity.user == "alice"
+    assert identity.topics == ("chat.*",)
+    assert identity.expires_at > time.time()
+
+
+def test_no_topics_claim_means_no_topic() -> None:
+    verifier = TokenVerifier(Settings(jwt_secret=TEST_SECRET))
+    assert verifier.verify(mint_token(TEST_SECRET, "bob")).topics == ()
+
+
+def _hs256_signed_with(secret: bytes, claims: dict[str, object]) -> str:
+    """Forged by hand: pyjwt itself refuses to use a PEM key as an HMAC secret."""
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(json.dumps(claims).encode())
+    signature = hmac.new(secret, signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + b64(signature)).decode()
+
+
+def _pem_pair(private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> tuple[bytes, str]:
+    private = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public = private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public.decode()
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "key"),
+    [
+        (JwtAlgorithm.RS256, rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+        (JwtAlgorithm.ES256, ec.generate_private_key(ec.SECP256R1())),
+    ],
+)
+def test_public_key_algorithms_verify_and_refuse_hs256(
+    algorithm: JwtAlgorithm, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+) -> None:
+    private, public = _pem_pair(key)
+    verifier = TokenVerifier(Settings(jwt_algorithm=algorithm, jwt_public_key=public))
+    claims = {"sub": "carol", "exp": int(time.time()) + 60}
+    assert verifier.verify(jwt.encode(claims, private, algorithm=algorithm.value)).user == "carol"
+    # An HS256 token signed with the public key as its secret is the classic confusion attack.
+    with pytest.raises(InvalidTokenError):
+        verifier.verify(
+            _hs256_signed_with(public.encode(), {"sub": "mallory", "exp": claims["exp"]})
+        )
+
+
+def test_a_public_key_algorithm_without_a_key_is_a_configuration_error() -> None:
+    with pytest.raises(ValueError, match="ACKWIRE_JWT_PUBLIC_KEY"):
+        TokenVerifier(Settings(jwt_algorithm=JwtAlgorithm.RS256))

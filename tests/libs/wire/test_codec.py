@@ -1,0 +1,134 @@
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ackwire.wire import BadFrame, encode, parse_client_frame, parse_server_frame
+from ackwire.wire.codes import ErrorCode
+from ackwire.wire.frames import Ack, Error, Hello, Ping, Submit, Welcome
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ('{"type": "ping"}', Ping()),
+        ('{"type": "ack", "seq": 18}', Ack(seq=18)),
+        ('{"type": "ack", "upto": 18}', Ack(upto=18)),
+        ('{"type": "hello", "token": "t", "future_field": [1, 2]}', Hello(token="t")),
+        (
+            '{"type": "submit", "ref": "c-1", "kind": "echo", "payload": {"a": [1, null]}}',
+            Submit(ref="c-1", kind="echo", payload={"a": [1, None]}),
+        ),
+    ],
+)
+def test_well_formed_frames_parse(data: str, expected: object) -> None:
+    assert parse_client_frame(data) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "reason_contains"),
+    [
+        (b'{"type": "ping"}', "binary"),
+        ("{", "not valid JSON"),
+        ("[]", "object"),
+        ('"ping"', "object"),
+        ("{}", "`type`"),
+        ('{"type": 7}', "unknown frame type"),
+        ('{"type": "teleport"}', "unknown frame type"),
+        ('{"type": "ack", "seq": "18"}', "seq"),  # no coercion: a string is not a seq
+        ('{"type": "ack", "seq": 1.5}', "seq"),
+        ('{"type": "ack", "seq": true}', "seq"),
+        ('{"type": "ack"}', "exactly one"),
+        ('{"type": "ack", "seq": 1, "upto": 2}', "exactly one"),
+        ('{"type": "ack", "seq": 0}', "seq"),
+        ('{"type": "submit", "ref": "c-1", "kind": "echo", "payload": 3}', "payload"),
+        ('{"type": "hello"}', "token"),
+    ],
+)
+def test_malformed_frames_are_bad_frames_that_say_why(
+    data: str | bytes, reason_contains: str
+) -> None:
+    result = parse_client_frame(data)
+    assert isinstance(result, BadFrame)
+    assert reason_contains in result.reason
+
+
+def test_a_bad_frame_keeps_a_readable_ref() -> None:
+    result = parse_client_frame('{"type": "submit", "ref": "c-9", "kind": 5, "payload": {}}')
+    assert isinstance(result, BadFrame)
+    assert result.ref == "c-9"
+
+
+def test_a_bad_frame_drops_an_unreadable_ref() -> None:
+    result = parse_client_frame('{"type": "submit", "ref": 12, "payload": {}}')
+    assert isinstance(result, BadFrame)
+    assert result.ref is None
+
+
+def test_server_frames_round_trip_without_null_fields() -> None:
+    welcome = Welcome(
+        session_id="s-x",
+        resume_token="r",
+        resumed=False,
+        reason="new",
+        gateway="gw-1",
+        heartbeat_s=15,
+        max_frame_bytes=65536,
+        window=64,
+    )
+    text = encode(welcome)
+    assert parse_server_frame(text) == welcome
+    error = Error(code=ErrorCode.BAD_FRAME, message="m")
+    assert "ref" not in json.loads(encode(error))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+frame_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(["hello", "ack", "submit", "subscribe", "ping", "bye", "x"])},
+    optional={
+        "seq": json_values,
+        "upto": json_values,
+        "ref": json_values,
+        "token": json_values,
+        "kind": json_values,
+        "payload": json_values,
+        "topic": json_values,
+        "resume": json_values,
+    },
+)
+
+
+@given(st.binary() | st.text())
+def test_any_bytes_or_text_parse_to_a_frame_or_a_bad_frame(data: bytes | str) -> None:
+    result = parse_client_frame(data)
+    assert isinstance(result, BadFrame) or result.type in {
+        "hello", "ack", "submit", "subscribe", "unsubscribe", "ping", "bye"
+    }  # fmt: skip
+
+
+@given(json_values | frame_like)
+def test_any_json_parses_to_a_frame_or_a_bad_frame(value: object) -> None:
+    result = parse_client_frame(json.dumps(value))
+    if isinstance(result, BadFrame):
+        assert result.reason
+    else:
+        assert isinstance(value, dict)
+        assert result.type == value["type"]
+
+
+def test_deeply_nested_json_is_a_bad_frame_not_a_crash() -> None:
+    deep = (
+        '{"type": "submit", "ref": "r", "kind": "k", "payload": {"a": '
+        + "[" * 5000
+        + "]" * 5000
+        + "}}"
+    )
+    result = parse_client_frame(deep)
+    assert isinstance(result, BadFrame | Submit)

@@ -1,0 +1,1 @@
+TEST_SECRET = "test-secret-for-ackwire-tests-only"
