@@ -64,7 +64,11 @@ async def run_until_stopped(kind: str, service: Service) -> None:
         _log.info("service.stopped_before_start", service=kind, signal=stop.result().name)
         await service.drain()
         return
-    starting.result()
+    try:
+        starting.result()
+    except BaseException:
+        await service.drain()
+        raise
     announce_started(kind, service.name, service.url)
     sig = await stop
     _log.info("service.stopping", service=kind, signal=sig.name)

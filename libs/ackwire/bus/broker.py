@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
@@ -11,9 +13,9 @@ from ackwire.bus.provision import provision
 from ackwire.settings import Settings
 
 
-def new_broker(settings: Settings, name: str) -> NatsBroker:
+def new_broker(settings: Settings, name: str, stopping: Callable[[], bool]) -> NatsBroker:
     return NatsBroker(
-        **client_options(settings.nats_servers, name),
+        **client_options(settings.nats_servers, name, stopping),
         logger=structlog.get_logger("faststream"),
     )
 

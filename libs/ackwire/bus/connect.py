@@ -25,8 +25,13 @@ UNREACHABLE = (OSError, TimeoutError, NoServersError)
 _log = structlog.get_logger("ackwire.bus")
 
 
-def client_options(servers: list[str], name: str) -> dict[str, Any]:
-    """Options for `nats.connect` (and FastStream's `NatsBroker`) shared by every service."""
+def client_options(
+    servers: list[str], name: str, stopping: Callable[[], bool] = lambda: False
+) -> dict[str, Any]:
+    """Options for `nats.connect` (and FastStream's `NatsBroker`) shared by every service.
+
+    `stopping` tells a deliberate disconnect (the service drains) from a lost one.
+    """
 
     async def on_error(exc: Exception) -> None:
         # A refused or lost socket is reported as `nats.unreachable` / `nats.disconnected`.
@@ -34,7 +39,8 @@ def client_options(servers: list[str], name: str) -> dict[str, Any]:
         log("nats.error", error=str(exc) or type(exc).__name__)
 
     async def on_disconnected() -> None:
-        _log.warning("nats.disconnected")
+        if not stopping():
+            _log.warning("nats.disconnected")
 
     async def on_reconnected() -> None:
         _log.info("nats.reconnected")
@@ -83,8 +89,11 @@ def keep_reconnecting(nc: Client) -> None:
     nc.options["max_reconnect_attempts"] = -1
 
 
-async def connect_nats(servers: list[str], name: str) -> Client:
+async def connect_nats(
+    servers: list[str], name: str, stopping: Callable[[], bool] = lambda: False
+) -> Client:
     """A nats-py client, waiting for NATS as long as it takes."""
-    nc = await until_connected(lambda: nats.connect(**client_options(servers, name)), servers)
+    options = client_options(servers, name, stopping)
+    nc = await until_connected(lambda: nats.connect(**options), servers)
     keep_reconnecting(nc)
     return nc

@@ -28,6 +28,12 @@ class BucketSpec:
     bucket: str
     description: str
     ttl_s: float | None = None
+    """Entries not rewritten within this time expire, and watchers see a purge marker."""
+
+    @property
+    def marker_ttl_s(self) -> float | None:
+        """How long an expiry marker stays (JetStream's minimum is one second)."""
+        return None if self.ttl_s is None else max(self.ttl_s, 1.0)
 
 
 def buckets(settings: Settings) -> list[BucketSpec]:
@@ -56,6 +62,7 @@ async def _ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) 
         replicas=replicas,
         storage=StorageType.FILE,
         history=1,
+        limit_marker_ttl=spec.marker_ttl_s,
     )
     try:
         await js.create_key_value(config)
@@ -71,6 +78,7 @@ async def _ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) 
                 # JetStream requires the duplicate window to fit inside max_age.
                 duplicate_window=min(current.duplicate_window or 120.0, spec.ttl_s or 120.0),
                 num_replicas=replicas,
+                subject_delete_marker_ttl=spec.marker_ttl_s,
             )
         )
         _log.info("bus.bucket_updated", bucket=spec.bucket, replicas=replicas, ttl_s=spec.ttl_s)

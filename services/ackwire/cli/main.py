@@ -79,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, settings)
     except InvalidNameError as exc:
         parser.exit(2, f"ackwire: {exc}\n")
+    except OSError as exc:  # a port taken, a directory not writable: say it in one line
+        print(f"ackwire {args.command}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -67,7 +67,9 @@ class Gateway:
         """Connect to NATS (waiting for it if need be), then listen."""
         if self._settings.uses_development_secret:
             _log.warning("auth.development_secret", hint="set ACKWIRE_JWT_SECRET")
-        self._nc = await connect_nats(self._settings.nats_servers, name=self._name)
+        self._nc = await connect_nats(
+            self._settings.nats_servers, name=self._name, stopping=lambda: self._draining
+        )
         js = self._nc.jetstream()
         await provision(js, self._settings)
         context = GatewayContext(

@@ -31,7 +31,8 @@ class Node:
         self._registration = NodeRegistration(
             name=self._name, kinds=kinds, capacity=capacity, pid=os.getpid()
         )
-        self._broker = new_broker(settings, self._name)
+        self._draining = False
+        self._broker = new_broker(settings, self._name, stopping=lambda: self._draining)
         self._kv: KeyValue | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._probes: Server | None = None
@@ -62,6 +63,7 @@ class Node:
         _log.info("node.registered", kinds=self._registration.kinds)
 
     async def drain(self) -> None:
+        self._draining = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

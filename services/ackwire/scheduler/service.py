@@ -24,7 +24,8 @@ class Scheduler:
         self._name = subjects.service_token(name)
         self._settings = settings
         self._host = host
-        self._broker = new_broker(settings, self._name)
+        self._draining = False
+        self._broker = new_broker(settings, self._name, stopping=lambda: self._draining)
         self._nodes: dict[str, NodeRegistration] = {}
         self._watch: asyncio.Task[None] | None = None
         self._probes: Server | None = None
@@ -58,6 +59,7 @@ class Scheduler:
         _log.info("scheduler.serving")
 
     async def drain(self) -> None:
+        self._draining = True
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -70,18 +72,24 @@ class Scheduler:
 
     async def _follow_nodes(self, kv: KeyValue) -> None:
         watcher = await kv.watchall()
-        async for entry in watcher:
-            if entry is None:  # the initial values are all in
-                continue
-            if entry.operation in (KV_DEL, KV_PURGE):
-                if self._nodes.pop(entry.key, None) is not None:
-                    _log.info("node.gone", node=entry.key)
-                continue
-            try:
-                registration = NodeRegistration.model_validate_json(entry.value or b"")
-            except ValidationError as exc:
-                _log.warning("node.bad_registration", node=entry.key, error=str(exc))
-                continue
-            if entry.key not in self._nodes:
-                _log.info("node.joined", node=entry.key, kinds=registration.kinds)
-            self._nodes[entry.key] = registration
+        try:
+            async for entry in watcher:
+                if entry is not None:  # `None` marks the end of the initial values
+                    self._apply(entry)
+        finally:
+            # Unsubscribe now: a watch left open holds up the connection's drain.
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _apply(self, entry: KeyValue.Entry) -> None:
+        if entry.operation in (KV_DEL, KV_PURGE):
+            if self._nodes.pop(entry.key, None) is not None:
+                _log.info("node.gone", node=entry.key)
+            return
+        try:
+            registration = NodeRegistration.model_validate_json(entry.value or b"")
+        except ValidationError as exc:
+            _log.warning("node.bad_registration", node=entry.key, error=str(exc))
+            return
+        if entry.key not in self._nodes:
+            _log.info("node.joined", node=entry.key, kinds=registration.kinds)
+        self._nodes[entry.key] = registration
