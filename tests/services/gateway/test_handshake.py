@@ -102,7 +102,13 @@ def _token(claims: dict[str, object], key: str = TEST_SECRET) -> str:
     [
         ("", "missing"),
         ("not-a-jwt", "invalid"),
-        (_token({"sub": "alice", "exp": int(time.time()) + 60}, key="another-secret-that-is-long-enough-for-hs256"), "invalid"),
+        (
+            _token(
+                {"sub": "alice", "exp": int(time.time()) + 60},
+                key="another-secret-that-is-long-enough-for-hs256",
+            ),
+            "invalid",
+        ),
         (_token({"sub": "alice", "exp": int(time.time()) - 60}), "expired"),
         (_token({"sub": "alice"}), "exp"),
         (_token({"exp": int(time.time()) + 60}), "sub"),
