@@ -52,6 +52,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def _client_url(ports_file: Path) -> str | None:
+    """The client URL from a ports file, once it is completely written."""
+    try:
+        url: str = json.loads(ports_file.read_text())["nats"][0]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+    return url
+
+
 class EmbeddedNats:
     """One `nats-server -js` child process."""
 
@@ -121,14 +130,14 @@ class EmbeddedNats:
         ports_file = ports_dir / f"nats-server_{self._process.pid}.ports"
         deadline = time.monotonic() + _START_TIMEOUT_S
         # nats-server writes the ports file once it listens; there is no event to await.
-        while not ports_file.exists():
+        while (url := _client_url(ports_file)) is None:
             if self._process.returncode is not None or time.monotonic() > deadline:
                 await self.stop()
                 raise NatsServerError(
                     f"{self.name} did not start; see {self.store_dir / 'nats-server.log'}"
                 )
             await asyncio.sleep(_POLL_S)
-        self._url = json.loads(ports_file.read_text())["nats"][0]
+        self._url = url
 
     async def stop(self) -> None:
         """Stop gracefully (SIGTERM), or kill after a timeout. Idempotent."""
