@@ -73,3 +73,12 @@ async def run_until_stopped(kind: str, service: Service) -> None:
     sig = await stop
     _log.info("service.stopping", service=kind, signal=sig.name)
     await service.drain()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait until it has finished its clean-up."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -7,6 +7,7 @@ directory and a log file there; `start()` returns once it serves clients.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -61,7 +62,26 @@ def _client_url(ports_file: Path) -> str | None:
     return url
 
 
-class EmbeddedNats:
+class _Running(abc.ABC):
+    """`async with` starts and stops."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+class EmbeddedNats(_Running):
     """One `nats-server -js` child process."""
 
     def __init__(
@@ -158,17 +178,8 @@ class EmbeddedNats:
             process.kill()
             await process.wait()
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
 
-    async def __aexit__(
-        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-
-class EmbeddedCluster:
+class EmbeddedCluster(_Running):
     """Three JetStream servers routed to each other on loopback."""
 
     def __init__(self, store_dir: Path, *, size: int = 3, host: str = "127.0.0.1") -> None:
@@ -212,12 +223,3 @@ class EmbeddedCluster:
                 await asyncio.sleep(0.1)
         finally:
             await nc.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
-    ) -> None:
-        await self.stop()

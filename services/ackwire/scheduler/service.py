@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import ValidationError
-from websockets.asyncio.server import Server
 
 from ackwire.bus import subjects
-from ackwire.bus.broker import connect_broker, new_broker
+from ackwire.bus.broker import ServiceBroker
 from ackwire.bus.models import NodeRegistration
-from ackwire.probes import Probes, serve_probes
+from ackwire.lifecycle import cancel_and_wait
 from ackwire.settings import Settings
 
 _log = structlog.get_logger("ackwire.scheduler")
@@ -22,13 +20,9 @@ _log = structlog.get_logger("ackwire.scheduler")
 class Scheduler:
     def __init__(self, settings: Settings, *, name: str, host: str) -> None:
         self._name = subjects.service_token(name)
-        self._settings = settings
-        self._host = host
-        self._draining = False
-        self._broker = new_broker(settings, self._name, stopping=lambda: self._draining)
+        self._bus = ServiceBroker(settings, name=self._name, http_host=host)
         self._nodes: dict[str, NodeRegistration] = {}
         self._watch: asyncio.Task[None] | None = None
-        self._probes: Server | None = None
 
     @property
     def name(self) -> str:
@@ -44,30 +38,18 @@ class Scheduler:
         return dict(self._nodes)
 
     def readiness(self) -> str | None:
-        if self._watch is None or not self._broker.connection.is_connected:
-            return "not connected to NATS"
-        return None
+        return self._bus.readiness()
 
     async def start(self) -> None:
-        self._probes = await serve_probes(
-            self._host, self._settings.http_port, Probes(self.readiness)
-        )
-        js = await connect_broker(self._broker, self._settings)
+        js = await self._bus.connect()
         kv = await js.key_value(subjects.NODES_BUCKET)
         self._watch = asyncio.create_task(self._follow_nodes(kv))
-        await self._broker.start()
+        await self._bus.serve()
         _log.info("scheduler.serving")
 
     async def drain(self) -> None:
-        self._draining = True
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-        await self._broker.stop()
-        if self._probes is not None:
-            self._probes.close()
-            await self._probes.wait_closed()
+        await cancel_and_wait(self._watch)
+        await self._bus.stop()
         _log.info("scheduler.stopped")
 
     async def _follow_nodes(self, kv: KeyValue) -> None:
