@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import structlog
 from faststream.nats import NatsBroker
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from websockets.asyncio.server import Server
 
-from ackwire.bus.connect import client_options, keep_reconnecting, until_connected
+from ackwire.bus.connect import (
+    client_options,
+    keep_reconnecting,
+    leave_nats,
+    until_connected,
+)
 from ackwire.bus.provision import provision
 from ackwire.probes import Probes, serve_probes
 from ackwire.settings import Settings
@@ -51,7 +57,12 @@ class ServiceBroker:
 
     async def stop(self) -> None:
         self._draining = True
-        await self.broker.stop()
+        connection = self.broker.connection if self._serving else None
+        try:
+            await self.broker.stop()
+        except (NatsError, TimeoutError):  # NATS is away: there is nothing left to flush
+            if connection is not None:
+                await leave_nats(connection)
         if self._probes is not None:
             self._probes.close()
             await self._probes.wait_closed()

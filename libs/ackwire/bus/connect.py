@@ -8,6 +8,7 @@ soon as NATS is up. After the first connection, nats-py reconnects by itself.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -15,6 +16,7 @@ import nats
 import stamina
 import structlog
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 
 T = TypeVar("T")
@@ -97,3 +99,14 @@ async def connect_nats(
     nc = await until_connected(lambda: nats.connect(**options), servers)
     keep_reconnecting(nc)
     return nc
+
+
+async def leave_nats(nc: Client) -> None:
+    """Drain the connection (flushing what is pending); if NATS is away, just close."""
+    if nc.is_closed:
+        return
+    try:
+        await nc.drain()
+    except (NatsError, TimeoutError):
+        with contextlib.suppress(OSError):  # the socket is already gone
+            await nc.close()

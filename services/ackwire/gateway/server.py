@@ -11,7 +11,7 @@ from websockets.exceptions import NegotiationError
 from websockets.typing import Subprotocol
 
 from ackwire.bus import subjects
-from ackwire.bus.connect import connect_nats
+from ackwire.bus.connect import connect_nats, leave_nats
 from ackwire.bus.provision import provision
 from ackwire.gateway.connection import ClientConnection, GatewayContext
 from ackwire.gateway.presence import PresenceTable
@@ -103,8 +103,8 @@ class Gateway:
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
-        if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
+        if self._nc is not None:
+            await leave_nats(self._nc)
         _log.info("gateway.drained")
 
     async def __aenter__(self) -> Gateway:

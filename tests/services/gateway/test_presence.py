@@ -10,7 +10,9 @@ from ackwire.bus import subjects
 from ackwire.bus.embedded import EmbeddedNats
 from ackwire.bus.models import PresenceRecord
 from ackwire.gateway.server import Gateway
-from support.client import closed_with, welcomed
+from ackwire.wire.codes import CloseCode
+from ackwire.wire.frames import Hello
+from support.client import closed_with, open_ws, send, welcomed
 
 
 async def test_a_connection_is_present_while_open_and_gone_when_closed(
@@ -48,3 +50,15 @@ async def test_draining_closes_clients_1001_and_clears_their_presence(
     watcher = await kv.watchall(ignore_deletes=True)
     assert await watcher.updates(timeout=5) is None  # no live connection is left behind
     await nc.close()
+
+
+async def test_without_a_bus_that_confirms_there_is_no_welcome(
+    nats_server: EmbeddedNats, gateway: Gateway, make_token: Callable[..., str]
+) -> None:
+    await nats_server.stop()
+    assert gateway.readiness() == "not connected to NATS"
+    ws = await open_ws(gateway.url)
+    await send(ws, Hello(token=make_token()))
+    code, reason = await closed_with(ws, timeout=15)
+    assert code == CloseCode.INTERNAL_ERROR
+    assert "bus unavailable" in reason
