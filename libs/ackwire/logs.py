@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import stamina.instrumentation
 import structlog
 
 from ackwire.settings import LogFormat
@@ -36,5 +37,7 @@ def configure_logging(fmt: LogFormat = LogFormat.AUTO, level: str = "info") -> N
         logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    # Our own lines say what is retried and why (`nats.unreachable`); stamina's are noise.
+    stamina.instrumentation.set_on_retry_hooks([])
     # Libraries that log through the standard library (nats-py, FastStream) go to stderr too.
     logging.basicConfig(stream=sys.stderr, level=max(numeric_level, logging.WARNING))

@@ -52,6 +52,7 @@ def client_options(
         "name": name,
         "connect_timeout": 2,
         "reconnect_time_wait": 1,
+        "drain_timeout": 5,  # a drain that cannot finish must not hold up a shutdown
         # The first connection gives up after two tries of each server, so that
         # `until_connected` backs off and says so; `keep_reconnecting` lifts the limit
         # once connected. (Unlimited from the start, nats-py would retry the first

@@ -72,7 +72,11 @@ class _Running(abc.ABC):
     async def stop(self) -> None: ...
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # a half-started cluster leaves no server behind
+            raise
         return self
 
     async def __aexit__(

@@ -22,6 +22,7 @@ class Scheduler:
         self._name = subjects.service_token(name)
         self._bus = ServiceBroker(settings, name=self._name, http_host=host)
         self._nodes: dict[str, NodeRegistration] = {}
+        self._watcher: KeyValue.KeyWatcher | None = None
         self._watch: asyncio.Task[None] | None = None
 
     @property
@@ -43,24 +44,24 @@ class Scheduler:
     async def start(self) -> None:
         js = await self._bus.connect()
         kv = await js.key_value(subjects.NODES_BUCKET)
-        self._watch = asyncio.create_task(self._follow_nodes(kv))
+        # Subscribed here, not inside the task: a drain right after start must find the
+        # watch and close it (an open watch holds up the connection's drain).
+        self._watcher = await kv.watchall()
+        self._watch = asyncio.create_task(self._follow_nodes(self._watcher))
         await self._bus.serve()
         _log.info("scheduler.serving")
 
     async def drain(self) -> None:
         await cancel_and_wait(self._watch)
+        if self._watcher is not None:
+            await self._watcher.stop()  # type: ignore[no-untyped-call]
         await self._bus.stop()
         _log.info("scheduler.stopped")
 
-    async def _follow_nodes(self, kv: KeyValue) -> None:
-        watcher = await kv.watchall()
-        try:
-            async for entry in watcher:
-                if entry is not None:  # `None` marks the end of the initial values
-                    self._apply(entry)
-        finally:
-            # Unsubscribe now: a watch left open holds up the connection's drain.
-            await watcher.stop()  # type: ignore[no-untyped-call]
+    async def _follow_nodes(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for entry in watcher:
+            if entry is not None:  # `None` marks the end of the initial values
+                self._apply(entry)
 
     def _apply(self, entry: KeyValue.Entry) -> None:
         if entry.operation in (KV_DEL, KV_PURGE):
