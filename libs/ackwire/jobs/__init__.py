@@ -1,0 +1,1 @@
+"""Jobs: their life (the ledger, sans I/O) and their messages on the bus."""

@@ -1,0 +1,253 @@
+"""A job's life, with no I/O: a record, an input, a transition table, actions out.
+
+Everything that changes a job's state lives in this file. The scheduler keeps
+each job's `JobRecord` on the bus (KV, written by compare-and-set), feeds the
+ledger what happened (a node started, progressed, succeeded or failed an
+attempt; a timer fired) with the current time, writes back the new record and
+carries out the actions. Because the record is the whole state, any scheduler
+replica can take the next input for any job.
+
+Rules (shared/protocol.md, Jobs):
+
+- no attempt starts within the pending timeout: `no_capacity`;
+- a node silent past the job timeout is presumed dead for that job: it runs
+  again elsewhere (JetStream redelivers its work message), up to the attempt
+  limit, then `failed`; a handler that raised is a failed attempt;
+- the newest attempt wins: anything from an older attempt is dropped;
+- a terminal state is final: nothing (no timer, no late result) changes it, so
+  a timeout can never fire for a job whose result is recorded.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+
+class JobState(enum.StrEnum):
+    PENDING = "pending"
+    """Stored, waiting for a node to start an attempt."""
+    RUNNING = "running"
+    """An attempt is running on a node that was heard from lately."""
+    DONE = "done"
+    FAILED = "failed"
+    NO_CAPACITY = "no_capacity"
+
+    @property
+    def terminal(self) -> bool:
+        return self in {JobState.DONE, JobState.FAILED, JobState.NO_CAPACITY}
+
+
+class JobRecord(BaseModel):
+    """Everything the ledger knows of one job (stored as the job's KV value)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    session_id: str
+    kind: str
+    trace_id: str
+    state: JobState = JobState.PENDING
+    attempt: int = 0
+    """The newest attempt heard of (JetStream's delivery count of the work message)."""
+    node: str | None = None
+    waiting_since: float
+    """When the job last started waiting for a node (submitted, or its attempt was lost)."""
+    last_heard_at: float | None = None
+
+
+# -- inputs --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    attempt: int
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progressed:
+    attempt: int
+    percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    attempt: int
+    data: JsonValue
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFailed:
+    """The handler raised (or the node gave the job up); `message` says why."""
+
+    attempt: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """The job's supervision timer: check the pending and job timeouts."""
+
+
+JobInput = Started | Progressed | Succeeded | AttemptFailed | TimerFired
+
+
+# -- actions -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverResult:
+    data: JsonValue
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverProgress:
+    attempt: int
+    percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverError:
+    code: Literal["no_capacity", "failed"]
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckAt:
+    """Fire `TimerFired` for this job at `at`, or later."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    """Nothing to do; `reason` is for the log (a superseded attempt, a duplicate…)."""
+
+    reason: str
+
+
+JobAction = DeliverResult | DeliverProgress | DeliverError | CheckAt | Ignore
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    record: JobRecord
+    actions: tuple[JobAction, ...]
+
+
+# -- the ledger ----------------------------------------------------------
+
+# Each transition takes the one input type its rows pair it with.
+Transition = Callable[["JobLedger", JobRecord, Any, float], Outcome]
+
+
+class JobLedger:
+    def __init__(self, *, pending_timeout: float, job_timeout: float, max_attempts: int) -> None:
+        self.pending_timeout = pending_timeout
+        self.job_timeout = job_timeout
+        self.max_attempts = max_attempts
+
+    def submitted(
+        self, *, job_id: str, session_id: str, kind: str, trace_id: str, now: float
+    ) -> Outcome:
+        record = JobRecord(
+            job_id=job_id, session_id=session_id, kind=kind, trace_id=trace_id, waiting_since=now
+        )
+        return Outcome(record, (CheckAt(now + self.pending_timeout),))
+
+    def apply(self, record: JobRecord, event: JobInput, now: float) -> Outcome:
+        """The record after `event`, and what to do about it."""
+        transition = _TRANSITIONS.get((record.state, type(event)))
+        if transition is None:
+            return Outcome(record, (Ignore(f"job already {record.state.value}"),))
+        if not isinstance(event, TimerFired) and event.attempt < record.attempt:
+            return Outcome(record, (Ignore(f"superseded attempt {event.attempt}"),))
+        return transition(self, record, event, now)
+
+    # The transitions; `apply` has already dropped inputs of older attempts.
+
+    def _started(self, record: JobRecord, event: Started, now: float) -> Outcome:
+        running = record.model_copy(
+            update={
+                "state": JobState.RUNNING,
+                "attempt": event.attempt,
+                "node": event.node,
+                "last_heard_at": now,
+            }
+        )
+        return Outcome(running, (CheckAt(now + self.job_timeout),))
+
+    def _progressed(self, record: JobRecord, event: Progressed, now: float) -> Outcome:
+        running = record.model_copy(
+            update={"state": JobState.RUNNING, "attempt": event.attempt, "last_heard_at": now}
+        )
+        return Outcome(running, (DeliverProgress(event.attempt, event.percent),))
+
+    def _succeeded(self, record: JobRecord, event: Succeeded, now: float) -> Outcome:
+        done = record.model_copy(
+            update={"state": JobState.DONE, "attempt": event.attempt, "last_heard_at": now}
+        )
+        return Outcome(done, (DeliverResult(event.data),))
+
+    def _attempt_failed(self, record: JobRecord, event: AttemptFailed, now: float) -> Outcome:
+        if event.attempt >= self.max_attempts:
+            failed = record.model_copy(update={"state": JobState.FAILED, "attempt": event.attempt})
+            return Outcome(failed, (DeliverError("failed", event.message),))
+        waiting = record.model_copy(
+            update={"state": JobState.PENDING, "attempt": event.attempt, "waiting_since": now}
+        )
+        return Outcome(waiting, (CheckAt(now + self.pending_timeout),))
+
+    def _pending_timer(self, record: JobRecord, _event: TimerFired, now: float) -> Outcome:
+        deadline = record.waiting_since + self.pending_timeout
+        if now < deadline:
+            return Outcome(record, (CheckAt(deadline),))
+        if record.attempt == 0:
+            message = f"no node took a {record.kind!r} job within {self.pending_timeout:g} s"
+            return Outcome(
+                record.model_copy(update={"state": JobState.NO_CAPACITY}),
+                (DeliverError("no_capacity", message),),
+            )
+        message = f"attempt {record.attempt} was lost and no node took the job again"
+        return Outcome(
+            record.model_copy(update={"state": JobState.FAILED}),
+            (DeliverError("failed", message),),
+        )
+
+    def _running_timer(self, record: JobRecord, _event: TimerFired, now: float) -> Outcome:
+        heard = record.last_heard_at if record.last_heard_at is not None else record.waiting_since
+        deadline = heard + self.job_timeout
+        if now < deadline:
+            return Outcome(record, (CheckAt(deadline),))
+        if record.attempt >= self.max_attempts:
+            message = f"node {record.node} went silent on the last attempt ({record.attempt})"
+            return Outcome(
+                record.model_copy(update={"state": JobState.FAILED}),
+                (DeliverError("failed", message),),
+            )
+        # JetStream redelivers the work message to another node; wait for it to start.
+        waiting = record.model_copy(update={"state": JobState.PENDING, "waiting_since": now})
+        return Outcome(waiting, (CheckAt(now + self.pending_timeout),))
+
+
+_P, _R = JobState.PENDING, JobState.RUNNING
+
+#: (state, input) -> transition. A pair that is not here (every terminal state,
+#: for one) changes nothing: the input is ignored, and the log says why.
+_TRANSITIONS: dict[tuple[JobState, type[JobInput]], Transition] = {
+    (_P, Started): JobLedger._started,
+    (_R, Started): JobLedger._started,
+    (_P, Progressed): JobLedger._progressed,
+    (_R, Progressed): JobLedger._progressed,
+    (_P, Succeeded): JobLedger._succeeded,
+    (_R, Succeeded): JobLedger._succeeded,
+    (_P, AttemptFailed): JobLedger._attempt_failed,
+    (_R, AttemptFailed): JobLedger._attempt_failed,
+    (_P, TimerFired): JobLedger._pending_timer,
+    (_R, TimerFired): JobLedger._running_timer,
+}

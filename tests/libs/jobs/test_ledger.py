@@ -1,0 +1,168 @@
+"""JobLedger, without sockets: every rule of a job's life as a row of input and outcome."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ackwire.jobs.ledger import (
+    AttemptFailed,
+    CheckAt,
+    DeliverError,
+    DeliverProgress,
+    DeliverResult,
+    Ignore,
+    JobInput,
+    JobLedger,
+    JobRecord,
+    JobState,
+    Progressed,
+    Started,
+    Succeeded,
+    TimerFired,
+)
+
+LEDGER = JobLedger(pending_timeout=10, job_timeout=300, max_attempts=3)
+
+
+def new_job(now: float = 0.0) -> JobRecord:
+    outcome = LEDGER.submitted(job_id="j-1", session_id="s-1", kind="echo", trace_id="t", now=now)
+    assert outcome.actions == (CheckAt(10),)
+    return outcome.record
+
+
+def run(record: JobRecord, *steps: tuple[JobInput, float]) -> tuple[JobRecord, list[object]]:
+    actions: list[object] = []
+    for event, now in steps:
+        outcome = LEDGER.apply(record, event, now)
+        record = outcome.record
+        actions.extend(outcome.actions)
+    return record, actions
+
+
+def test_a_job_runs_and_its_result_is_delivered() -> None:
+    record, actions = run(
+        new_job(),
+        (Started(1, "node-1"), 1),
+        (Progressed(1, 50), 2),
+        (Succeeded(1, {"text": "hello"}), 3),
+    )
+    assert record.state is JobState.DONE
+    assert actions == [CheckAt(301), DeliverProgress(1, 50), DeliverResult({"text": "hello"})]
+
+
+def test_no_node_within_the_pending_timeout_is_no_capacity() -> None:
+    record, actions = run(new_job(), (TimerFired(), 9.9), (TimerFired(), 10))
+    assert record.state is JobState.NO_CAPACITY
+    assert actions[0] == CheckAt(10)
+    assert isinstance(actions[1], DeliverError)
+    assert actions[1].code == "no_capacity"
+
+
+def test_the_seed_bug_no_timeout_after_the_result_came_back() -> None:
+    record, actions = run(
+        new_job(), (Started(1, "n"), 1), (Succeeded(1, "ok"), 2), (TimerFired(), 10_000)
+    )
+    assert record.state is JobState.DONE
+    assert [a for a in actions if isinstance(a, DeliverError)] == []
+    assert actions[-1] == Ignore("job already done")
+
+
+def test_a_silent_node_hands_the_job_to_the_next_attempt() -> None:
+    record, actions = run(new_job(), (Started(1, "node-1"), 1), (TimerFired(), 301))
+    assert record.state is JobState.PENDING
+    assert actions[-1] == CheckAt(311)
+    record, actions = run(record, (Started(2, "node-2"), 305), (Succeeded(2, "ok"), 306))
+    assert record.state is JobState.DONE
+    assert record.node == "node-2"
+
+
+def test_a_late_result_from_a_superseded_attempt_is_dropped() -> None:
+    record, actions = run(
+        new_job(),
+        (Started(1, "slow"), 1),
+        (Started(2, "fast"), 302),
+        (Succeeded(1, "late"), 303),
+        (Succeeded(2, "ok"), 304),
+        (Succeeded(2, "ok"), 305),
+    )
+    delivered = [a for a in actions if isinstance(a, DeliverResult)]
+    assert delivered == [DeliverResult("ok")]
+    assert Ignore("superseded attempt 1") in actions
+    assert Ignore("job already done") in actions
+
+
+def test_a_raising_handler_is_a_failed_attempt_until_the_last() -> None:
+    record, actions = run(
+        new_job(),
+        (Started(1, "n"), 1),
+        (AttemptFailed(1, "boom"), 2),
+        (Started(2, "n"), 3),
+        (AttemptFailed(2, "boom"), 4),
+        (Started(3, "n"), 5),
+        (AttemptFailed(3, "boom at last"), 6),
+    )
+    assert record.state is JobState.FAILED
+    assert actions[-1] == DeliverError("failed", "boom at last")
+
+
+def test_silence_on_the_last_attempt_fails_the_job() -> None:
+    record, actions = run(new_job(), (Started(3, "n"), 1), (TimerFired(), 301))
+    assert record.state is JobState.FAILED
+    assert isinstance(actions[-1], DeliverError)
+    assert actions[-1].code == "failed"
+
+
+def test_progress_keeps_a_long_job_alive() -> None:
+    record, actions = run(
+        new_job(),
+        (Started(1, "n"), 1),
+        (Progressed(1, 10), 290),
+        (TimerFired(), 301),
+        (Progressed(1, 90), 580),
+        (TimerFired(), 591),
+    )
+    assert record.state is JobState.RUNNING
+    assert actions[-1] == CheckAt(880)
+
+
+def test_a_lost_attempt_nobody_retries_ends_failed_not_no_capacity() -> None:
+    record, actions = run(new_job(), (Started(1, "n"), 1), (TimerFired(), 301), (TimerFired(), 311))
+    assert record.state is JobState.FAILED
+
+
+events = st.one_of(
+    st.builds(Started, attempt=st.integers(1, 4), node=st.sampled_from(["a", "b"])),
+    st.builds(Progressed, attempt=st.integers(1, 4), percent=st.floats(0, 100)),
+    st.builds(Succeeded, attempt=st.integers(1, 4), data=st.integers()),
+    st.builds(AttemptFailed, attempt=st.integers(1, 4), message=st.just("x")),
+    st.builds(TimerFired),
+)
+
+
+@given(st.lists(st.tuples(events, st.floats(0, 500)), max_size=30))
+def test_any_history_ends_in_at_most_one_terminal_delivery(
+    steps: list[tuple[JobInput, float]],
+) -> None:
+    record = new_job()
+    now = 0.0
+    terminal: list[object] = []
+    newest_attempt = 0
+    for event, dt in steps:
+        now += dt
+        before = record
+        outcome = LEDGER.apply(record, event, now)
+        record = outcome.record
+        for action in outcome.actions:
+            if isinstance(action, DeliverResult | DeliverError):
+                terminal.append(action)
+                assert record.state.terminal
+            if isinstance(action, DeliverResult):
+                assert isinstance(event, Succeeded)
+                assert event.attempt >= newest_attempt, "a superseded result was delivered"
+            if isinstance(action, CheckAt):
+                assert action.at >= now
+        if before.state.terminal:
+            assert record == before, "a terminal job changed"
+        if not isinstance(event, TimerFired) and not before.state.terminal:
+            newest_attempt = max(newest_attempt, event.attempt)
+    assert len(terminal) <= 1
+    assert record.state.terminal == (len(terminal) == 1)
