@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 up: $(STAMP)
-	$(BIN)/ackwire up
+	@$(BIN)/ackwire up
 
 test: lint typecheck
 	$(BIN)/pytest

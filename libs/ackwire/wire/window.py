@@ -54,7 +54,7 @@ class ConfirmAcks:
 @dataclass(frozen=True, slots=True)
 class FetchBacklog:
     """Read the session's stored messages after `after` and offer them; then call
-    `caught_up` if the read reached the end of the queue."""
+    `read_complete` if the read reached the end of the queue, else `more_in_store`."""
 
     after: int
 
@@ -125,6 +125,17 @@ class DeliveryWindow(Generic[T]):
         for seq in sorted(s for s in self._waiting if s <= through):
             self._unsent[seq] = self._waiting.pop(seq).entry
         self._absorb_waiting()
+
+    def read_complete(self) -> None:
+        """A read of the store, started after the live feed was subscribed, reached the
+        end of the queue: every message up to the highest offered is known or gone (one
+        stored after the read comes through the live feed, behind its predecessors)."""
+        self.caught_up(self._highest_offered)
+
+    def more_in_store(self, after: int) -> None:
+        """A read stopped at its batch limit: messages after `after` are still to be read."""
+        self._fetch_in_flight = False
+        self._drop(after + 1)
 
     def fetch_failed(self) -> None:
         """The store could not be read; the window will ask again."""

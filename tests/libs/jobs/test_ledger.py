@@ -76,7 +76,7 @@ def test_a_silent_node_hands_the_job_to_the_next_attempt() -> None:
 
 
 def test_a_late_result_from_a_superseded_attempt_is_dropped() -> None:
-    record, actions = run(
+    _record, actions = run(
         new_job(),
         (Started(1, "slow"), 1),
         (Started(2, "fast"), 302),
@@ -125,7 +125,9 @@ def test_progress_keeps_a_long_job_alive() -> None:
 
 
 def test_a_lost_attempt_nobody_retries_ends_failed_not_no_capacity() -> None:
-    record, actions = run(new_job(), (Started(1, "n"), 1), (TimerFired(), 301), (TimerFired(), 311))
+    record, _actions = run(
+        new_job(), (Started(1, "n"), 1), (TimerFired(), 301), (TimerFired(), 311)
+    )
     assert record.state is JobState.FAILED
 
 

@@ -123,6 +123,25 @@ def test_caught_up_with_nothing_left_lets_waiting_messages_go() -> None:
     assert sends(window.poll(2)) == [(9, False)]
 
 
+def test_a_complete_read_releases_live_messages_whose_predecessor_is_gone() -> None:
+    window: DeliveryWindow[str] = DeliveryWindow(size=10, ack_wait=30)
+    window.offer(9, "m9", previous=7)  # live; 7 was acked and deleted long ago
+    window.poll(0)
+    window.offer(3, "m3", previous=0)  # the read, started after the live subscription
+    window.read_complete()
+    assert sends(window.poll(1)) == [(3, False), (9, False)]
+
+
+def test_a_partial_read_is_continued_when_there_is_room() -> None:
+    window: DeliveryWindow[str] = DeliveryWindow(size=2, ack_wait=30, max_unsent=4)
+    for seq in (1, 2, 3, 4):
+        window.offer(seq, f"m{seq}", previous=seq - 1)
+    window.more_in_store(after=4)
+    actions = window.poll(0)
+    assert sends(actions) == [(1, False), (2, False)]
+    assert FetchBacklog(after=4) in actions
+
+
 def test_unsent_messages_are_bounded_and_dropped_ones_are_fetched_again() -> None:
     window: DeliveryWindow[str] = DeliveryWindow(size=2, ack_wait=30, max_unsent=4)
     for seq in range(1, 11):
