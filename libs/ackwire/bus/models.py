@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 
 def utc_now() -> datetime:
@@ -37,3 +37,16 @@ class NodeRegistration(BusModel):
     capacity: Annotated[int, Field(ge=1)]
     pid: int
     started_at: datetime = Field(default_factory=utc_now)
+
+
+class Delivery(BusModel):
+    """A message owed to a session, as stored in its queue until the client acks it."""
+
+    id: str
+    """Stable across redeliveries (the client dedupes on it); also the store's dedupe id."""
+    kind: Literal["result", "error", "progress", "message"]
+    session_id: str
+    data: JsonValue
+    job_id: str | None = None
+    trace_id: str | None = None
+    created_at: datetime = Field(default_factory=utc_now)

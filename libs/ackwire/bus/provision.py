@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, RePublish, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 from ackwire.bus import subjects
@@ -48,10 +48,40 @@ def buckets(settings: Settings) -> list[BucketSpec]:
     ]
 
 
+def streams(settings: Settings) -> list[StreamConfig]:
+    """Every stream of the suite (other than the buckets'), as this deployment configures it."""
+    return [
+        StreamConfig(
+            name=subjects.SESSIONS_STREAM,
+            description="ackwire: every session's queue of messages owed, until acked",
+            subjects=[subjects.SESSION_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            max_age=settings.retention_s,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            allow_direct=True,  # backlog reads in batches, from any replica
+            duplicate_window=120.0,  # a publish retried after a lost answer is stored once
+            republish=RePublish(src=subjects.SESSION_SUBJECTS, dest=subjects.LIVE_SUBJECTS),
+        )
+    ]
+
+
 async def provision(js: JetStreamContext, settings: Settings) -> None:
     """Create or update every stream and bucket to match `settings`."""
     for spec in buckets(settings):
         await _ensure_bucket(js, spec, settings.replicas)
+    for config in streams(settings):
+        await _ensure_stream(js, config)
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise
+        await js.update_stream(config)
+        _log.info("bus.stream_updated", stream=config.name, replicas=config.num_replicas)
 
 
 async def _ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> None:

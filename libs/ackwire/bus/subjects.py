@@ -18,6 +18,12 @@ PRESENCE_BUCKET = "ackwire_presence"
 #: KV bucket of registered nodes, one key per node, refreshed by its heartbeat.
 NODES_BUCKET = "ackwire_nodes"
 
+#: The stream holding every session's queue, one subject per session.
+SESSIONS_STREAM = "ACKWIRE_SESSIONS"
+SESSION_SUBJECTS = f"{PREFIX}.session.>"
+#: Where the stream republishes each stored message, for the gateway holding the session.
+LIVE_SUBJECTS = f"{PREFIX}.live.session.>"
+
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SESSION_ID = re.compile(r"s-[A-Za-z0-9_-]{16,64}")
 _USER_ID_MAX = 256
@@ -69,3 +75,13 @@ def presence_key(user_id: str, session_id: str) -> str:
 
 def node_key(node_name: str) -> str:
     return service_token(node_name)
+
+
+def session_subject(session_id: str) -> str:
+    """The subject of a session's queue in `SESSIONS_STREAM`."""
+    return f"{PREFIX}.session.{session_token(session_id)}"
+
+
+def live_subject(session_id: str) -> str:
+    """The subject on which a session's newly stored messages are republished."""
+    return f"{PREFIX}.live.session.{session_token(session_id)}"

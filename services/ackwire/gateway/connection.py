@@ -17,8 +17,10 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from ackwire.bus.models import PresenceRecord
+from ackwire.bus.session_queue import SessionQueue
 from ackwire.bus.subjects import new_session_id
 from ackwire.gateway import metrics
+from ackwire.gateway.delivery import DeliveryPump
 from ackwire.gateway.presence import PresenceTable
 from ackwire.settings import Settings
 from ackwire.tokens import Identity, InvalidTokenError, TokenVerifier
@@ -51,6 +53,7 @@ class GatewayContext:
     settings: Settings
     verifier: TokenVerifier
     presence: PresenceTable
+    queue: SessionQueue
 
 
 class ClientConnection:
@@ -61,6 +64,7 @@ class ClientConnection:
         self._gateway = gateway
         self._guard = FrameGuard()
         self._connection_id = "c-" + secrets.token_hex(6)
+        self._pump: DeliveryPump | None = None
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(
@@ -129,8 +133,18 @@ class ClientConnection:
                 )
             )
             _log.info("session.opened", client=hello.client.name if hello.client else None)
+            self._pump = DeliveryPump(
+                self._gateway.queue,
+                session_id,
+                self._send,
+                window=settings.window,
+                ack_wait=settings.ack_wait_s,
+            )
+            await self._pump.start()
             await self._read_frames()
         finally:
+            if self._pump is not None:
+                await self._pump.stop()
             metrics.CONNECTIONS.dec()
             await self._gateway.presence.disconnected(record)
             _log.info("session.connection_ended", close_code=self._ws.close_code)
@@ -157,7 +171,8 @@ class ClientConnection:
                 await self._close(Close(CloseCode.NORMAL, "bye"))
                 return False
             case Ack():
-                pass  # nothing is delivered on this gateway yet, so nothing can be owed
+                assert self._pump is not None  # started before any frame is read
+                self._pump.acked(frame)
             case Submit(ref=ref) | Subscribe(ref=ref) | Unsubscribe(ref=ref):
                 await self._send(
                     Error(

@@ -11,3 +11,9 @@ CLOSES = Counter(
     ["code"],
 )
 BAD_FRAMES = Counter("ackwire_gateway_bad_frames_total", "Frames answered with bad_frame")
+DELIVERED = Counter(
+    "ackwire_gateway_delivered_total",
+    "Messages the client acked and the store confirmed removing, by kind",
+    ["kind"],
+)
+REDELIVERIES = Counter("ackwire_gateway_redeliveries_total", "Deliveries sent again")

@@ -13,6 +13,7 @@ from websockets.typing import Subprotocol
 from ackwire.bus import subjects
 from ackwire.bus.connect import connect_nats, leave_nats
 from ackwire.bus.provision import provision
+from ackwire.bus.session_queue import SessionQueue
 from ackwire.gateway.connection import ClientConnection, GatewayContext
 from ackwire.gateway.presence import PresenceTable
 from ackwire.probes import Probes
@@ -77,6 +78,7 @@ class Gateway:
             settings=self._settings,
             verifier=self._verifier,
             presence=PresenceTable(await js.key_value(subjects.PRESENCE_BUCKET)),
+            queue=SessionQueue(self._nc, js),
         )
 
         async def handler(ws: ServerConnection) -> None:

@@ -1,0 +1,161 @@
+"""A session's queue of messages owed, kept in one JetStream stream for every session.
+
+Each session is one subject of `SESSIONS_STREAM`; the stream sequence of a
+message is its `seq` on the wire (rising within a session, gaps allowed, the
+same on every redelivery). What is owed is exactly what is left on the
+subject: a client's ack becomes a server-confirmed purge (everything up to a
+seq) or delete (one message). The stream republishes every stored message to
+the session's live subject, with the previous sequence of the same subject in
+`Nats-Last-Sequence`, so a gap in the live feed shows.
+
+No consumer per session: a resume storm creates nothing on the servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.errors import APIError
+from pydantic import ValidationError
+
+from ackwire.bus import subjects
+from ackwire.bus.models import Delivery
+
+_READ_TIMEOUT_S = 5.0
+
+_log = structlog.get_logger("ackwire.bus")
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A message of a session's queue: its stream sequence, the one before it, and it."""
+
+    seq: int
+    previous: int
+    delivery: Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRead:
+    messages: list[Stored]
+    complete: bool
+    """The read reached the end of the queue (else it stopped at its limit)."""
+
+
+class SessionQueueError(Exception):
+    """The store did not answer or did not confirm."""
+
+
+class SessionQueue:
+    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+        self._nc = nc
+        self._js = js
+
+    async def put(self, delivery: Delivery) -> int:
+        """Store a message for its session; returns its `seq` once the store confirmed it.
+
+        The delivery's `id` is the store's dedupe id: a put retried after a lost
+        answer is stored once."""
+        ack = await self._js.publish(
+            subjects.session_subject(delivery.session_id),
+            delivery.to_bytes(),
+            headers={"Nats-Msg-Id": delivery.id},
+        )
+        return ack.seq
+
+    async def follow(
+        self, session_id: str, on_message: Callable[[Stored], Awaitable[None]]
+    ) -> Subscription:
+        """Receive the session's messages as they are stored."""
+
+        async def receive(msg: Msg) -> None:
+            stored = _stored(msg)
+            if stored is not None:
+                await on_message(stored)
+
+        return await self._nc.subscribe(subjects.live_subject(session_id), cb=receive)
+
+    async def read(self, session_id: str, after: int, limit: int) -> StoreRead:
+        """Up to `limit` stored messages of the session with `seq > after`, in order."""
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox, max_msgs=limit + 1)
+        request = {
+            "seq": after + 1,
+            "next_by_subj": subjects.session_subject(session_id),
+            "batch": limit,
+        }
+        messages: list[Stored] = []
+        try:
+            await self._nc.publish(
+                f"$JS.API.DIRECT.GET.{subjects.SESSIONS_STREAM}",
+                json.dumps(request).encode(),
+                reply=inbox,
+            )
+            async with asyncio.timeout(_READ_TIMEOUT_S):
+                while True:
+                    msg = await sub.next_msg(timeout=_READ_TIMEOUT_S)
+                    status = (msg.headers or {}).get("Status")
+                    if status == "404":  # nothing after `after`
+                        return StoreRead(messages, complete=True)
+                    if status == "204":  # end of batch
+                        pending = int((msg.headers or {}).get("Nats-Num-Pending", "0"))
+                        return StoreRead(messages, complete=pending == 0)
+                    stored = _stored(msg, previous=messages[-1].seq if messages else after)
+                    if stored is not None:
+                        messages.append(stored)
+        except TimeoutError as exc:
+            raise SessionQueueError(f"reading session {session_id} timed out") from exc
+        finally:
+            await sub.unsubscribe()
+
+    async def confirm(self, session_id: str, *, upto: int | None, singles: tuple[int, ...]) -> None:
+        """Remove acked messages from the store; returns once the store confirmed it."""
+        try:
+            if upto is not None:
+                await self._js.purge_stream(
+                    subjects.SESSIONS_STREAM,
+                    subject=subjects.session_subject(session_id),
+                    seq=upto + 1,
+                )
+            for seq in singles:
+                await self._delete(seq)
+        except (TimeoutError, APIError) as exc:
+            raise SessionQueueError(
+                f"the store did not confirm acks for {session_id}: {exc}"
+            ) from exc
+
+    async def _delete(self, seq: int) -> None:
+        # `jsm.delete_msg` always erases securely (slow); a plain delete is enough here.
+        response = await self._nc.request(
+            f"$JS.API.STREAM.MSG.DELETE.{subjects.SESSIONS_STREAM}",
+            json.dumps({"seq": seq, "no_erase": True}).encode(),
+            timeout=_READ_TIMEOUT_S,
+        )
+        answer = json.loads(response.data)
+        if not answer.get("success"):
+            error = answer.get("error", {})
+            if error.get("err_code") == _NO_MESSAGE_FOUND:
+                return  # already gone: acked twice, or purged meanwhile
+            raise SessionQueueError(f"deleting {seq}: {error.get('description', answer)}")
+
+
+_NO_MESSAGE_FOUND = 10037
+
+
+def _stored(msg: Msg, previous: int | None = None) -> Stored | None:
+    headers = msg.headers or {}
+    try:
+        seq = int(headers["Nats-Sequence"])
+        before = int(headers.get("Nats-Last-Sequence", "0")) if previous is None else previous
+        return Stored(seq, before, Delivery.model_validate_json(msg.data))
+    except (KeyError, ValueError, ValidationError) as exc:
+        _log.error("session_queue.unreadable_message", subject=msg.subject, error=str(exc))
+        return None
