@@ -45,6 +45,11 @@ def buckets(settings: Settings) -> list[BucketSpec]:
             "ackwire: registered nodes, expiring after three missed heartbeats",
             ttl_s=3 * settings.node_heartbeat_s,
         ),
+        BucketSpec(
+            subjects.JOBS_BUCKET,
+            "ackwire: job records (the scheduler's ledger), kept as long as the messages",
+            ttl_s=settings.retention_s,
+        ),
     ]
 
 
@@ -62,8 +67,30 @@ def streams(settings: Settings) -> list[StreamConfig]:
             allow_direct=True,  # backlog reads in batches, from any replica
             duplicate_window=120.0,  # a publish retried after a lost answer is stored once
             republish=RePublish(src=subjects.SESSION_SUBJECTS, dest=subjects.LIVE_SUBJECTS),
-        )
+        ),
+        _work_queue(
+            subjects.JOBS_STREAM, subjects.JOB_SUBMITTED, "jobs stored, until terminal", settings
+        ),
+        _work_queue(
+            subjects.JOB_EVENTS_STREAM, subjects.JOB_EVENTS, "nodes' attempt reports", settings
+        ),
+        _work_queue(
+            subjects.WORK_STREAM, subjects.WORK_SUBJECTS, "work for nodes, by kind", settings
+        ),
     ]
+
+
+def _work_queue(name: str, subject: str, what: str, settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=name,
+        description=f"ackwire: {what}",
+        subjects=[subject],
+        retention=RetentionPolicy.WORK_QUEUE,
+        max_age=settings.retention_s,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        duplicate_window=120.0,
+    )
 
 
 async def provision(js: JetStreamContext, settings: Settings) -> None:

@@ -24,6 +24,19 @@ SESSION_SUBJECTS = f"{PREFIX}.session.>"
 #: Where the stream republishes each stored message, for the gateway holding the session.
 LIVE_SUBJECTS = f"{PREFIX}.live.session.>"
 
+#: KV bucket of job records (the scheduler's ledger), one key per job.
+JOBS_BUCKET = "ackwire_jobs"
+#: Jobs stored by gateways, for the scheduler; each stays until its job is terminal, and
+#: its redelivery (a nak with a delay) is the job's supervision timer.
+JOBS_STREAM = "ACKWIRE_JOBS"
+JOB_SUBMITTED = f"{PREFIX}.jobs.submitted"
+#: What nodes report of their attempts, for the scheduler.
+JOB_EVENTS_STREAM = "ACKWIRE_JOB_EVENTS"
+JOB_EVENTS = f"{PREFIX}.jobs.event.>"
+#: Work for nodes, one subject per kind; one durable consumer per kind, shared by its nodes.
+WORK_STREAM = "ACKWIRE_WORK"
+WORK_SUBJECTS = f"{PREFIX}.work.>"
+
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SESSION_ID = re.compile(r"s-[A-Za-z0-9_-]{16,64}")
 _USER_ID_MAX = 256
@@ -85,3 +98,30 @@ def session_subject(session_id: str) -> str:
 def live_subject(session_id: str) -> str:
     """The subject on which a session's newly stored messages are republished."""
     return f"{PREFIX}.live.session.{session_token(session_id)}"
+
+
+def kind_token(kind: str) -> str:
+    """A job kind as one subject token (kinds are names chosen by node authors)."""
+    return service_token(kind)
+
+
+def work_subject(kind: str) -> str:
+    return f"{PREFIX}.work.{kind_token(kind)}"
+
+
+def work_consumer(kind: str) -> str:
+    """The durable consumer every node serving `kind` pulls from."""
+    return f"work-{kind_token(kind)}"
+
+
+def job_event_subject(job_id: str) -> str:
+    return f"{PREFIX}.jobs.event.{job_token(job_id)}"
+
+
+_JOB_ID = re.compile(r"j-[A-Za-z0-9_-]{16,64}")
+
+
+def job_token(job_id: str) -> str:
+    if not _JOB_ID.fullmatch(job_id):
+        raise InvalidNameError(f"not a job id: {job_id[:80]!r}")
+    return job_id

@@ -2,7 +2,7 @@ import nats
 
 from ackwire.bus import subjects
 from ackwire.bus.embedded import EmbeddedCluster, EmbeddedNats
-from ackwire.bus.provision import buckets, provision
+from ackwire.bus.provision import buckets, provision, streams
 from ackwire.settings import Settings
 
 
@@ -12,12 +12,21 @@ async def test_provisioning_creates_every_bucket_and_is_idempotent(
     settings = Settings(nats_url=nats_server.url)
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
+    names = [f"KV_{b.bucket}" for b in buckets(settings)] + [c.name for c in streams(settings)]
     await provision(js, settings)
-    first = {s.bucket: (await js.stream_info(f"KV_{s.bucket}")).config for s in buckets(settings)}
+    first = {name: (await js.stream_info(name)).config for name in names}
     await provision(js, settings)
-    second = {s.bucket: (await js.stream_info(f"KV_{s.bucket}")).config for s in buckets(settings)}
+    second = {name: (await js.stream_info(name)).config for name in names}
     await nc.close()
-    assert set(first) == {subjects.PRESENCE_BUCKET, subjects.NODES_BUCKET}
+    assert set(first) >= {
+        f"KV_{subjects.PRESENCE_BUCKET}",
+        f"KV_{subjects.NODES_BUCKET}",
+        f"KV_{subjects.JOBS_BUCKET}",
+        subjects.SESSIONS_STREAM,
+        subjects.JOBS_STREAM,
+        subjects.JOB_EVENTS_STREAM,
+        subjects.WORK_STREAM,
+    }
     assert first == second
 
 
@@ -37,6 +46,7 @@ async def test_provisioning_on_a_cluster_uses_the_configured_replicas(
     nc = await nats.connect(nats_cluster.url.split(","))
     js = nc.jetstream()
     await provision(js, Settings(nats_url=nats_cluster.url, replicas=3))
-    for spec in buckets(Settings()):
-        assert (await js.stream_info(f"KV_{spec.bucket}")).config.num_replicas == 3
+    names = [f"KV_{b.bucket}" for b in buckets(Settings())] + [c.name for c in streams(Settings())]
+    for name in names:
+        assert (await js.stream_info(name)).config.num_replicas == 3
     await nc.close()
