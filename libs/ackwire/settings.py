@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     ws_compression: bool = False
     """permessage-deflate: ~64 KiB per connection instead of ~14 KiB (see docs/architecture.md)."""
 
+    submit_rate_per_s: Annotated[float, Field(gt=0)] = 20.0
+    """Submits a session may make per second, on average; past it: `rate_limited`."""
+    submit_burst: Annotated[int, Field(ge=1)] = 40
+
     session_ttl_s: Seconds = 3600.0
     retention_s: Seconds = 7 * 86400.0
     """How long a message owed to a session is kept in the store, delivered or not."""

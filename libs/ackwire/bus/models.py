@@ -34,6 +34,8 @@ class NodeRegistration(BusModel):
 
     name: str
     kinds: list[str]
+    schemas: dict[str, dict[str, JsonValue]] = Field(default_factory=dict)
+    """Each kind's payload JSON schema, for gateways to check a payload before storing it."""
     capacity: Annotated[int, Field(ge=1)]
     pid: int
     started_at: datetime = Field(default_factory=utc_now)

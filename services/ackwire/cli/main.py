@@ -15,7 +15,7 @@ from ackwire.logs import configure_logging
 from ackwire.settings import JwtAlgorithm, Settings
 from ackwire.tokens import mint_token
 
-DEMO_KINDS = "echo,sleep,fail,translate"
+DEMO_KIND_NAMES = "echo,sleep,fail,translate"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     node = commands.add_parser("node", help="run a node serving job kinds")
     node.add_argument("--name", default="node-1")
-    node.add_argument("--kinds", default=DEMO_KINDS, help=f"comma-separated (default {DEMO_KINDS})")
+    node.add_argument(
+        "--kinds", default=DEMO_KIND_NAMES, help=f"comma-separated (default {DEMO_KIND_NAMES})"
+    )
     node.add_argument("--capacity", type=_positive, default=4, help="jobs run at once")
     node.add_argument("--http-host", default="127.0.0.1")
     _nats_url_flag(node)
@@ -114,9 +116,19 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         service = Scheduler(settings, name=args.name, host=args.http_host)
     else:
+        from ackwire.node.demo_kinds import DEMO_KINDS
         from ackwire.node.service import Node
 
-        kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
+        names = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
+        unknown = sorted(set(names) - set(DEMO_KINDS))
+        if unknown or not names:
+            print(
+                f"ackwire node: unknown kinds {unknown or names}; this node serves "
+                + ", ".join(DEMO_KINDS),
+                file=sys.stderr,
+            )
+            return 2
+        kinds = {name: DEMO_KINDS[name] for name in names}
         service = Node(
             settings, name=args.name, kinds=kinds, capacity=args.capacity, host=args.http_host
         )

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from ackwire.bus.embedded import EmbeddedNats, free_port
-from ackwire.cli.main import DEMO_KINDS
+from ackwire.cli.main import DEMO_KIND_NAMES
 from ackwire.lifecycle import stop_signal
 from ackwire.settings import Settings
 
@@ -126,7 +126,7 @@ def child_specs(options: StackOptions, nats_url: str) -> list[ChildSpec]:
         ChildSpec(
             "node",
             f"node-{i}",
-            ("--kinds", DEMO_KINDS),
+            ("--kinds", DEMO_KIND_NAMES),
             env | {"ACKWIRE_HTTP_PORT": str(free_port())},
         )
         for i in range(1, options.nodes + 1)

@@ -12,15 +12,18 @@ from dataclasses import dataclass
 
 import structlog
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from ackwire.bus.models import PresenceRecord
+from ackwire.bus.nodes import NodeDirectory
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.bus.subjects import new_session_id
 from ackwire.gateway import metrics
 from ackwire.gateway.delivery import DeliveryPump
+from ackwire.gateway.jobs import JobIntake
 from ackwire.gateway.presence import PresenceTable
 from ackwire.settings import Settings
 from ackwire.tokens import Identity, InvalidTokenError, TokenVerifier
@@ -41,6 +44,7 @@ from ackwire.wire.frames import (
     Welcome,
 )
 from ackwire.wire.guard import Close, FrameGuard, Reject
+from ackwire.wire.rate import TokenBucket
 
 _log = structlog.get_logger("ackwire.gateway")
 
@@ -54,6 +58,8 @@ class GatewayContext:
     verifier: TokenVerifier
     presence: PresenceTable
     queue: SessionQueue
+    js: JetStreamContext
+    nodes: NodeDirectory
 
 
 class ClientConnection:
@@ -65,6 +71,7 @@ class ClientConnection:
         self._guard = FrameGuard()
         self._connection_id = "c-" + secrets.token_hex(6)
         self._pump: DeliveryPump | None = None
+        self._intake: JobIntake | None = None
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(
@@ -141,6 +148,13 @@ class ClientConnection:
                 ack_wait=settings.ack_wait_s,
             )
             await self._pump.start()
+            self._intake = JobIntake(
+                self._gateway.js,
+                self._gateway.nodes,
+                TokenBucket(rate=settings.submit_rate_per_s, burst=settings.submit_burst),
+                session_id=session_id,
+                user=identity.user,
+            )
             await self._read_frames()
         finally:
             if self._pump is not None:
@@ -173,7 +187,10 @@ class ClientConnection:
             case Ack():
                 assert self._pump is not None  # started before any frame is read
                 self._pump.acked(frame)
-            case Submit(ref=ref) | Subscribe(ref=ref) | Unsubscribe(ref=ref):
+            case Submit():
+                assert self._intake is not None  # made before any frame is read
+                await self._send(await self._intake.submit(frame))
+            case Subscribe(ref=ref) | Unsubscribe(ref=ref):
                 await self._send(
                     Error(
                         ref=ref,

@@ -12,6 +12,7 @@ from websockets.typing import Subprotocol
 
 from ackwire.bus import subjects
 from ackwire.bus.connect import connect_nats, leave_nats
+from ackwire.bus.nodes import NodeDirectory
 from ackwire.bus.provision import provision
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.gateway.connection import ClientConnection, GatewayContext
@@ -45,6 +46,7 @@ class Gateway:
         self._nc: Client | None = None
         self._server: Server | None = None
         self._draining = False
+        self._nodes = NodeDirectory()
 
     @property
     def name(self) -> str:
@@ -73,12 +75,15 @@ class Gateway:
         )
         js = self._nc.jetstream()
         await provision(js, self._settings)
+        await self._nodes.follow(await js.key_value(subjects.NODES_BUCKET))
         context = GatewayContext(
             name=self._name,
             settings=self._settings,
             verifier=self._verifier,
             presence=PresenceTable(await js.key_value(subjects.PRESENCE_BUCKET)),
             queue=SessionQueue(self._nc, js),
+            js=js,
+            nodes=self._nodes,
         )
 
         async def handler(ws: ServerConnection) -> None:
@@ -105,6 +110,7 @@ class Gateway:
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
+        await self._nodes.stop()
         if self._nc is not None:
             await leave_nats(self._nc)
         _log.info("gateway.drained")

@@ -10,11 +10,14 @@ import structlog
 from nats.errors import Error as NatsError
 from nats.js.errors import Error as JetStreamError
 from nats.js.kv import KeyValue
+from pydantic import BaseModel
 
 from ackwire.bus import subjects
 from ackwire.bus.broker import ServiceBroker
 from ackwire.bus.models import NodeRegistration
 from ackwire.lifecycle import cancel_and_wait
+from ackwire.node.worker import Worker
+from ackwire.nodekit import JobKind
 from ackwire.settings import Settings
 
 _log = structlog.get_logger("ackwire.node")
@@ -22,13 +25,26 @@ _log = structlog.get_logger("ackwire.node")
 
 class Node:
     def __init__(
-        self, settings: Settings, *, name: str, kinds: list[str], capacity: int, host: str
+        self,
+        settings: Settings,
+        *,
+        name: str,
+        kinds: dict[str, JobKind[BaseModel, BaseModel]],
+        capacity: int,
+        host: str,
     ) -> None:
         self._name = subjects.service_token(name)
         self._settings = settings
+        self._kinds = kinds
+        self._capacity = capacity
         self._registration = NodeRegistration(
-            name=self._name, kinds=kinds, capacity=capacity, pid=os.getpid()
+            name=self._name,
+            kinds=list(kinds),
+            schemas={name: kind.payload_schema() for name, kind in kinds.items()},
+            capacity=capacity,
+            pid=os.getpid(),
         )
+        self._worker: Worker | None = None
         self._bus = ServiceBroker(settings, name=self._name, http_host=host)
         self._kv: KeyValue | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -46,6 +62,10 @@ class Node:
 
     async def start(self) -> None:
         js = await self._bus.connect()
+        self._worker = Worker(
+            js, self._settings, node=self._name, kinds=self._kinds, capacity=self._capacity
+        )
+        await self._worker.start()
         self._kv = await js.key_value(subjects.NODES_BUCKET)
         await self._kv.put(subjects.node_key(self._name), self._registration.to_bytes())
         self._heartbeat = asyncio.create_task(self._keep_registered(self._kv))
@@ -53,6 +73,8 @@ class Node:
         _log.info("node.registered", kinds=self._registration.kinds)
 
     async def drain(self) -> None:
+        if self._worker is not None:
+            await self._worker.drain()
         await cancel_and_wait(self._heartbeat)
         if self._kv is not None:
             with contextlib.suppress(NatsError, JetStreamError, TimeoutError):

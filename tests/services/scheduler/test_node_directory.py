@@ -5,6 +5,7 @@ import signal
 import pytest
 
 from ackwire.bus.embedded import EmbeddedNats, free_port
+from ackwire.node.demo_kinds import DEMO_KINDS
 from ackwire.node.service import Node
 from ackwire.scheduler.service import Scheduler
 from ackwire.settings import Settings
@@ -23,7 +24,9 @@ async def scheduler(settings: Settings) -> Scheduler:
 async def test_a_node_joins_and_leaves_the_directory(
     scheduler: Scheduler, settings: Settings, logs: LogWatch
 ) -> None:
-    node = Node(settings, name="node-a", kinds=["echo"], capacity=2, host="127.0.0.1")
+    node = Node(
+        settings, name="node-a", kinds={"echo": DEMO_KINDS["echo"]}, capacity=2, host="127.0.0.1"
+    )
     await node.start()
     await logs.wait_for("node.joined", node="node-a")
     assert scheduler.nodes["node-a"].kinds == ["echo"]
@@ -36,7 +39,9 @@ async def test_a_node_joins_and_leaves_the_directory(
 async def test_a_node_that_started_earlier_is_known_at_once(
     settings: Settings, logs: LogWatch
 ) -> None:
-    node = Node(settings, name="node-b", kinds=["sleep"], capacity=1, host="127.0.0.1")
+    node = Node(
+        settings, name="node-b", kinds={"sleep": DEMO_KINDS["sleep"]}, capacity=1, host="127.0.0.1"
+    )
     await node.start()
     scheduler = Scheduler(settings, name="scheduler-late", host="127.0.0.1")
     await scheduler.start()

@@ -1,0 +1,102 @@
+"""Taking a client's `submit`: check it, store it, and answer only what the store confirmed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from functools import lru_cache
+
+import structlog
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.errors import Error as JetStreamError
+
+from ackwire.bus import subjects
+from ackwire.bus.nodes import NodeDirectory
+from ackwire.jobs.messages import JobSubmitted, new_job_id
+from ackwire.wire.codes import ErrorCode
+from ackwire.wire.frames import Accepted, Error, Submit
+from ackwire.wire.rate import TokenBucket
+
+_STORE_TIMEOUT_S = 5.0
+
+_log = structlog.get_logger("ackwire.gateway")
+
+
+class JobIntake:
+    """One connection's submits (the rate budget is per connection's session)."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        nodes: NodeDirectory,
+        budget: TokenBucket,
+        *,
+        session_id: str,
+        user: str,
+    ) -> None:
+        self._js = js
+        self._nodes = nodes
+        self._budget = budget
+        self._session_id = session_id
+        self._user = user
+
+    async def submit(self, frame: Submit) -> Accepted | Error:
+        wait = self._budget.take(time.monotonic())
+        if wait > 0:
+            return _error(frame, ErrorCode.RATE_LIMITED, f"too many submits; retry in {wait:.2f} s")
+        schema = self._nodes.schema_of(frame.kind)
+        if schema is None:
+            return _error(frame, ErrorCode.NO_SUCH_KIND, f"no node serves {frame.kind!r}")
+        problem = _payload_problem(json.dumps(schema, sort_keys=True), frame.payload)
+        if problem is not None:
+            return _error(frame, ErrorCode.BAD_PAYLOAD, problem)
+        job = JobSubmitted(
+            job_id=new_job_id(self._session_id, frame.idempotency_key),
+            session_id=self._session_id,
+            user=self._user,
+            kind=frame.kind,
+            payload=frame.payload,
+            trace_id=uuid.uuid4().hex,
+        )
+        log = _log.bind(job_id=job.job_id, trace_id=job.trace_id, kind=job.kind)
+        try:
+            async with asyncio.timeout(_STORE_TIMEOUT_S):
+                await self._js.publish(
+                    subjects.JOB_SUBMITTED, job.to_bytes(), headers={"Nats-Msg-Id": job.job_id}
+                )
+        except (TimeoutError, NatsError, JetStreamError) as exc:
+            # Maybe stored, maybe not: the client may resubmit under its idempotency key.
+            log.warning("job.store_unconfirmed", error=str(exc) or type(exc).__name__)
+            return _error(frame, ErrorCode.UNAVAILABLE, "the job store did not confirm; retry")
+        log.info("job.accepted")
+        return Accepted(ref=frame.ref, job_id=job.job_id)
+
+
+def _error(frame: Submit, code: ErrorCode, message: str) -> Error:
+    return Error(ref=frame.ref, code=code, message=message)
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Draft202012Validator | None:
+    try:
+        schema = json.loads(schema_json)
+        Draft202012Validator.check_schema(schema)
+    except SchemaError:
+        return None
+    return Draft202012Validator(schema)
+
+
+def _payload_problem(schema_json: str, payload: object) -> str | None:
+    validator = _validator(schema_json)
+    if validator is None:
+        return None  # a node registered a broken schema: its handler will judge the payload
+    error = next(iter(validator.iter_errors(payload)), None)
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path)
+    return f"{where}: {error.message}"[:200] if where else error.message[:200]

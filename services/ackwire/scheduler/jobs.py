@@ -1,0 +1,246 @@
+"""The scheduler's job handling: the ledger's I/O.
+
+Two FastStream pull subscribers, acked by hand (`AckPolicy.MANUAL`: FastStream's
+default would terminate a message whose handler raised, and a plain `ack()` is
+not confirmed by the server):
+
+- **stored jobs** (`ACKWIRE_JOBS`): the first delivery of a job creates its
+  record and dispatches its work; every later delivery is the job's timer.
+  The message is nak'ed with the delay the ledger asks for, so the timer is
+  JetStream's own: durable, shared by every scheduler replica, surviving a
+  restart. It is acked (gone) once the job is terminal.
+- **attempt reports** (`ACKWIRE_JOB_EVENTS`): what nodes report, applied to
+  the record.
+
+Records live in KV and are written by compare-and-set, so two replicas never
+both act on one version of a job. Deliveries are stored before the record that
+says so: a crash in between repeats the store, which the delivery's id dedupes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsMessage, PullSub
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from pydantic import TypeAdapter, ValidationError
+
+from ackwire.bus import subjects
+from ackwire.bus.broker import ServiceBroker
+from ackwire.bus.models import Delivery
+from ackwire.bus.session_queue import SessionQueue
+from ackwire.jobs.ledger import (
+    AttemptFailed,
+    CheckAt,
+    DeliverError,
+    DeliverProgress,
+    DeliverResult,
+    Ignore,
+    JobInput,
+    JobLedger,
+    JobRecord,
+    Outcome,
+    Progressed,
+    Started,
+    Succeeded,
+    TimerFired,
+)
+from ackwire.jobs.messages import (
+    AttemptFailedEvent,
+    AttemptProgressed,
+    AttemptStarted,
+    AttemptSucceeded,
+    JobEvent,
+    JobSubmitted,
+)
+from ackwire.settings import Settings
+
+_MAX_CAS_RETRIES = 10
+_events: TypeAdapter[JobEvent] = TypeAdapter(JobEvent)
+
+_log = structlog.get_logger("ackwire.scheduler")
+
+
+class JobSupervisor:
+    def __init__(self, settings: Settings, bus: ServiceBroker) -> None:
+        self._settings = settings
+        self._ledger = JobLedger(
+            pending_timeout=settings.pending_timeout_s,
+            job_timeout=settings.job_timeout_s,
+            max_attempts=settings.max_attempts,
+        )
+        self._js: JetStreamContext | None = None
+        self._kv: KeyValue | None = None
+        self._queue: SessionQueue | None = None
+        broker = bus.broker
+        broker.subscriber(
+            subjects.JOB_SUBMITTED,
+            stream=JStream(subjects.JOBS_STREAM, declare=False),  # provisioned by us
+            durable="scheduler",
+            config=ConsumerConfig(ack_wait=30, max_deliver=-1),
+            pull_sub=PullSub(batch_size=16, timeout=1.0),
+            ack_policy=AckPolicy.MANUAL,
+        )(self._on_stored_job)
+        broker.subscriber(
+            subjects.JOB_EVENTS,
+            stream=JStream(subjects.JOB_EVENTS_STREAM, declare=False),
+            durable="scheduler-events",
+            config=ConsumerConfig(ack_wait=30, max_deliver=-1),
+            pull_sub=PullSub(batch_size=64, timeout=1.0),
+            ack_policy=AckPolicy.MANUAL,
+        )(self._on_report)
+
+    async def bind(self, js: JetStreamContext, queue: SessionQueue) -> None:
+        """Called once connected, before the subscribers start."""
+        self._js = js
+        self._kv = await js.key_value(subjects.JOBS_BUCKET)
+        self._queue = queue
+
+    async def _on_stored_job(self, msg: NatsMessage) -> None:
+        try:
+            job = JobSubmitted.model_validate_json(msg.body)
+        except ValidationError as exc:
+            _log.error("job.unreadable", error=str(exc))
+            await msg.reject()
+            return
+        log = _log.bind(job_id=job.job_id, trace_id=job.trace_id, session_id=job.session_id)
+        outcome = await self._apply(job.job_id, TimerFired(), log, new=job)
+        if outcome is None or outcome.record.state.terminal:
+            await msg.ack_sync()
+            return
+        check = next((a for a in outcome.actions if isinstance(a, CheckAt)), None)
+        delay = self._settings.pending_timeout_s if check is None else check.at - time.time()
+        await msg.nack(delay=max(0.1, delay))
+
+    async def _on_report(self, msg: NatsMessage) -> None:
+        try:
+            event = _events.validate_json(msg.body)
+        except ValidationError as exc:
+            _log.error("job.unreadable_report", error=str(exc))
+            await msg.reject()
+            return
+        log = _log.bind(
+            job_id=event.job_id, trace_id=event.trace_id, node=event.node, attempt=event.attempt
+        )
+        await self._apply(event.job_id, _ledger_input(event), log, report_seq=_stream_seq(msg))
+        await msg.ack_sync()
+
+    async def _apply(
+        self,
+        job_id: str,
+        event: JobInput,
+        log: Any,
+        *,
+        new: JobSubmitted | None = None,
+        report_seq: int = 0,
+    ) -> Outcome | None:
+        """Read the record, apply `event`, carry out the actions, write the record (CAS).
+
+        `None` for a report about a job with no record (expired, or never stored)."""
+        assert self._kv is not None
+        for _ in range(_MAX_CAS_RETRIES):
+            now = time.time()
+            try:
+                entry = await self._kv.get(job_id)
+            except KeyNotFoundError:
+                entry = None
+            if entry is None or entry.value is None:
+                if new is None:
+                    log.warning("job.report_for_unknown_job")
+                    return None
+                outcome = self._ledger.submitted(
+                    job_id=new.job_id,
+                    session_id=new.session_id,
+                    kind=new.kind,
+                    trace_id=new.trace_id,
+                    now=now,
+                )
+                try:
+                    await self._kv.create(job_id, outcome.record.model_dump_json().encode())
+                except KeyWrongLastSequenceError:
+                    continue  # another replica created it first: apply to theirs
+                await self._dispatch(new)
+                log.info("job.pending", kind=new.kind)
+                return outcome
+            record = JobRecord.model_validate_json(entry.value)
+            outcome = self._ledger.apply(record, event, now)
+            if outcome.record == record:
+                self._log_ignored(outcome, log)
+                return outcome
+            await self._carry_out(outcome, report_seq, log)
+            try:
+                await self._kv.update(
+                    job_id, outcome.record.model_dump_json().encode(), last=entry.revision
+                )
+            except KeyWrongLastSequenceError:
+                continue  # the record moved on under us: read it again
+            if outcome.record.state is not record.state:
+                log.info("job.state", state=outcome.record.state.value, was=record.state.value)
+            return outcome
+        raise RuntimeError(f"job {job_id}: the record kept changing; will retry on redelivery")
+
+    async def _dispatch(self, job: JobSubmitted) -> None:
+        assert self._js is not None
+        await self._js.publish(
+            subjects.work_subject(job.kind), job.to_bytes(), headers={"Nats-Msg-Id": job.job_id}
+        )
+
+    async def _carry_out(self, outcome: Outcome, report_seq: int, log: Any) -> None:
+        assert self._queue is not None
+        record = outcome.record
+        for action in outcome.actions:
+            delivery: Delivery | None = None
+            match action:
+                case DeliverResult(data=data):
+                    delivery = _delivery(record, "result", data, f"{record.job_id}:result")
+                case DeliverError(code=code, message=message):
+                    data = {"code": code, "message": message}
+                    delivery = _delivery(record, "error", data, f"{record.job_id}:result")
+                case DeliverProgress(percent=percent):
+                    progress_id = f"{record.job_id}:progress:{report_seq}"
+                    delivery = _delivery(record, "progress", {"percent": percent}, progress_id)
+                case Ignore(reason=reason):
+                    log.info("job.report_dropped", reason=reason)
+            if delivery is not None:
+                seq = await self._queue.put(delivery)
+                # Stored for the session, not delivered: only the client's ack makes it so.
+                log.info("job.queued_for_session", kind=delivery.kind, id=delivery.id, seq=seq)
+
+    @staticmethod
+    def _log_ignored(outcome: Outcome, log: Any) -> None:
+        for action in outcome.actions:
+            if isinstance(action, Ignore):
+                log.info("job.report_dropped", reason=action.reason)
+
+
+def _delivery(record: JobRecord, kind: Any, data: Any, delivery_id: str) -> Delivery:
+    return Delivery(
+        id=delivery_id,
+        kind=kind,
+        session_id=record.session_id,
+        job_id=record.job_id,
+        trace_id=record.trace_id,
+        data=data,
+    )
+
+
+def _ledger_input(event: JobEvent) -> JobInput:
+    match event:
+        case AttemptStarted():
+            return Started(event.attempt, event.node)
+        case AttemptProgressed():
+            return Progressed(event.attempt, event.percent)
+        case AttemptSucceeded():
+            return Succeeded(event.attempt, event.data)
+        case AttemptFailedEvent():
+            return AttemptFailed(event.attempt, event.message)
+
+
+def _stream_seq(msg: NatsMessage) -> int:
+    return int(msg.raw_message.metadata.sequence.stream)

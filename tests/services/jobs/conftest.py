@@ -1,0 +1,52 @@
+"""A whole stack in one test process: a real NATS, a gateway, a scheduler and a node."""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import structlog
+
+from ackwire.gateway.server import Gateway
+from ackwire.node.demo_kinds import DEMO_KINDS
+from ackwire.node.service import Node
+from ackwire.scheduler.service import Scheduler
+from ackwire.settings import Settings
+from support.logs import LogWatch
+
+
+@dataclass
+class Stack:
+    gateway: Gateway
+    scheduler: Scheduler
+    node: Node
+    settings: Settings
+
+
+@pytest.fixture
+def job_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "pending_timeout_s": 2.0,
+            "job_timeout_s": 3.0,
+            "max_attempts": 2,
+            "ack_wait_s": 5.0,
+            "node_heartbeat_s": 0.5,
+            "submit_rate_per_s": 1.0,
+            "submit_burst": 5,
+        }
+    )
+
+
+@pytest.fixture
+async def stack(job_settings: Settings, logs: LogWatch) -> AsyncIterator[Stack]:
+    node = Node(job_settings, name="node-t", kinds=DEMO_KINDS, capacity=2, host="127.0.0.1")
+    scheduler = Scheduler(job_settings, name="scheduler-t", host="127.0.0.1")
+    gateway = Gateway(job_settings, name="gw-t", host="127.0.0.1", port=0)
+    for service, field in ((node, "node"), (scheduler, "scheduler"), (gateway, "gateway")):
+        with structlog.contextvars.bound_contextvars(**{field: service.name}):
+            await service.start()
+    await logs.wait_for("node.joined", gateway="gw-t", node="node-t")
+    yield Stack(gateway, scheduler, node, job_settings)
+    await gateway.drain()
+    await scheduler.drain()
+    await node.drain()

@@ -1,0 +1,202 @@
+"""protocol.md, Jobs, end to end: gateway, scheduler and node on a real NATS, a real WebSocket."""
+
+from collections.abc import Callable
+
+import structlog
+from websockets.asyncio.client import ClientConnection
+
+from ackwire.gateway.server import Gateway
+from ackwire.node.demo_kinds import DEMO_KINDS
+from ackwire.node.service import Node
+from ackwire.scheduler.service import Scheduler
+from ackwire.settings import Settings
+from ackwire.wire.codes import ErrorCode
+from ackwire.wire.frames import Accepted, Ack, Deliver, Error, Submit
+from support.client import receive, send, welcomed
+from support.logs import LogWatch
+
+from .conftest import Stack
+
+MakeToken = Callable[..., str]
+
+
+class JobClient:
+    """A raw WebSocket client that answers submits and collects deliveries in arrival order."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.buffered: list[Deliver] = []
+
+    async def submit(self, frame: Submit) -> Accepted | Error:
+        await send(self.ws, frame)
+        while True:
+            answer = await receive(self.ws)
+            if isinstance(answer, Deliver):
+                self.buffered.append(answer)
+                continue
+            assert isinstance(answer, Accepted | Error), answer
+            assert answer.ref == frame.ref
+            return answer
+
+    async def until_terminal(self, job_id: str, timeout: float = 15) -> list[Deliver]:
+        """Every deliver for `job_id`, acking each, up to its result or error."""
+        seen: list[Deliver] = []
+        while True:
+            frame = (
+                self.buffered.pop(0) if self.buffered else await receive(self.ws, timeout=timeout)
+            )
+            assert isinstance(frame, Deliver), frame
+            await send(self.ws, Ack(seq=frame.seq))
+            if frame.job_id == job_id:
+                seen.append(frame)
+                if frame.kind in {"result", "error"}:
+                    return seen
+
+
+async def connect(url: str, token: str) -> JobClient:
+    ws, _ = await welcomed(url, token)
+    return JobClient(ws)
+
+
+async def test_an_echo_job_is_accepted_run_and_its_result_delivered(
+    stack: Stack, make_token: MakeToken, logs: LogWatch
+) -> None:
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(Submit(ref="c-1", kind="echo", payload={"a": [1, "二"]}))
+    assert isinstance(accepted, Accepted)
+    [result] = await client.until_terminal(accepted.job_id)
+    assert (result.kind, result.id, result.data) == (
+        "result",
+        f"{accepted.job_id}:result",
+        {"a": [1, "二"]},
+    )
+    delivered = await logs.wait_for("delivery.delivered", job_id=accepted.job_id)
+    assert delivered["trace_id"]
+    await client.ws.close()
+
+
+async def test_translate_uses_the_phrase_table(stack: Stack, make_token: MakeToken) -> None:
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(
+        Submit(
+            ref="c-1", kind="translate", payload={"text": "你好", "source": "zh", "target": "en"}
+        ),
+    )
+    assert isinstance(accepted, Accepted)
+    [result] = await client.until_terminal(accepted.job_id)
+    assert result.data == {"text": "hello", "source": "zh", "target": "en"}
+    await client.ws.close()
+
+
+async def test_a_kind_no_node_serves_is_no_such_kind(stack: Stack, make_token: MakeToken) -> None:
+    client = await connect(stack.gateway.url, make_token())
+    answer = await client.submit(Submit(ref="c-9", kind="teleport", payload={}))
+    assert isinstance(answer, Error)
+    assert answer.code is ErrorCode.NO_SUCH_KIND
+    await client.ws.close()
+
+
+async def test_a_payload_against_the_kinds_schema_is_bad_payload(
+    stack: Stack, make_token: MakeToken
+) -> None:
+    client = await connect(stack.gateway.url, make_token())
+    answer = await client.submit(Submit(ref="c-2", kind="translate", payload={"text": 5}))
+    assert isinstance(answer, Error)
+    assert answer.code is ErrorCode.BAD_PAYLOAD
+    assert "text" in answer.message or "required" in answer.message
+    await client.ws.close()
+
+
+async def test_the_same_idempotency_key_is_the_same_job_run_once(
+    stack: Stack, make_token: MakeToken, logs: LogWatch
+) -> None:
+    client = await connect(stack.gateway.url, make_token())
+    frames = [
+        Submit(ref=f"c-{i}", kind="echo", payload={"i": 1}, idempotency_key="k-1") for i in range(3)
+    ]
+    answers = [await client.submit(frame) for frame in frames]
+    job_ids = {a.job_id for a in answers if isinstance(a, Accepted)}
+    assert len(job_ids) == 1
+    [job_id] = job_ids
+    results = await client.until_terminal(job_id)
+    assert [r.kind for r in results] == ["result"]
+    await logs.wait_for("delivery.delivered", job_id=job_id)
+    assert len(logs.named("job.attempt_started", job_id=job_id)) == 1
+    await client.ws.close()
+
+
+async def test_a_sleep_job_reports_progress_before_its_result(
+    stack: Stack, make_token: MakeToken
+) -> None:
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(Submit(ref="c-1", kind="sleep", payload={"seconds": 1.2}))
+    assert isinstance(accepted, Accepted)
+    seen = await client.until_terminal(accepted.job_id)
+    assert seen[0].kind == "progress"
+    assert 0 <= seen[0].data["percent"] <= 100  # type: ignore[index,call-overload]
+    assert seen[-1].kind == "result"
+    assert seen[-1].data == {"slept": 1.2}
+    assert [d.seq for d in seen] == sorted(d.seq for d in seen)
+    await client.ws.close()
+
+
+async def test_a_handler_that_raises_fails_each_attempt_then_the_job(
+    stack: Stack, make_token: MakeToken, logs: LogWatch
+) -> None:
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(Submit(ref="c-1", kind="fail", payload={"message": "kaputt"}))
+    assert isinstance(accepted, Accepted)
+    [error] = await client.until_terminal(accepted.job_id)
+    assert error.kind == "error"
+    assert error.data["code"] == "failed"  # type: ignore[index,call-overload]
+    assert "kaputt" in error.data["message"]  # type: ignore[index,operator]
+    attempts = logs.named("job.attempt_failed", job_id=accepted.job_id)
+    assert len(attempts) == stack.settings.max_attempts
+    await client.ws.close()
+
+
+async def test_no_node_with_room_in_the_pending_timeout_is_no_capacity(
+    job_settings: Settings, make_token: MakeToken, logs: LogWatch
+) -> None:
+    node = Node(
+        job_settings,
+        name="node-1slot",
+        kinds={"sleep": DEMO_KINDS["sleep"]},
+        capacity=1,
+        host="127.0.0.1",
+    )
+    scheduler = Scheduler(job_settings, name="scheduler-t", host="127.0.0.1")
+    gateway = Gateway(job_settings, name="gw-t", host="127.0.0.1", port=0)
+    for service in (node, scheduler, gateway):
+        with structlog.contextvars.bound_contextvars(service=service.name):
+            await service.start()
+    try:
+        await logs.wait_for("node.joined", service="gw-t", node="node-1slot")
+        client = await connect(gateway.url, make_token())
+        busy = await client.submit(Submit(ref="b", kind="sleep", payload={"seconds": 4}))
+        assert isinstance(busy, Accepted)
+        await logs.wait_for("job.attempt_started", job_id=busy.job_id)  # the only slot is taken
+        waiting = await client.submit(Submit(ref="c", kind="sleep", payload={"seconds": 0}))
+        assert isinstance(waiting, Accepted)
+        [error] = await client.until_terminal(waiting.job_id)
+        assert error.kind == "error"
+        assert error.data["code"] == "no_capacity"  # type: ignore[index,call-overload]
+        finished = await client.until_terminal(busy.job_id)
+        assert finished[-1].kind == "result"  # the running job is not disturbed
+        await client.ws.close()
+    finally:
+        await gateway.drain()
+        await scheduler.drain()
+        await node.drain()
+
+
+async def test_submitting_too_fast_is_rate_limited(stack: Stack, make_token: MakeToken) -> None:
+    client = await connect(stack.gateway.url, make_token())
+    answers = [
+        await client.submit(Submit(ref=f"c-{i}", kind="echo", payload={}))
+        for i in range(stack.settings.submit_burst + 1)
+    ]
+    assert all(isinstance(a, Accepted) for a in answers[:-1])
+    assert isinstance(answers[-1], Error)
+    assert answers[-1].code is ErrorCode.RATE_LIMITED
+    await client.ws.close()
