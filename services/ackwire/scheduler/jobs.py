@@ -62,6 +62,8 @@ from ackwire.jobs.messages import (
 from ackwire.settings import Settings
 
 _MAX_CAS_RETRIES = 10
+#: A handler takes milliseconds; a message a dead replica had pulled comes back after this.
+_HANDLER_ACK_WAIT_S = 5.0
 _events: TypeAdapter[JobEvent] = TypeAdapter(JobEvent)
 
 _log = structlog.get_logger("ackwire.scheduler")
@@ -83,7 +85,7 @@ class JobSupervisor:
             subjects.JOB_SUBMITTED,
             stream=JStream(subjects.JOBS_STREAM, declare=False),  # provisioned by us
             durable="scheduler",
-            config=ConsumerConfig(ack_wait=30, max_deliver=-1),
+            config=ConsumerConfig(ack_wait=_HANDLER_ACK_WAIT_S, max_deliver=-1),
             pull_sub=PullSub(batch_size=16, timeout=1.0),
             ack_policy=AckPolicy.MANUAL,
         )(self._on_stored_job)
@@ -91,7 +93,7 @@ class JobSupervisor:
             subjects.JOB_EVENTS,
             stream=JStream(subjects.JOB_EVENTS_STREAM, declare=False),
             durable="scheduler-events",
-            config=ConsumerConfig(ack_wait=30, max_deliver=-1),
+            config=ConsumerConfig(ack_wait=_HANDLER_ACK_WAIT_S, max_deliver=-1),
             pull_sub=PullSub(batch_size=64, timeout=1.0),
             ack_policy=AckPolicy.MANUAL,
         )(self._on_report)
@@ -206,7 +208,7 @@ class JobSupervisor:
                     progress_id = f"{record.job_id}:progress:{report_seq}"
                     delivery = _delivery(record, "progress", {"percent": percent}, progress_id)
                 case Ignore(reason=reason):
-                    log.info("job.report_dropped", reason=reason)
+                    log.info("job.input_ignored", reason=reason)
             if delivery is not None:
                 seq = await self._queue.put(delivery)
                 # Stored for the session, not delivered: only the client's ack makes it so.
@@ -216,7 +218,7 @@ class JobSupervisor:
     def _log_ignored(outcome: Outcome, log: Any) -> None:
         for action in outcome.actions:
             if isinstance(action, Ignore):
-                log.info("job.report_dropped", reason=action.reason)
+                log.info("job.input_ignored", reason=action.reason)
 
 
 def _delivery(record: JobRecord, kind: Any, data: Any, delivery_id: str) -> Delivery:

@@ -1,5 +1,6 @@
 """protocol.md, Jobs, end to end: gateway, scheduler and node on a real NATS, a real WebSocket."""
 
+from collections import defaultdict
 from collections.abc import Callable
 
 import structlog
@@ -21,36 +22,34 @@ MakeToken = Callable[..., str]
 
 
 class JobClient:
-    """A raw WebSocket client that answers submits and collects deliveries in arrival order."""
+    """A raw WebSocket client that answers submits and files every delivery by job, acked."""
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
-        self.buffered: list[Deliver] = []
+        self.by_job: dict[str | None, list[Deliver]] = defaultdict(list)
 
     async def submit(self, frame: Submit) -> Accepted | Error:
         await send(self.ws, frame)
         while True:
             answer = await receive(self.ws)
             if isinstance(answer, Deliver):
-                self.buffered.append(answer)
+                await self._file(answer)
                 continue
             assert isinstance(answer, Accepted | Error), answer
             assert answer.ref == frame.ref
             return answer
 
     async def until_terminal(self, job_id: str, timeout: float = 15) -> list[Deliver]:
-        """Every deliver for `job_id`, acking each, up to its result or error."""
-        seen: list[Deliver] = []
-        while True:
-            frame = (
-                self.buffered.pop(0) if self.buffered else await receive(self.ws, timeout=timeout)
-            )
+        """Every deliver for `job_id`, up to its result or error."""
+        while not any(d.kind in {"result", "error"} for d in self.by_job[job_id]):
+            frame = await receive(self.ws, timeout=timeout)
             assert isinstance(frame, Deliver), frame
-            await send(self.ws, Ack(seq=frame.seq))
-            if frame.job_id == job_id:
-                seen.append(frame)
-                if frame.kind in {"result", "error"}:
-                    return seen
+            await self._file(frame)
+        return self.by_job[job_id]
+
+    async def _file(self, frame: Deliver) -> None:
+        await send(self.ws, Ack(seq=frame.seq))
+        self.by_job[frame.job_id].append(frame)
 
 
 async def connect(url: str, token: str) -> JobClient:
@@ -71,7 +70,16 @@ async def test_an_echo_job_is_accepted_run_and_its_result_delivered(
         {"a": [1, "二"]},
     )
     delivered = await logs.wait_for("delivery.delivered", job_id=accepted.job_id)
-    assert delivered["trace_id"]
+    # One grep of the trace id tells the job's story, each line saying where it happened.
+    story = [e for e in logs.events if e.get("trace_id") == delivered["trace_id"]]
+    steps = {e["event"]: e for e in story}
+    assert steps["job.accepted"]["gateway"] == "gw-t"
+    assert steps["job.pending"]["scheduler"] == "scheduler-t"
+    assert steps["job.attempt_started"]["node"] == "node-t"
+    assert steps["job.queued_for_session"]["scheduler"] == "scheduler-t"
+    assert steps["delivery.delivered"]["gateway"] == "gw-t"
+    assert all(e["job_id"] == accepted.job_id for e in story)
+    assert all(e.get("session_id") == delivered["session_id"] for e in story if "gateway" in e)
     await client.ws.close()
 
 
