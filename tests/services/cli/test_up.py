@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from ackwire.bus.embedded import EmbeddedNats
-from support.client import closed_with, welcomed
+from ackwire.wire.frames import Accepted, Ack, Deliver, Submit
+from support.client import closed_with, receive, send, welcomed
 from support.processes import AckwireProcess
 
 
@@ -77,6 +78,23 @@ async def test_up_prints_every_line_in_order_and_drains_on_sigterm(
             ws, welcome = await welcomed(f"ws://127.0.0.1:{gateway_port}", make_token())  # type: ignore[operator]
             assert welcome.gateway == name
             clients.append(ws)
+
+        # "ready" means a job submitted right now runs.
+        await send(
+            clients[0],
+            Submit(
+                ref="c-1",
+                kind="translate",
+                payload={"text": "谢谢", "source": "zh", "target": "en"},
+            ),
+        )
+        accepted = await receive(clients[0])
+        assert isinstance(accepted, Accepted), accepted
+        result = await receive(clients[0], timeout=30)
+        assert isinstance(result, Deliver), result
+        assert (result.job_id, result.kind) == (accepted.job_id, "result")
+        assert result.data == {"text": "thank you", "source": "zh", "target": "en"}
+        await send(clients[0], Ack(seq=result.seq))
 
         assert await up.stop(signal.SIGTERM, timeout=60) == 0
         codes = await asyncio.gather(*(closed_with(ws) for ws in clients))

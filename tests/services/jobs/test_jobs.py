@@ -6,6 +6,7 @@ from collections.abc import Callable
 import structlog
 from websockets.asyncio.client import ClientConnection
 
+from ackwire.bus.embedded import EmbeddedNats
 from ackwire.gateway.server import Gateway
 from ackwire.node.demo_kinds import DEMO_KINDS
 from ackwire.node.service import Node
@@ -28,10 +29,14 @@ class JobClient:
         self.ws = ws
         self.by_job: dict[str | None, list[Deliver]] = defaultdict(list)
 
-    async def submit(self, frame: Submit) -> Accepted | Error:
+    async def submit(self, frame: Submit, timeout: float = 5) -> Accepted | Error:
         await send(self.ws, frame)
+        return await self.answer(frame, timeout)
+
+    async def answer(self, frame: Submit, timeout: float = 5) -> Accepted | Error:
+        """The answer to `frame` (answers come in the order of the submits)."""
         while True:
-            answer = await receive(self.ws)
+            answer = await receive(self.ws, timeout=timeout)
             if isinstance(answer, Deliver):
                 await self._file(answer)
                 continue
@@ -122,7 +127,10 @@ async def test_the_same_idempotency_key_is_the_same_job_run_once(
     frames = [
         Submit(ref=f"c-{i}", kind="echo", payload={"i": 1}, idempotency_key="k-1") for i in range(3)
     ]
-    answers = [await client.submit(frame) for frame in frames]
+    for frame in frames[:2]:  # two in flight at once, before any answer
+        await send(client.ws, frame)
+    answers = [await client.answer(frame) for frame in frames[:2]]
+    answers.append(await client.submit(frames[2]))
     job_ids = {a.job_id for a in answers if isinstance(a, Accepted)}
     assert len(job_ids) == 1
     [job_id] = job_ids
@@ -207,4 +215,34 @@ async def test_submitting_too_fast_is_rate_limited(stack: Stack, make_token: Mak
     assert all(isinstance(a, Accepted) for a in answers[:-1])
     assert isinstance(answers[-1], Error)
     assert answers[-1].code is ErrorCode.RATE_LIMITED
+    await client.ws.close()
+
+
+async def test_the_seed_bug_no_timeout_for_a_job_whose_result_came_back(
+    stack: Stack, make_token: MakeToken, logs: LogWatch
+) -> None:
+    """The seeds' "Job dispatched timeout" logged after the result had returned."""
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(Submit(ref="c-1", kind="echo", payload={}))
+    assert isinstance(accepted, Accepted)
+    await client.until_terminal(accepted.job_id)
+    # The job's timer still fires once after the result (pending_timeout later): it is ignored.
+    fired = await logs.wait_for("job.input_ignored", job_id=accepted.job_id, timeout=10)
+    assert fired["reason"] == "job already done"
+    assert not [
+        e for e in logs.events if e.get("job_id") == accepted.job_id and "timeout" in str(e)
+    ]
+    assert [d.kind for d in client.by_job[accepted.job_id]] == ["result"]
+    await client.ws.close()
+
+
+async def test_a_submit_the_store_cannot_confirm_is_unavailable(
+    nats_server: EmbeddedNats, stack: Stack, make_token: MakeToken
+) -> None:
+    client = await connect(stack.gateway.url, make_token())
+    await nats_server.stop()
+    answer = await client.submit(Submit(ref="c-1", kind="echo", payload={}), timeout=15)
+    assert isinstance(answer, Error)
+    assert answer.code is ErrorCode.UNAVAILABLE
+    assert answer.ref == "c-1"
     await client.ws.close()
