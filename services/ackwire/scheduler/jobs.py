@@ -171,6 +171,7 @@ class JobSupervisor:
                 log.info("job.pending", kind=new.kind)
                 return outcome
             record = JobRecord.model_validate_json(entry.value)
+            log = log.bind(session_id=record.session_id)
             outcome = self._ledger.apply(record, event, now)
             if outcome.record == record:
                 self._log_ignored(outcome, log)
