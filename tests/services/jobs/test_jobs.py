@@ -246,3 +246,16 @@ async def test_a_submit_the_store_cannot_confirm_is_unavailable(
     assert answer.code is ErrorCode.UNAVAILABLE
     assert answer.ref == "c-1"
     await client.ws.close()
+
+
+async def test_a_job_longer_than_the_job_timeout_is_kept_alive_by_its_node(
+    stack: Stack, make_token: MakeToken, logs: LogWatch
+) -> None:
+    client = await connect(stack.gateway.url, make_token())
+    seconds = stack.settings.job_timeout_s * 1.5
+    accepted = await client.submit(Submit(ref="c-1", kind="sleep", payload={"seconds": seconds}))
+    assert isinstance(accepted, Accepted)
+    seen = await client.until_terminal(accepted.job_id, timeout=seconds + 10)
+    assert seen[-1].kind == "result"
+    assert len(logs.named("job.attempt_started", job_id=accepted.job_id)) == 1  # never re-run
+    await client.ws.close()
