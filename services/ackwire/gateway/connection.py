@@ -70,8 +70,6 @@ class ClientConnection:
         self._gateway = gateway
         self._guard = FrameGuard()
         self._connection_id = "c-" + secrets.token_hex(6)
-        self._pump: DeliveryPump | None = None
-        self._intake: JobIntake | None = None
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(
@@ -140,30 +138,36 @@ class ClientConnection:
                 )
             )
             _log.info("session.opened", client=hello.client.name if hello.client else None)
-            self._pump = DeliveryPump(
+            pump = DeliveryPump(
                 self._gateway.queue,
                 session_id,
                 self._send,
                 window=settings.window,
                 ack_wait=settings.ack_wait_s,
             )
-            await self._pump.start()
-            self._intake = JobIntake(
+            intake = JobIntake(
                 self._gateway.js,
                 self._gateway.nodes,
                 TokenBucket(rate=settings.submit_rate_per_s, burst=settings.submit_burst),
                 session_id=session_id,
                 user=identity.user,
             )
-            await self._read_frames()
+            try:
+                await pump.start()
+            except (TimeoutError, NatsError, JetStreamError) as exc:
+                _log.error("session.bus_unavailable", error=str(exc) or type(exc).__name__)
+                await self._close(Close(CloseCode.INTERNAL_ERROR, "bus unavailable; retry"))
+                return
+            try:
+                await self._read_frames(pump, intake)
+            finally:
+                await pump.stop()
         finally:
-            if self._pump is not None:
-                await self._pump.stop()
             metrics.CONNECTIONS.dec()
             await self._gateway.presence.disconnected(record)
             _log.info("session.connection_ended", close_code=self._ws.close_code)
 
-    async def _read_frames(self) -> None:
+    async def _read_frames(self, pump: DeliveryPump, intake: JobIntake) -> None:
         async for data in self._ws:
             verdict = self._guard.receive(data)
             if isinstance(verdict, Close):
@@ -173,10 +177,10 @@ class ClientConnection:
                 metrics.BAD_FRAMES.inc()
                 await self._send(verdict.error)
                 continue
-            if not await self._handle(verdict.frame):
+            if not await self._handle(verdict.frame, pump, intake):
                 return
 
-    async def _handle(self, frame: ClientFrame) -> bool:
+    async def _handle(self, frame: ClientFrame, pump: DeliveryPump, intake: JobIntake) -> bool:
         """Act on one accepted frame; `False` when the connection is over."""
         match frame:
             case Ping():
@@ -185,11 +189,9 @@ class ClientConnection:
                 await self._close(Close(CloseCode.NORMAL, "bye"))
                 return False
             case Ack():
-                assert self._pump is not None  # started before any frame is read
-                self._pump.acked(frame)
+                pump.acked(frame)
             case Submit():
-                assert self._intake is not None  # made before any frame is read
-                await self._send(await self._intake.submit(frame))
+                await self._send(await intake.submit(frame))
             case Subscribe(ref=ref) | Unsubscribe(ref=ref):
                 await self._send(
                     Error(
