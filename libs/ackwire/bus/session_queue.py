@@ -72,16 +72,22 @@ class SessionQueue:
         return ack.seq
 
     async def follow(
-        self, session_id: str, on_message: Callable[[Stored], Awaitable[None]]
+        self,
+        session_id: str,
+        on_message: Callable[[Stored], Awaitable[None]],
+        *,
+        pending_limit: int,
     ) -> Subscription:
-        """Receive the session's messages as they are stored."""
+        """Receive the session's messages as they are stored (at most `pending_limit` unread)."""
 
         async def receive(msg: Msg) -> None:
             stored = _stored(msg)
             if stored is not None:
                 await on_message(stored)
 
-        return await self._nc.subscribe(subjects.live_subject(session_id), cb=receive)
+        return await self._nc.subscribe(
+            subjects.live_subject(session_id), cb=receive, pending_msgs_limit=pending_limit
+        )
 
     async def read(self, session_id: str, after: int, limit: int) -> StoreRead:
         """Up to `limit` stored messages of the session with `seq > after`, in order."""

@@ -169,6 +169,7 @@ class DeliveryWindow(Generic[T]):
         """What to do now: redeliveries due, sends the window has room for,
         acks to confirm, a gap to fetch."""
         actions: list[Action[T]] = []
+        self._absorb_waiting()  # room may have freed since a waiting message arrived
         for seq in sorted(self._outstanding):
             entry = self._outstanding[seq]
             if entry.sent_at is not None and entry.sent_at + self.ack_wait <= now:
@@ -180,6 +181,7 @@ class DeliveryWindow(Generic[T]):
             entry.sent_at = now
             self._outstanding[seq] = entry
             actions.append(Send(seq, entry.message, redelivered=entry.redelivered))
+        self._absorb_waiting()
         confirm = self._take_confirmation()
         if confirm is not None:
             actions.append(confirm)

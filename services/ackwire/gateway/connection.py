@@ -153,12 +153,12 @@ class ClientConnection:
                 user=identity.user,
             )
             try:
-                await pump.start()
-            except (TimeoutError, NatsError, JetStreamError) as exc:
-                _log.error("session.bus_unavailable", error=str(exc) or type(exc).__name__)
-                await self._close(Close(CloseCode.INTERNAL_ERROR, "bus unavailable; retry"))
-                return
-            try:
+                try:
+                    await pump.start()
+                except (TimeoutError, NatsError, JetStreamError) as exc:
+                    _log.error("session.bus_unavailable", error=str(exc) or type(exc).__name__)
+                    await self._close(Close(CloseCode.INTERNAL_ERROR, "bus unavailable; retry"))
+                    return
                 await self._read_frames(pump, intake)
             finally:
                 await pump.stop()

@@ -54,7 +54,11 @@ class DeliveryPump:
 
     async def start(self) -> None:
         """Follow the live feed first, then read the backlog: nothing falls in between."""
-        self._live = await self._queue.follow(self._session_id, self._on_live)
+        # Past this many unread live messages NATS drops them (a slow consumer); the
+        # window sees the gap in the chain and reads the rest from the store.
+        self._live = await self._queue.follow(
+            self._session_id, self._on_live, pending_limit=self._window.max_unsent
+        )
         await self._read_backlog(after=0)
         self._task = asyncio.create_task(self._run(), name=f"deliveries {self._session_id}")
 
@@ -68,11 +72,11 @@ class DeliveryPump:
         # Anything sent and not acked stays in the store: it is owed, not delivered.
 
     def acked(self, ack: Ack) -> None:
-        released = self._window.ack(ack.seq) if ack.seq is not None else 0
+        if ack.seq is not None:
+            self._window.ack(ack.seq)
         if ack.upto is not None:
-            released = self._window.ack_upto(ack.upto)
-        if released:
-            self._wake.set()
+            self._window.ack_upto(ack.upto)
+        self._wake.set()
 
     async def _on_live(self, stored: Stored) -> None:
         self._window.offer(stored.seq, stored.delivery, previous=stored.previous)

@@ -142,6 +142,23 @@ def test_a_partial_read_is_continued_when_there_is_room() -> None:
     assert FetchBacklog(after=4) in actions
 
 
+def test_a_message_that_waited_on_a_full_window_goes_once_there_is_room() -> None:
+    window: DeliveryWindow[str] = DeliveryWindow(size=1, ack_wait=30, max_unsent=2)
+    window.offer(1, "m1", previous=0)
+    window.offer(2, "m2", previous=1)
+    window.offer(4, "m4", previous=3)  # live, ahead of 3: waits
+    window.offer(3, "m3", previous=2)  # no room: dropped, still in the store
+    first = window.poll(0)
+    assert FetchBacklog(after=2) in first
+    window.offer(3, "m3", previous=2)  # the read, stopped at its limit
+    window.more_in_store(after=3)
+    sent = sends(first) + sends(window.poll(1))
+    for seq in (1, 2, 3):
+        window.ack(seq)
+        sent += sends(window.poll(seq + 1))
+    assert sent == [(1, False), (2, False), (3, False), (4, False)]
+
+
 def test_unsent_messages_are_bounded_and_dropped_ones_are_fetched_again() -> None:
     window: DeliveryWindow[str] = DeliveryWindow(size=2, ack_wait=30, max_unsent=4)
     for seq in range(1, 11):

@@ -134,3 +134,22 @@ async def test_the_seed_bug_a_dead_socket_is_never_reported_delivered(
     await queue.put(message(welcome.session_id, 2))  # and more arrives for the dead session
     assert logs.named("delivery.delivered") == []
     assert await owed(nc, welcome.session_id) == 2  # both still owed, durably
+
+
+async def test_more_than_the_gateway_buffers_arrives_in_order_exactly_once(
+    gateway: Gateway, bus: tuple[Client, SessionQueue], make_token: MakeToken
+) -> None:
+    """Past its bound the gateway drops live messages and reads them from the store later."""
+    _, queue = bus
+    ws, welcome = await welcomed(gateway.url, make_token())
+    total = 2500  # the window buffers 1024 unsent messages at most
+    seqs = [await queue.put(message(welcome.session_id, n)) for n in range(total)]
+    received: list[Deliver] = []
+    while len(received) < total:
+        received.append(await next_deliver(ws))
+        if len(received) % 32 == 0 or len(received) == total:
+            await send(ws, Ack(upto=received[-1].seq))
+    assert [d.seq for d in received] == seqs
+    assert [d.id for d in received] == [f"m-{n}" for n in range(total)]
+    assert not any(d.redelivered for d in received)
+    await ws.close()
