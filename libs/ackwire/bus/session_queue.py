@@ -148,12 +148,14 @@ class SessionQueue:
         answer = json.loads(response.data)
         if not answer.get("success"):
             error = answer.get("error", {})
-            if error.get("err_code") == _NO_MESSAGE_FOUND:
+            if error.get("err_code") in _ALREADY_GONE:
                 return  # already gone: acked twice, or purged meanwhile
             raise SessionQueueError(f"deleting {seq}: {error.get('description', answer)}")
 
 
-_NO_MESSAGE_FOUND = 10037
+#: What a delete of a message that is already gone answers: "no message found" (the
+#: stream's last one, or past its end) or "sequence N not found" (one in the middle).
+_ALREADY_GONE = frozenset({10057, 10043})
 
 
 def _stored(msg: Msg, previous: int | None = None) -> Stored | None:
