@@ -97,6 +97,7 @@ class Worker:
         self._kinds = kinds
         self._slots = asyncio.Semaphore(capacity)
         self._loops: list[asyncio.Task[None]] = []
+        self._pulls: list[JetStreamContext.PullSubscription] = []
         self._running: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -115,12 +116,16 @@ class Worker:
             pull = await self._js.pull_subscribe_bind(
                 subjects.work_consumer(kind), stream=subjects.WORK_STREAM
             )
+            self._pulls.append(pull)
             self._loops.append(asyncio.create_task(self._pull(kind, pull), name=f"pull {kind}"))
 
     async def drain(self) -> None:
         """Stop pulling; let the attempts in flight finish."""
         for loop in self._loops:
             await cancel_and_wait(loop)
+        for pull in self._pulls:  # an open pull subscription holds up the connection's drain
+            with contextlib.suppress(NatsError):
+                await pull.unsubscribe()
         if self._running:
             await asyncio.wait(self._running, timeout=self._settings.job_timeout_s)
 
