@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import structlog
 from faststream.nats import NatsBroker
 from nats.errors import Error as NatsError
@@ -32,6 +34,8 @@ class ServiceBroker:
         self.broker = NatsBroker(
             **client_options(settings.nats_servers, name, stopping=lambda: self._draining),
             logger=structlog.get_logger("faststream"),
+            # FastStream's per-message "Received"/"Processed" lines: debug, not info.
+            log_level=logging.DEBUG,
         )
 
     def readiness(self) -> str | None:

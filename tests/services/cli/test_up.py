@@ -99,6 +99,7 @@ async def test_up_prints_every_line_in_order_and_drains_on_sigterm(
         assert await up.stop(signal.SIGTERM, timeout=60) == 0
         codes = await asyncio.gather(*(closed_with(ws) for ws in clients))
         assert [code for code, _ in codes] == [1001, 1001]
+        assert "DrainTimeout" not in "".join(up.stderr_text)  # every service left NATS cleanly
         assert not [pid for pid in pids if alive(pid)]
     finally:
         if up.process.returncode is None:
