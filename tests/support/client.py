@@ -9,6 +9,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close, Opcode
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
@@ -72,10 +73,10 @@ async def close_code_when_never_answering_pings(
     pings = 0
     try:
         async with asyncio.timeout(timeout):
-            while protocol.handshake_exc is None and not protocol.events_received():
-                if protocol.state.name == "OPEN":
-                    break
+            while protocol.state is not State.OPEN:  # read the handshake response
+                assert protocol.handshake_exc is None, protocol.handshake_exc
                 protocol.receive_data(await reader.read(65536))
+            protocol.events_received()  # the handshake response itself
             protocol.send_text(encode(hello).encode())
             writer.write(b"".join(protocol.data_to_send()))
             while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 import structlog
 from nats.errors import Error as NatsError
@@ -21,6 +22,8 @@ class NodeDirectory:
 
     def __init__(self) -> None:
         self._nodes: dict[str, NodeRegistration] = {}
+        # Derived from `_nodes` when a registration changes, not on every submit.
+        self._schemas: dict[str, str] = {}
         self._watcher: KeyValue.KeyWatcher | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -28,12 +31,10 @@ class NodeDirectory:
     def nodes(self) -> dict[str, NodeRegistration]:
         return dict(self._nodes)
 
-    def schema_of(self, kind: str) -> dict[str, object] | None:
-        """The payload schema a node serving `kind` registered; `None` if none serves it."""
-        for node in self._nodes.values():
-            if kind in node.kinds:
-                return dict(node.schemas.get(kind, {}))
-        return None
+    def payload_schema(self, kind: str) -> str | None:
+        """The JSON text of the payload schema a node serving `kind` registered ("{}" when
+        it registered none); `None` when no node serves `kind`."""
+        return self._schemas.get(kind)
 
     async def follow(self, kv: KeyValue) -> None:
         # Subscribed here, not inside the task: a stop right after must find the watch
@@ -58,12 +59,27 @@ class NodeDirectory:
         if entry.operation in (KV_DEL, KV_PURGE):
             if self._nodes.pop(entry.key, None) is not None:
                 _log.info("node.gone", node=entry.key)
+                self._schemas = _schemas(self._nodes)
             return
         try:
             registration = NodeRegistration.model_validate_json(entry.value or b"")
         except ValidationError as exc:
             _log.warning("node.bad_registration", node=entry.key, error=str(exc))
             return
-        if entry.key not in self._nodes:
+        known = self._nodes.get(entry.key)
+        if known is None:
             _log.info("node.joined", node=entry.key, kinds=registration.kinds)
         self._nodes[entry.key] = registration
+        if known is None or (known.kinds, known.schemas) != (
+            registration.kinds,
+            registration.schemas,
+        ):
+            self._schemas = _schemas(self._nodes)
+
+
+def _schemas(nodes: dict[str, NodeRegistration]) -> dict[str, str]:
+    return {
+        kind: json.dumps(node.schemas.get(kind, {}), sort_keys=True)
+        for node in nodes.values()
+        for kind in node.kinds
+    }

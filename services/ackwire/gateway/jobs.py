@@ -49,10 +49,10 @@ class JobIntake:
         wait = self._budget.take(time.monotonic())
         if wait > 0:
             return _error(frame, ErrorCode.RATE_LIMITED, f"too many submits; retry in {wait:.2f} s")
-        schema = self._nodes.schema_of(frame.kind)
+        schema = self._nodes.payload_schema(frame.kind)
         if schema is None:
             return _error(frame, ErrorCode.NO_SUCH_KIND, f"no node serves {frame.kind!r}")
-        problem = _payload_problem(json.dumps(schema, sort_keys=True), frame.payload)
+        problem = _payload_problem(schema, frame.payload)
         if problem is not None:
             return _error(frame, ErrorCode.BAD_PAYLOAD, problem)
         job = JobSubmitted(

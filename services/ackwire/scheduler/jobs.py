@@ -20,7 +20,7 @@ says so: a crash in between repeats the store, which the delivery's id dedupes.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Literal
 
 import structlog
 from faststream.middlewares import AckPolicy
@@ -29,7 +29,8 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from pydantic import TypeAdapter, ValidationError
+from pydantic import JsonValue, TypeAdapter, ValidationError
+from structlog.typing import FilteringBoundLogger
 
 from ackwire.bus import subjects
 from ackwire.bus.broker import ServiceBroker
@@ -137,7 +138,7 @@ class JobSupervisor:
         self,
         job_id: str,
         event: JobInput,
-        log: Any,
+        log: FilteringBoundLogger,
         *,
         new: JobSubmitted | None = None,
         report_seq: int = 0,
@@ -173,8 +174,10 @@ class JobSupervisor:
             record = JobRecord.model_validate_json(entry.value)
             log = log.bind(session_id=record.session_id)
             outcome = self._ledger.apply(record, event, now)
-            if outcome.record == record:
-                self._log_ignored(outcome, log)
+            if outcome.record == record:  # an ignored input, or a timer with nothing due yet
+                for action in outcome.actions:
+                    if isinstance(action, Ignore):
+                        log.info("job.input_ignored", reason=action.reason)
                 return outcome
             await self._carry_out(outcome, report_seq, log)
             try:
@@ -194,7 +197,9 @@ class JobSupervisor:
             subjects.work_subject(job.kind), job.to_bytes(), headers={"Nats-Msg-Id": job.job_id}
         )
 
-    async def _carry_out(self, outcome: Outcome, report_seq: int, log: Any) -> None:
+    async def _carry_out(
+        self, outcome: Outcome, report_seq: int, log: FilteringBoundLogger
+    ) -> None:
         assert self._queue is not None
         record = outcome.record
         for action in outcome.actions:
@@ -208,21 +213,18 @@ class JobSupervisor:
                 case DeliverProgress(percent=percent):
                     progress_id = f"{record.job_id}:progress:{report_seq}"
                     delivery = _delivery(record, "progress", {"percent": percent}, progress_id)
-                case Ignore(reason=reason):
-                    log.info("job.input_ignored", reason=reason)
             if delivery is not None:
                 seq = await self._queue.put(delivery)
                 # Stored for the session, not delivered: only the client's ack makes it so.
                 log.info("job.queued_for_session", kind=delivery.kind, id=delivery.id, seq=seq)
 
-    @staticmethod
-    def _log_ignored(outcome: Outcome, log: Any) -> None:
-        for action in outcome.actions:
-            if isinstance(action, Ignore):
-                log.info("job.input_ignored", reason=action.reason)
 
-
-def _delivery(record: JobRecord, kind: Any, data: Any, delivery_id: str) -> Delivery:
+def _delivery(
+    record: JobRecord,
+    kind: Literal["result", "error", "progress"],
+    data: JsonValue,
+    delivery_id: str,
+) -> Delivery:
     return Delivery(
         id=delivery_id,
         kind=kind,
