@@ -64,8 +64,8 @@ class Settings(BaseSettings):
     job_timeout_s: Seconds = 300.0
     max_attempts: Annotated[int, Field(ge=1)] = 3
 
-    node_heartbeat_s: Seconds = 2.0
-    """How often a node refreshes its registration; it expires after three missed."""
+    lease_heartbeat_s: Seconds = 2.0
+    """How often a node or gateway refreshes its lease; it expires after three missed."""
 
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "info"

@@ -14,7 +14,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from ackwire.wire import BadFrame, ServerFrame, encode, parse_server_frame
-from ackwire.wire.frames import Frame, Hello, Welcome
+from ackwire.wire.frames import Deliver, Frame, Hello, ResumeRequest, Welcome
 
 WAIT_S = 5.0
 
@@ -55,6 +55,33 @@ async def welcomed(url: str, token: str) -> tuple[ClientConnection, Welcome]:
     welcome = await receive(ws)
     assert isinstance(welcome, Welcome), welcome
     return ws, welcome
+
+
+def resume_hello(token: str, welcome: Welcome, last_seq: int | None = None) -> Hello:
+    """The `hello` that resumes the session `welcome` opened."""
+    return Hello(
+        token=token,
+        resume=ResumeRequest(
+            session_id=welcome.session_id, resume_token=welcome.resume_token, last_seq=last_seq
+        ),
+    )
+
+
+async def resumed(
+    url: str, token: str, welcome: Welcome, last_seq: int | None = None
+) -> tuple[ClientConnection, Welcome]:
+    """Ask to resume; the `welcome` that answers (check its `resumed` and `reason`)."""
+    ws = await open_ws(url)
+    await send(ws, resume_hello(token, welcome, last_seq))
+    again = await receive(ws)
+    assert isinstance(again, Welcome), again
+    return ws, again
+
+
+async def next_deliver(ws: ClientConnection, timeout: float = WAIT_S) -> Deliver:
+    frame = await receive(ws, timeout)
+    assert isinstance(frame, Deliver), frame
+    return frame
 
 
 async def close_code_when_never_answering_pings(

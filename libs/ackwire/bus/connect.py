@@ -28,11 +28,15 @@ _log = structlog.get_logger("ackwire.bus")
 
 
 def client_options(
-    servers: list[str], name: str, stopping: Callable[[], bool] = lambda: False
+    servers: list[str],
+    name: str,
+    stopping: Callable[[], bool] = lambda: False,
+    reconnected: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Options for `nats.connect` (and FastStream's `NatsBroker`) shared by every service.
 
-    `stopping` tells a deliberate disconnect (the service drains) from a lost one.
+    `stopping` tells a deliberate disconnect (the service drains) from a lost one;
+    `reconnected` runs each time the connection is back after a loss.
     """
 
     async def on_error(exc: Exception) -> None:
@@ -46,6 +50,7 @@ def client_options(
 
     async def on_reconnected() -> None:
         _log.info("nats.reconnected")
+        reconnected()
 
     return {
         "servers": servers,
@@ -93,10 +98,13 @@ def keep_reconnecting(nc: Client) -> None:
 
 
 async def connect_nats(
-    servers: list[str], name: str, stopping: Callable[[], bool] = lambda: False
+    servers: list[str],
+    name: str,
+    stopping: Callable[[], bool] = lambda: False,
+    reconnected: Callable[[], None] = lambda: None,
 ) -> Client:
     """A nats-py client, waiting for NATS as long as it takes."""
-    options = client_options(servers, name, stopping)
+    options = client_options(servers, name, stopping, reconnected)
     nc = await until_connected(lambda: nats.connect(**options), servers)
     keep_reconnecting(nc)
     return nc

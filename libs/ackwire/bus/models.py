@@ -19,14 +19,15 @@ class BusModel(BaseModel):
         return self.model_dump_json().encode()
 
 
-class PresenceRecord(BusModel):
-    """A live connection: which session of which user is held by which gateway."""
+class GatewayRecord(BusModel):
+    """A gateway's lease: alive while refreshed. A restarted gateway of the same name
+    is a new `incarnation`, so it never passes for the one that held older sessions."""
 
-    session_id: str
-    user: str
-    gateway: str
-    connection_id: str
-    connected_at: datetime = Field(default_factory=utc_now)
+    name: str
+    incarnation: str
+    url: str
+    pid: int
+    started_at: datetime = Field(default_factory=utc_now)
 
 
 class NodeRegistration(BusModel):
@@ -49,6 +50,8 @@ class Delivery(BusModel):
     kind: Literal["result", "error", "progress", "message"]
     session_id: str
     data: JsonValue
+    user: str | None = None
+    """Whom the session belongs to, when the producer knows (for operators' views)."""
     job_id: str | None = None
     trace_id: str | None = None
     created_at: datetime = Field(default_factory=utc_now)

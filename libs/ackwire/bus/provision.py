@@ -39,11 +39,20 @@ class BucketSpec:
 def buckets(settings: Settings) -> list[BucketSpec]:
     """Every KV bucket of the suite, as this deployment configures it."""
     return [
-        BucketSpec(subjects.PRESENCE_BUCKET, "ackwire: live connections, one key per session"),
+        BucketSpec(
+            subjects.SESSIONS_BUCKET,
+            "ackwire: session records, expiring a TTL after their last connection ended",
+            ttl_s=settings.session_ttl_s,
+        ),
+        BucketSpec(
+            subjects.GATEWAYS_BUCKET,
+            "ackwire: gateway leases, expiring after three missed heartbeats",
+            ttl_s=3 * settings.lease_heartbeat_s,
+        ),
         BucketSpec(
             subjects.NODES_BUCKET,
             "ackwire: registered nodes, expiring after three missed heartbeats",
-            ttl_s=3 * settings.node_heartbeat_s,
+            ttl_s=3 * settings.lease_heartbeat_s,
         ),
         BucketSpec(
             subjects.JOBS_BUCKET,

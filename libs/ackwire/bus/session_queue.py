@@ -91,13 +91,14 @@ class SessionQueue:
 
     async def read(self, session_id: str, after: int, limit: int) -> StoreRead:
         """Up to `limit` stored messages of the session with `seq > after`, in order."""
+        return await self.read_subject(subjects.session_subject(session_id), after, limit)
+
+    async def read_subject(self, subject: str, after: int, limit: int) -> StoreRead:
+        """Up to `limit` stored messages on `subject` (wildcards allowed) with `seq > after`,
+        in order. `previous` is the message before in this read (or `after`)."""
         inbox = self._nc.new_inbox()
         sub = await self._nc.subscribe(inbox, max_msgs=limit + 1)
-        request = {
-            "seq": after + 1,
-            "next_by_subj": subjects.session_subject(session_id),
-            "batch": limit,
-        }
+        request = {"seq": after + 1, "next_by_subj": subject, "batch": limit}
         messages: list[Stored] = []
         try:
             await self._nc.publish(
@@ -118,7 +119,7 @@ class SessionQueue:
                     if stored is not None:
                         messages.append(stored)
         except TimeoutError as exc:
-            raise SessionQueueError(f"reading session {session_id} timed out") from exc
+            raise SessionQueueError(f"reading {subject} timed out") from exc
         finally:
             await sub.unsubscribe()
 

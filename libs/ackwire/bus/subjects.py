@@ -13,8 +13,10 @@ import secrets
 
 PREFIX = "ackwire"
 
-#: KV bucket of live connections, one key per session: who is connected where.
-PRESENCE_BUCKET = "ackwire_presence"
+#: KV bucket of session records, one key per session: who holds it, and how to resume it.
+SESSIONS_BUCKET = "ackwire_sessions"
+#: KV bucket of gateway leases, one key per gateway, refreshed by its heartbeat.
+GATEWAYS_BUCKET = "ackwire_gateways"
 #: KV bucket of registered nodes, one key per node, refreshed by its heartbeat.
 NODES_BUCKET = "ackwire_nodes"
 
@@ -81,9 +83,18 @@ def user_token(user_id: str) -> str:
     return "=" + encoded.rstrip("=").lower()
 
 
-def presence_key(user_id: str, session_id: str) -> str:
-    """The presence key of one session: `<user>.<session>`, so `<user>.*` lists a user's."""
-    return f"{user_token(user_id)}.{session_token(session_id)}"
+def session_key(session_id: str) -> str:
+    """The key of a session's record in `SESSIONS_BUCKET`."""
+    return session_token(session_id)
+
+
+def gateway_key(gateway_name: str) -> str:
+    return service_token(gateway_name)
+
+
+def release_subject(gateway_name: str) -> str:
+    """Where a gateway is asked to let go of a session another connection has taken over."""
+    return f"{PREFIX}.gateway.{service_token(gateway_name)}.release"
 
 
 def node_key(node_name: str) -> str:

@@ -49,6 +49,7 @@ class JobRecord(BaseModel):
 
     job_id: str
     session_id: str
+    user: str | None = None
     kind: str
     trace_id: str
     state: JobState = JobState.PENDING
@@ -153,10 +154,22 @@ class JobLedger:
         self.max_attempts = max_attempts
 
     def submitted(
-        self, *, job_id: str, session_id: str, kind: str, trace_id: str, now: float
+        self,
+        *,
+        job_id: str,
+        session_id: str,
+        user: str | None = None,
+        kind: str,
+        trace_id: str,
+        now: float,
     ) -> Outcome:
         record = JobRecord(
-            job_id=job_id, session_id=session_id, kind=kind, trace_id=trace_id, waiting_since=now
+            job_id=job_id,
+            session_id=session_id,
+            user=user,
+            kind=kind,
+            trace_id=trace_id,
+            waiting_since=now,
         )
         return Outcome(record, (CheckAt(now + self.pending_timeout),))
 

@@ -58,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--topics", action="append", default=[], help="a topic pattern the user may subscribe to"
     )
     token.add_argument("--ttl", type=_positive, default=3600, help="seconds until it expires")
+
+    sessions = commands.add_parser("sessions", help="list sessions: who is connected where")
+    sessions.add_argument("--json", action="store_true", help="one JSON object a line")
+    _nats_url_flag(sessions)
+
+    owed = commands.add_parser("undelivered", help="list messages stored and not yet acked")
+    owed.add_argument("--session", help="only this session's")
+    owed.add_argument("--json", action="store_true", help="one JSON object a line")
+    _nats_url_flag(owed)
     return parser
 
 
@@ -92,6 +101,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: `ackwire token` should not pay for the services' imports.
     if args.command == "token":
         return _print_token(args, settings)
+    if args.command in ("sessions", "undelivered"):
+        return _print_view(args, settings)
     if args.command == "up":
         from ackwire.cli.up import StackOptions, run_stack
 
@@ -145,6 +156,22 @@ def _print_token(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     secret = settings.jwt_secret.get_secret_value()
     print(mint_token(secret, args.sub, topics=args.topics, ttl_s=args.ttl))
+    return 0
+
+
+def _print_view(args: argparse.Namespace, settings: Settings) -> int:
+    from ackwire.bus.subjects import session_token
+    from ackwire.cli.views import NatsUnreachableError, print_sessions, print_undelivered
+
+    try:
+        if args.command == "sessions":
+            asyncio.run(print_sessions(settings, as_json=args.json))
+        else:
+            session = None if args.session is None else session_token(args.session)
+            asyncio.run(print_undelivered(settings, session, as_json=args.json))
+    except NatsUnreachableError as exc:
+        print(f"ackwire {args.command}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

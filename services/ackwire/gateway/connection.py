@@ -11,20 +11,23 @@ import secrets
 from dataclasses import dataclass
 
 import structlog
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import Error as JetStreamError
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from ackwire.bus.models import PresenceRecord
 from ackwire.bus.nodes import NodeDirectory
 from ackwire.bus.session_queue import SessionQueue
-from ackwire.bus.subjects import new_session_id
 from ackwire.gateway import metrics
 from ackwire.gateway.delivery import DeliveryPump
 from ackwire.gateway.jobs import JobIntake
-from ackwire.gateway.presence import PresenceTable
+from ackwire.gateway.sessions import (
+    BUS_ERRORS,
+    HeldSessions,
+    Opened,
+    ResumeRefusedError,
+    SessionLostError,
+)
+from ackwire.sessions.record import SessionState
 from ackwire.settings import Settings
 from ackwire.tokens import Identity, InvalidTokenError, TokenVerifier
 from ackwire.wire import encode
@@ -56,7 +59,7 @@ class GatewayContext:
     name: str
     settings: Settings
     verifier: TokenVerifier
-    presence: PresenceTable
+    sessions: HeldSessions
     queue: SessionQueue
     js: JetStreamContext
     nodes: NodeDirectory
@@ -69,7 +72,33 @@ class ClientConnection:
         self._ws = ws
         self._gateway = gateway
         self._guard = FrameGuard()
-        self._connection_id = "c-" + secrets.token_hex(6)
+        self._connection_id = "c-" + secrets.token_hex(8)
+        self._pump: DeliveryPump | None = None
+        self._taken_over = False
+        self._ended = False
+        self._closing: asyncio.Task[None] | None = None
+
+    # -- Holding: what the gateway's sessions see of this connection ---------
+
+    @property
+    def connection_id(self) -> str:
+        return self._connection_id
+
+    @property
+    def sent_upto(self) -> int:
+        return 0 if self._pump is None else self._pump.highest_sent
+
+    async def taken_over(self) -> int:
+        """Another connection resumed the session: stop delivering now, then close 4409."""
+        self._taken_over = True
+        if self._pump is not None:
+            await self._pump.stop()
+        self._closing = asyncio.create_task(
+            self._close(Close(CloseCode.SESSION_TAKEN_OVER, "session taken over"))
+        )
+        return self.sent_upto
+
+    # -- the connection's life -----------------------------------------------
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(
@@ -84,7 +113,7 @@ class ClientConnection:
                 return
             await self._serve(hello, identity)
         except ConnectionClosed:
-            pass  # the client went away; nothing here is owed to it yet
+            pass  # the client went away; what it was owed stays owed
 
     async def _await_hello(self) -> Hello | None:
         try:
@@ -106,66 +135,86 @@ class ClientConnection:
             await self._close(self._guard.unauthorized(str(exc)))
             return None
 
-    async def _serve(self, hello: Hello, identity: Identity) -> None:
-        session_id = new_session_id()
-        structlog.contextvars.bind_contextvars(session_id=session_id, user=identity.user)
-        record = PresenceRecord(
-            session_id=session_id,
-            user=identity.user,
-            gateway=self._gateway.name,
-            connection_id=self._connection_id,
-        )
+    async def _open(self, hello: Hello, identity: Identity) -> Opened | None:
+        structlog.contextvars.bind_contextvars(user=identity.user)
         try:
-            await self._gateway.presence.connected(record)
-        except (TimeoutError, NatsError, JetStreamError) as exc:
+            return await self._gateway.sessions.open(hello.resume, identity.user, self)
+        except ResumeRefusedError as exc:
+            await self._close(Close(CloseCode.FORBIDDEN, str(exc)))
+        except SessionLostError as exc:
+            await self._close(Close(CloseCode.SESSION_TAKEN_OVER, str(exc)))
+        except BUS_ERRORS as exc:
             _log.error("session.bus_unavailable", error=str(exc) or type(exc).__name__)
             await self._close(Close(CloseCode.INTERNAL_ERROR, "bus unavailable; retry"))
+        return None
+
+    async def _serve(self, hello: Hello, identity: Identity) -> None:
+        opened = await self._open(hello, identity)
+        if opened is None:
             return
+        structlog.contextvars.bind_contextvars(session_id=opened.session_id)
         self._guard.hello_accepted()
         metrics.CONNECTIONS.inc()
+        settings = self._gateway.settings
         try:
-            settings = self._gateway.settings
+            if self._taken_over:
+                return  # taken over before it began; 4409 is on its way
             await self._send(
                 Welcome(
-                    session_id=session_id,
-                    resume_token=secrets.token_urlsafe(32),
-                    resumed=False,
-                    reason="new" if hello.resume is None else "unknown",
+                    session_id=opened.session_id,
+                    resume_token=opened.resume_token,
+                    resumed=opened.resumed,
+                    reason=opened.reason,
                     gateway=self._gateway.name,
                     heartbeat_s=settings.heartbeat_s,
                     max_frame_bytes=settings.max_frame_bytes,
                     window=settings.window,
                 )
             )
-            _log.info("session.opened", client=hello.client.name if hello.client else None)
-            pump = DeliveryPump(
+            _log.info(
+                "session.opened",
+                resumed=opened.resumed,
+                reason=opened.reason,
+                client=hello.client.name if hello.client else None,
+            )
+            self._pump = DeliveryPump(
                 self._gateway.queue,
-                session_id,
+                opened.session_id,
                 self._send,
                 window=settings.window,
                 ack_wait=settings.ack_wait_s,
+                sent_before=opened.sent_before,
             )
             intake = JobIntake(
                 self._gateway.js,
                 self._gateway.nodes,
                 TokenBucket(rate=settings.submit_rate_per_s, burst=settings.submit_burst),
-                session_id=session_id,
+                session_id=opened.session_id,
                 user=identity.user,
             )
             try:
-                try:
-                    await pump.start()
-                except (TimeoutError, NatsError, JetStreamError) as exc:
-                    _log.error("session.bus_unavailable", error=str(exc) or type(exc).__name__)
-                    await self._close(Close(CloseCode.INTERNAL_ERROR, "bus unavailable; retry"))
-                    return
-                await self._read_frames(pump, intake)
-            finally:
-                await pump.stop()
+                await self._pump.start()
+            except BUS_ERRORS as exc:
+                _log.error("session.bus_unavailable", error=str(exc) or type(exc).__name__)
+                await self._close(Close(CloseCode.INTERNAL_ERROR, "bus unavailable; retry"))
+                return
+            await self._read_frames(self._pump, intake)
         finally:
             metrics.CONNECTIONS.dec()
-            await self._gateway.presence.disconnected(record)
-            _log.info("session.connection_ended", close_code=self._ws.close_code)
+            await self._end(opened)
+
+    async def _end(self, opened: Opened) -> None:
+        """Stop delivering; unless the session moved on, record that it is detached."""
+        if self._pump is not None:
+            await self._pump.stop()
+        if self._closing is not None:
+            await self._closing
+        if not (self._taken_over or self._ended):
+            try:
+                await self._gateway.sessions.let_go(self, SessionState.DETACHED)
+            except BUS_ERRORS as exc:
+                _log.warning("session.detach_failed", error=str(exc) or type(exc).__name__)
+        _log.info("session.connection_ended", close_code=self._ws.close_code)
 
     async def _read_frames(self, pump: DeliveryPump, intake: JobIntake) -> None:
         async for data in self._ws:
@@ -186,7 +235,7 @@ class ClientConnection:
             case Ping():
                 await self._send(Pong())
             case Bye():
-                await self._close(Close(CloseCode.NORMAL, "bye"))
+                await self._close(await self._bye(pump))
                 return False
             case Ack():
                 pump.acked(frame)
@@ -201,6 +250,18 @@ class ClientConnection:
                     )
                 )
         return True
+
+    async def _bye(self, pump: DeliveryPump) -> Close:
+        """End the session for good; what it is still owed stays stored, undelivered."""
+        await pump.stop()
+        try:
+            await self._gateway.sessions.let_go(self, SessionState.ENDED)
+        except BUS_ERRORS as exc:
+            _log.error("session.end_failed", error=str(exc) or type(exc).__name__)
+            return Close(CloseCode.INTERNAL_ERROR, "could not end the session; retry")
+        self._ended = True
+        _log.info("session.ended")
+        return Close(CloseCode.NORMAL, "bye")
 
     async def _send(self, frame: Frame) -> None:
         await self._ws.send(encode(frame))

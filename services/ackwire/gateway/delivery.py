@@ -41,6 +41,7 @@ class DeliveryPump:
         *,
         window: int,
         ack_wait: float,
+        sent_before: int = 0,
     ) -> None:
         self._queue = queue
         self._session_id = session_id
@@ -51,6 +52,14 @@ class DeliveryPump:
         self._live: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._sent: dict[int, Delivery] = {}
+        # A resumed session's messages up to here may have reached an earlier connection.
+        self._sent_before = sent_before
+        self._highest_sent = 0
+        self._stopped = False
+
+    @property
+    def highest_sent(self) -> int:
+        return self._highest_sent
 
     async def start(self) -> None:
         """Follow the live feed first, then read the backlog: nothing falls in between."""
@@ -60,16 +69,25 @@ class DeliveryPump:
             self._session_id, self._on_live, pending_limit=self._window.max_unsent
         )
         await self._read_backlog(after=0)
+        if self._stopped:  # stopped while starting (the session was taken over)
+            await self._unsubscribe()
+            return
         self._task = asyncio.create_task(self._run(), name=f"deliveries {self._session_id}")
 
     async def stop(self) -> None:
+        """Stop sending at once. Idempotent, and safe while `start` is still running."""
+        self._stopped = True
         await cancel_and_wait(self._task)
-        if self._live is not None:
+        await self._unsubscribe()
+        # Anything sent and not acked stays in the store: it is owed, not delivered.
+
+    async def _unsubscribe(self) -> None:
+        live, self._live = self._live, None
+        if live is not None:
             try:
-                await self._live.unsubscribe()
+                await live.unsubscribe()
             except NatsError as exc:
                 _log.debug("delivery.unsubscribe_failed", error=str(exc))
-        # Anything sent and not acked stays in the store: it is owed, not delivered.
 
     def acked(self, ack: Ack) -> None:
         if ack.seq is not None:
@@ -79,8 +97,16 @@ class DeliveryPump:
         self._wake.set()
 
     async def _on_live(self, stored: Stored) -> None:
-        self._window.offer(stored.seq, stored.delivery, previous=stored.previous)
+        self._offer(stored)
         self._wake.set()
+
+    def _offer(self, stored: Stored) -> None:
+        self._window.offer(
+            stored.seq,
+            stored.delivery,
+            previous=stored.previous,
+            redelivered=stored.seq <= self._sent_before,
+        )
 
     async def _read_backlog(self, after: int) -> None:
         try:
@@ -90,7 +116,7 @@ class DeliveryPump:
             self._window.fetch_failed()
             return
         for stored in read.messages:
-            self._window.offer(stored.seq, stored.delivery, previous=stored.previous)
+            self._offer(stored)
         if read.complete:
             self._window.read_complete()
         else:
@@ -125,6 +151,7 @@ class DeliveryPump:
     async def _deliver(self, send: Send[Delivery]) -> None:
         delivery = send.message
         self._sent[send.seq] = delivery
+        self._highest_sent = max(self._highest_sent, send.seq)
         await self._send(
             Deliver(
                 seq=send.seq,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import secrets
 from collections.abc import Sequence
 
 import structlog
@@ -12,12 +15,17 @@ from websockets.typing import Subprotocol
 
 from ackwire.bus import subjects
 from ackwire.bus.connect import connect_nats, leave_nats
+from ackwire.bus.lease import Lease
+from ackwire.bus.models import GatewayRecord
 from ackwire.bus.nodes import NodeDirectory
 from ackwire.bus.provision import provision
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.gateway.connection import ClientConnection, GatewayContext
-from ackwire.gateway.presence import PresenceTable
+from ackwire.gateway.sessions import HeldSessions
+from ackwire.lifecycle import cancel_and_wait
 from ackwire.probes import Probes
+from ackwire.sessions.gateways import GatewayDirectory
+from ackwire.sessions.table import SessionTable
 from ackwire.settings import Settings
 from ackwire.tokens import TokenVerifier
 from ackwire.wire.frames import SUBPROTOCOL
@@ -47,6 +55,12 @@ class Gateway:
         self._server: Server | None = None
         self._draining = False
         self._nodes = NodeDirectory()
+        self._gateways = GatewayDirectory()
+        # A restart under the same name is another incarnation: it holds nothing yet.
+        self._incarnation = secrets.token_hex(8)
+        self._sessions: HeldSessions | None = None
+        self._lease: Lease | None = None
+        self._rechecks: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -71,16 +85,30 @@ class Gateway:
         if self._settings.uses_development_secret:
             _log.warning("auth.development_secret", hint="set ACKWIRE_JWT_SECRET")
         self._nc = await connect_nats(
-            self._settings.nats_servers, name=self._name, stopping=lambda: self._draining
+            self._settings.nats_servers,
+            name=self._name,
+            stopping=lambda: self._draining,
+            reconnected=self._recheck_sessions,
         )
         js = self._nc.jetstream()
         await provision(js, self._settings)
         await self._nodes.follow(await js.key_value(subjects.NODES_BUCKET))
+        gateways_kv = await js.key_value(subjects.GATEWAYS_BUCKET)
+        await self._gateways.follow(gateways_kv)
+        self._sessions = HeldSessions(
+            self._nc,
+            await SessionTable.open(js),
+            self._gateways,
+            gateway=self._name,
+            incarnation=self._incarnation,
+            ttl_s=self._settings.session_ttl_s,
+        )
+        await self._sessions.start()
         context = GatewayContext(
             name=self._name,
             settings=self._settings,
             verifier=self._verifier,
-            presence=PresenceTable(await js.key_value(subjects.PRESENCE_BUCKET)),
+            sessions=self._sessions,
             queue=SessionQueue(self._nc, js),
             js=js,
             nodes=self._nodes,
@@ -102,14 +130,38 @@ class Gateway:
             ping_interval=heartbeat,
             ping_timeout=2 * heartbeat,
         )
-        _log.info("gateway.listening", url=self.url)
+        self._lease = Lease(
+            gateways_kv,
+            subjects.gateway_key(self._name),
+            GatewayRecord(
+                name=self._name, incarnation=self._incarnation, url=self.url, pid=os.getpid()
+            ),
+            every=self._settings.lease_heartbeat_s,
+        )
+        await self._lease.take()
+        _log.info("gateway.listening", url=self.url, incarnation=self._incarnation)
+
+    def _recheck_sessions(self) -> None:
+        """Back on NATS after a loss: a takeover may have been missed meanwhile."""
+        if self._sessions is None or self._draining:
+            return
+        task = asyncio.create_task(self._sessions.refresh(), name="session recheck")
+        self._rechecks.add(task)
+        task.add_done_callback(self._rechecks.discard)
 
     async def drain(self) -> None:
         """Stop taking connections, close every client with 1001, then leave NATS."""
         self._draining = True
         if self._server is not None:
             self._server.close(close_connections=True)
-            await self._server.wait_closed()
+            await self._server.wait_closed()  # every connection has recorded its detach
+        for task in list(self._rechecks):
+            await cancel_and_wait(task)
+        if self._sessions is not None:
+            await self._sessions.stop()
+        if self._lease is not None:
+            await self._lease.release()
+        await self._gateways.stop()
         await self._nodes.stop()
         if self._nc is not None:
             await leave_nats(self._nc)

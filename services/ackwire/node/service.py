@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 
 import structlog
-from nats.errors import Error as NatsError
-from nats.js.errors import Error as JetStreamError
-from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from ackwire.bus import subjects
 from ackwire.bus.broker import ServiceBroker
+from ackwire.bus.lease import Lease
 from ackwire.bus.models import NodeRegistration
-from ackwire.lifecycle import cancel_and_wait
 from ackwire.node.worker import Worker
 from ackwire.nodekit import JobKind
 from ackwire.settings import Settings
@@ -46,8 +41,7 @@ class Node:
         )
         self._worker: Worker | None = None
         self._bus = ServiceBroker(settings, name=self._name, http_host=host)
-        self._kv: KeyValue | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._lease: Lease | None = None
 
     @property
     def name(self) -> str:
@@ -66,27 +60,20 @@ class Node:
             js, self._settings, node=self._name, kinds=self._kinds, capacity=self._capacity
         )
         await self._worker.start()
-        self._kv = await js.key_value(subjects.NODES_BUCKET)
-        await self._kv.put(subjects.node_key(self._name), self._registration.to_bytes())
-        self._heartbeat = asyncio.create_task(self._keep_registered(self._kv))
+        self._lease = Lease(
+            await js.key_value(subjects.NODES_BUCKET),
+            subjects.node_key(self._name),
+            self._registration,
+            every=self._settings.lease_heartbeat_s,
+        )
+        await self._lease.take()
         await self._bus.serve()
         _log.info("node.registered", kinds=self._registration.kinds)
 
     async def drain(self) -> None:
         if self._worker is not None:
             await self._worker.drain()
-        await cancel_and_wait(self._heartbeat)
-        if self._kv is not None:
-            with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
-                await self._kv.delete(subjects.node_key(self._name))
+        if self._lease is not None:
+            await self._lease.release()
         await self._bus.stop()
         _log.info("node.stopped")
-
-    async def _keep_registered(self, kv: KeyValue) -> None:
-        """Refresh the registration every heartbeat; the bucket's TTL drops a node that stops."""
-        while True:
-            await asyncio.sleep(self._settings.node_heartbeat_s)
-            try:
-                await kv.put(subjects.node_key(self._name), self._registration.to_bytes())
-            except (NatsError, JetStreamError, TimeoutError) as exc:
-                _log.warning("node.heartbeat_failed", error=str(exc) or type(exc).__name__)

@@ -160,6 +160,7 @@ class JobSupervisor:
                 outcome = self._ledger.submitted(
                     job_id=new.job_id,
                     session_id=new.session_id,
+                    user=new.user,
                     kind=new.kind,
                     trace_id=new.trace_id,
                     now=now,
@@ -229,6 +230,7 @@ def _delivery(
         id=delivery_id,
         kind=kind,
         session_id=record.session_id,
+        user=record.user,
         job_id=record.job_id,
         trace_id=record.trace_id,
         data=data,

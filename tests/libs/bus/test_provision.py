@@ -19,7 +19,8 @@ async def test_provisioning_creates_every_bucket_and_is_idempotent(
     second = {name: (await js.stream_info(name)).config for name in names}
     await nc.close()
     assert set(first) >= {
-        f"KV_{subjects.PRESENCE_BUCKET}",
+        f"KV_{subjects.SESSIONS_BUCKET}",
+        f"KV_{subjects.GATEWAYS_BUCKET}",
         f"KV_{subjects.NODES_BUCKET}",
         f"KV_{subjects.JOBS_BUCKET}",
         subjects.SESSIONS_STREAM,
@@ -33,8 +34,8 @@ async def test_provisioning_creates_every_bucket_and_is_idempotent(
 async def test_provisioning_applies_a_changed_setting(nats_server: EmbeddedNats) -> None:
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
-    await provision(js, Settings(nats_url=nats_server.url, node_heartbeat_s=2))
-    await provision(js, Settings(nats_url=nats_server.url, node_heartbeat_s=0.5))
+    await provision(js, Settings(nats_url=nats_server.url, lease_heartbeat_s=2))
+    await provision(js, Settings(nats_url=nats_server.url, lease_heartbeat_s=0.5))
     config = (await js.stream_info(f"KV_{subjects.NODES_BUCKET}")).config
     await nc.close()
     assert config.max_age == 1.5

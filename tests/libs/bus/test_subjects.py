@@ -54,6 +54,16 @@ def test_service_names_with_subject_specials_are_refused(name: str) -> None:
         subjects.service_token(name)
 
 
-def test_presence_keys_group_a_users_sessions() -> None:
+def test_a_session_key_is_its_id_and_refuses_anything_else() -> None:
     sid = subjects.new_session_id()
-    assert subjects.presence_key("bob", sid) == f"bob.{sid}"
+    assert subjects.session_key(sid) == sid
+    with pytest.raises(InvalidNameError):
+        subjects.session_key("s-short")
+    with pytest.raises(InvalidNameError):
+        subjects.session_key("s-" + "a" * 20 + ".>")
+
+
+def test_a_gateway_is_asked_to_release_on_its_own_subject() -> None:
+    assert subjects.release_subject("gw-1") == "ackwire.gateway.gw-1.release"
+    with pytest.raises(InvalidNameError):
+        subjects.release_subject("gw.*")

@@ -1,44 +1,59 @@
-"""The gateway publishes who is connected where, and removes a connection the moment it ends."""
+"""Presence on the bus: a session's record says which connection holds it, a gateway's
+lease says whether that connection can still be alive. No zombies: a socket that dies
+is unregistered at once, a draining gateway leaves nothing live behind."""
 
 import asyncio
 from collections.abc import Callable
 
 import nats
-from nats.js.kv import KV_DEL
+import pytest
+from nats.js.errors import KeyNotFoundError
 
 from ackwire.bus import subjects
 from ackwire.bus.embedded import EmbeddedNats
-from ackwire.bus.models import PresenceRecord
 from ackwire.gateway.server import Gateway
+from ackwire.sessions.overview import SessionSummary, session_summaries
+from ackwire.sessions.record import SessionRecord, SessionState
 from ackwire.wire.codes import CloseCode
 from ackwire.wire.frames import Hello
 from support.client import closed_with, open_ws, send, welcomed
 
 
-async def test_a_connection_is_present_while_open_and_gone_when_closed(
+async def summary_of(url: str, session_id: str) -> SessionSummary:
+    nc = await nats.connect(url)
+    try:
+        found = [s for s in await session_summaries(nc) if s.session_id == session_id]
+    finally:
+        await nc.close()
+    assert len(found) == 1, found
+    return found[0]
+
+
+async def test_a_connection_is_live_while_open_and_detached_the_moment_its_socket_dies(
     nats_server: EmbeddedNats, gateway: Gateway, make_token: Callable[..., str]
 ) -> None:
     nc = await nats.connect(nats_server.url)
-    kv = await nc.jetstream().key_value(subjects.PRESENCE_BUCKET)
-    watcher = await kv.watch("alice_1.*")
-    assert await watcher.updates(timeout=5) is None  # nothing there yet
-
+    kv = await nc.jetstream().key_value(subjects.SESSIONS_BUCKET)
     ws, welcome = await welcomed(gateway.url, make_token("alice_1"))
-    entry = await watcher.updates(timeout=5)
-    record = PresenceRecord.model_validate_json(entry.value)
-    assert entry.key == f"alice_1.{welcome.session_id}"
-    assert record.gateway == "gw-test"
-    assert record.session_id == welcome.session_id
-    assert record.user == "alice_1"
+    watcher = await kv.watch(subjects.session_key(welcome.session_id))
+    live = SessionRecord.model_validate_json((await watcher.updates(timeout=5)).value)
+    assert (live.state, live.user, live.gateway) == (SessionState.LIVE, "alice_1", "gw-test")
+    assert live.resume_hash != welcome.resume_token  # only a hash is stored
+    summary = await summary_of(nats_server.url, welcome.session_id)
+    assert summary.connected
+    assert summary.gateway == "gw-test"
 
     ws.transport.abort()  # the socket dies without a close handshake
-    gone = await watcher.updates(timeout=5)
-    assert gone.key == entry.key
-    assert gone.operation == KV_DEL
+    while (entry := await watcher.updates(timeout=5)) is None:
+        pass
+    detached = SessionRecord.model_validate_json(entry.value)
+    assert detached.state is SessionState.DETACHED
+    assert not (await summary_of(nats_server.url, welcome.session_id)).connected
+    await watcher.stop()
     await nc.close()
 
 
-async def test_draining_closes_clients_1001_and_clears_their_presence(
+async def test_draining_closes_clients_1001_and_leaves_nothing_live(
     nats_server: EmbeddedNats, gateway: Gateway, make_token: Callable[..., str]
 ) -> None:
     clients = [await welcomed(gateway.url, make_token(f"u{i}")) for i in range(3)]
@@ -46,10 +61,13 @@ async def test_draining_closes_clients_1001_and_clears_their_presence(
     codes = await asyncio.gather(*(closed_with(ws) for ws, _ in clients))
     assert [code for code, _ in codes] == [1001, 1001, 1001]
     nc = await nats.connect(nats_server.url)
-    kv = await nc.jetstream().key_value(subjects.PRESENCE_BUCKET)
-    watcher = await kv.watchall(ignore_deletes=True)
-    assert await watcher.updates(timeout=5) is None  # no live connection is left behind
+    summaries = await session_summaries(nc)
+    leases = await nc.jetstream().key_value(subjects.GATEWAYS_BUCKET)
+    with pytest.raises(KeyNotFoundError):  # the gateway said goodbye
+        await leases.get(subjects.gateway_key("gw-test"))
     await nc.close()
+    assert len(summaries) == 3
+    assert all(s.state is SessionState.DETACHED and not s.connected for s in summaries)
 
 
 async def test_without_a_bus_that_confirms_there_is_no_welcome(

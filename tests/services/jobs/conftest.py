@@ -30,7 +30,7 @@ def job_settings(settings: Settings) -> Settings:
             "job_timeout_s": 3.0,
             "max_attempts": 2,
             "ack_wait_s": 5.0,
-            "node_heartbeat_s": 0.5,
+            "lease_heartbeat_s": 0.5,
             "submit_rate_per_s": 1.0,
             "submit_burst": 5,
         }

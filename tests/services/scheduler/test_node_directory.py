@@ -56,7 +56,7 @@ async def test_a_node_that_started_earlier_is_known_at_once(
 async def test_a_node_killed_without_goodbye_expires_from_the_directory(
     nats_server: EmbeddedNats, settings: Settings, logs: LogWatch
 ) -> None:
-    quick = settings.model_copy(update={"node_heartbeat_s": 0.3})
+    quick = settings.model_copy(update={"lease_heartbeat_s": 0.3})
     scheduler = Scheduler(quick, name="scheduler-test", host="127.0.0.1")
     await scheduler.start()
     node = await AckwireProcess.start(
@@ -65,7 +65,7 @@ async def test_a_node_killed_without_goodbye_expires_from_the_directory(
         "node-c",
         env={
             "ACKWIRE_NATS_URL": nats_server.url,
-            "ACKWIRE_NODE_HEARTBEAT_S": "0.3",
+            "ACKWIRE_LEASE_HEARTBEAT_S": "0.3",
             "ACKWIRE_HTTP_PORT": str(free_port()),
         },
     )

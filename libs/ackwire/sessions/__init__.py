@@ -1,0 +1,1 @@
+"""Sessions that outlive their connections: records, resume rules, who holds what."""

@@ -1,0 +1,115 @@
+"""The operator's views: who is connected where, and what is owed to whom.
+
+`ackwire sessions` and `ackwire undelivered` print these; tests read them too.
+Both read the whole of what they show: they are for operators, not hot paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from nats.aio.client import Client
+from pydantic import BaseModel
+
+from ackwire.bus import subjects
+from ackwire.bus.session_queue import SessionQueue
+from ackwire.sessions.gateways import GatewayDirectory
+from ackwire.sessions.record import Found, SessionState
+from ackwire.sessions.table import SessionTable
+
+_READ_BATCH = 256
+
+
+class SessionSummary(BaseModel):
+    session_id: str
+    user: str
+    state: SessionState
+    gateway: str
+    """The gateway holding it (`live`), or the last one that did."""
+    connected: bool
+    """A connection holds it now: the record is live and its gateway's lease is alive."""
+    since: datetime
+    owed: int
+    """Messages stored for it and not yet acked."""
+
+
+class UndeliveredMessage(BaseModel):
+    session_id: str
+    user: str | None
+    id: str
+    seq: int
+    kind: str
+    job_id: str | None
+    age_s: float
+
+
+async def session_summaries(nc: Client) -> list[SessionSummary]:
+    """Every session on record, oldest change first."""
+    js = nc.jetstream()
+    gateways = GatewayDirectory()
+    await gateways.follow(await js.key_value(subjects.GATEWAYS_BUCKET))
+    try:
+        owed = await _owed_by_subject(nc)
+        table = await SessionTable.open(js)
+        summaries = [
+            SessionSummary(
+                session_id=found.record.session_id,
+                user=found.record.user,
+                state=found.record.state,
+                gateway=found.record.gateway,
+                connected=gateways.connected(found.record),
+                since=found.record.changed_at,
+                owed=owed.get(subjects.session_subject(found.record.session_id), 0),
+            )
+            async for found in table.every()
+        ]
+    finally:
+        await gateways.stop()
+    return sorted(summaries, key=lambda summary: summary.since)
+
+
+async def undelivered(
+    nc: Client, session_id: str | None = None
+) -> AsyncIterator[UndeliveredMessage]:
+    """Every message stored and not acked (of one session, or of all), oldest first."""
+    js = nc.jetstream()
+    queue = SessionQueue(nc, js)
+    table = await SessionTable.open(js)
+    subject = (
+        subjects.SESSION_SUBJECTS if session_id is None else subjects.session_subject(session_id)
+    )
+    users: dict[str, str | None] = {}
+    after = 0
+    now = datetime.now(UTC)
+    while True:
+        read = await queue.read_subject(subject, after=after, limit=_READ_BATCH)
+        for stored in read.messages:
+            delivery = stored.delivery
+            user = delivery.user
+            if user is None:
+                if delivery.session_id not in users:
+                    found = await table.lookup(delivery.session_id)
+                    users[delivery.session_id] = (
+                        found.record.user if isinstance(found, Found) else None
+                    )
+                user = users[delivery.session_id]
+            yield UndeliveredMessage(
+                session_id=delivery.session_id,
+                user=user,
+                id=delivery.id,
+                seq=stored.seq,
+                kind=delivery.kind,
+                job_id=delivery.job_id,
+                age_s=round((now - delivery.created_at).total_seconds(), 3),
+            )
+        if read.complete or not read.messages:
+            return
+        after = read.messages[-1].seq
+
+
+async def _owed_by_subject(nc: Client) -> dict[str, int]:
+    info = await nc.jetstream().stream_info(
+        subjects.SESSIONS_STREAM, subjects_filter=subjects.SESSION_SUBJECTS
+    )
+    return dict(info.state.subjects or {})

@@ -1,0 +1,321 @@
+"""The sessions this gateway holds: opening, resuming, taking over, letting go.
+
+One live connection per session, cluster-wide, is settled on the bus, never
+in memory: a connection holds a session when its compare-and-set on the
+session's record landed. The gateway that held the session before is then
+asked to let go (close 4409) and answers with what it had sent, before the
+new connection delivers anything. If that gateway is dead there is nobody to
+ask; if it was cut off and missed the request, it finds out at its next
+refresh (or as soon as NATS is back), when its own compare-and-set fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal, Protocol
+
+import stamina
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+from nats.js.errors import Error as JetStreamError
+from pydantic import ValidationError
+
+from ackwire.bus import subjects
+from ackwire.bus.subjects import new_session_id
+from ackwire.lifecycle import cancel_and_wait
+from ackwire.sessions.gateways import GatewayDirectory
+from ackwire.sessions.record import (
+    Found,
+    Holder,
+    Refuse,
+    Released,
+    ReleaseRequest,
+    Resume,
+    SessionRecord,
+    SessionState,
+    StartFresh,
+    judge_resume,
+    lookup_key,
+    new_resume_token,
+)
+from ackwire.sessions.table import SessionChangedError, SessionTable
+from ackwire.wire.frames import ResumeRequest
+
+_log = structlog.get_logger("ackwire.gateway")
+
+BUS_ERRORS = (NatsError, JetStreamError, TimeoutError)
+_RELEASE_TIMEOUT_S = 2.0
+_CLAIM_ATTEMPTS = 3
+_REFRESH_BATCH = 256
+
+
+class Holding(Protocol):
+    """A connection, as the sessions it holds see it."""
+
+    @property
+    def connection_id(self) -> str: ...
+
+    @property
+    def sent_upto(self) -> int:
+        """The highest seq this connection has sent."""
+
+    async def taken_over(self) -> int:
+        """Stop delivering at once, close 4409; the highest seq sent."""
+
+
+class ResumeRefusedError(Exception):
+    """Close 4403: not this client's session to resume."""
+
+
+class SessionLostError(Exception):
+    """Close 4409: another connection claimed the session first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    session_id: str
+    resume_token: str
+    resumed: bool
+    reason: Literal["new", "unknown", "expired"] | None
+    sent_before: int
+    """Messages up to this seq may have been sent before: their next send is a redelivery."""
+
+
+@dataclass(slots=True)
+class _Hold:
+    connection: Holding
+    record: SessionRecord
+    revision: int
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class HeldSessions:
+    def __init__(
+        self,
+        nc: Client,
+        table: SessionTable,
+        gateways: GatewayDirectory,
+        *,
+        gateway: str,
+        incarnation: str,
+        ttl_s: float,
+    ) -> None:
+        self._nc = nc
+        self._table = table
+        self._gateways = gateways
+        self._gateway = gateway
+        self._incarnation = incarnation
+        self._ttl = timedelta(seconds=ttl_s)
+        self._held: dict[str, _Hold] = {}
+        self._release_sub: Subscription | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    async def start(self) -> None:
+        self._release_sub = await self._nc.subscribe(
+            subjects.release_subject(self._gateway), cb=self._on_release
+        )
+        self._refresher = asyncio.create_task(self._keep_fresh(), name="session refresh")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._refresher)
+        if self._release_sub is not None:
+            try:
+                await self._release_sub.unsubscribe()
+            except NatsError as exc:
+                _log.debug("sessions.unsubscribe_failed", error=str(exc))
+
+    # -- a connection's life -------------------------------------------------
+
+    async def open(self, resume: ResumeRequest | None, user: str, connection: Holding) -> Opened:
+        """Start a session for `connection`, or resume the one `resume` names.
+
+        Raises `ResumeRefusedError` (4403), `SessionLostError` (4409), or a bus error."""
+        holder = Holder(self._gateway, self._incarnation, connection.connection_id)
+        key = None if resume is None else lookup_key(resume)
+        lookup = None if key is None else await self._table.lookup(key)
+        for _ in range(_CLAIM_ATTEMPTS):
+            verdict = judge_resume(resume, user, lookup, now=_now(), ttl=self._ttl)
+            match verdict:
+                case Refuse(reason=reason):
+                    raise ResumeRefusedError(reason)
+                case StartFresh(reason=reason):
+                    return await self._start(user, connection, holder, reason)
+                case Resume(found=found):
+                    try:
+                        return await self._resume(found, resume, connection, holder)
+                    except SessionChangedError:
+                        assert key is not None
+                        lookup = await self._table.lookup(key)
+                        if _claimed_by_another(lookup, found):
+                            raise SessionLostError("another connection resumed it first") from None
+        raise SessionLostError("the session kept changing; try again")
+
+    async def let_go(self, connection: Holding, state: SessionState) -> None:
+        """The connection ended (`DETACHED`) or said `bye` (`ENDED`). Retries bus errors
+        for a while, then raises them; a session someone else holds is left alone."""
+        hold = self._held.pop(connection.connection_id, None)
+        if hold is None:
+            return  # taken over: no longer ours to change
+        sent_upto = connection.sent_upto
+        async for attempt in stamina.retry_context(on=BUS_ERRORS, attempts=5, timeout=10.0):
+            with attempt:
+                await self._write_while_ours(
+                    hold, lambda record: record.let_go(state, sent_upto=sent_upto, now=_now())
+                )
+        _log.info("session.let_go", state=state.value, sent_upto=sent_upto)
+
+    async def refresh(self) -> None:
+        """Rewrite every held record: keeps them from expiring, and finds any this
+        gateway lost while it could not hear (their connections are closed 4409)."""
+        holds = list(self._held.values())
+        for start in range(0, len(holds), _REFRESH_BATCH):
+            batch = holds[start : start + _REFRESH_BATCH]
+            await asyncio.gather(*(self._refresh_one(hold) for hold in batch))
+
+    # -- internals -----------------------------------------------------------
+
+    async def _start(
+        self,
+        user: str,
+        connection: Holding,
+        holder: Holder,
+        reason: Literal["new", "unknown", "expired"],
+    ) -> Opened:
+        token = new_resume_token()
+        record = SessionRecord.opened(
+            session_id=new_session_id(), user=user, resume_token=token, holder=holder, now=_now()
+        )
+        revision = await self._table.create(record)
+        self._held[connection.connection_id] = _Hold(connection, record, revision)
+        return Opened(record.session_id, token, resumed=False, reason=reason, sent_before=0)
+
+    async def _resume(
+        self, found: Found, resume: ResumeRequest | None, connection: Holding, holder: Holder
+    ) -> Opened:
+        assert resume is not None
+        before = found.record
+        record = before.claimed(holder, _now())
+        revision = await self._table.replace(record, revision=found.revision)
+        self._held[connection.connection_id] = _Hold(connection, record, revision)
+        sent_before = max(before.sent_upto, resume.last_seq or 0)
+        if before.state is SessionState.LIVE:
+            sent_before = max(sent_before, await self._ask_to_release(before))
+        _log.info(
+            "session.resumed",
+            session_id=record.session_id,
+            previous_gateway=before.gateway,
+            previous_state=before.state.value,
+        )
+        return Opened(
+            record.session_id,
+            resume.resume_token,
+            resumed=True,
+            reason=None,
+            sent_before=sent_before,
+        )
+
+    async def _ask_to_release(self, before: SessionRecord) -> int:
+        """Have the previous holder stop and close 4409; what it had sent (0 if unknown)."""
+        if not self._gateways.alive(before.gateway, before.incarnation):
+            return 0  # its gateway is gone, and took the connection with it
+        request = ReleaseRequest(
+            session_id=before.session_id,
+            connection_id=before.connection_id,
+            claimed_by=self._gateway,
+        )
+        try:
+            reply = await self._nc.request(
+                subjects.release_subject(before.gateway),
+                request.to_bytes(),
+                timeout=_RELEASE_TIMEOUT_S,
+            )
+            return Released.model_validate_json(reply.data).sent_upto
+        except (NatsError, TimeoutError, ValidationError) as exc:
+            # Dead or cut off: it cannot deliver without NATS, and learns of the loss
+            # when its next compare-and-set fails.
+            _log.warning(
+                "session.release_unanswered",
+                previous_gateway=before.gateway,
+                error=str(exc) or type(exc).__name__,
+            )
+            return 0
+
+    async def _on_release(self, msg: Msg) -> None:
+        try:
+            request = ReleaseRequest.model_validate_json(msg.data)
+        except ValidationError as exc:
+            _log.warning("session.bad_release_request", error=str(exc))
+            return
+        hold = self._held.pop(request.connection_id, None)
+        sent_upto = 0 if hold is None else await hold.connection.taken_over()
+        if hold is not None:
+            _log.info(
+                "session.taken_over",
+                session_id=request.session_id,
+                connection_id=request.connection_id,
+                claimed_by=request.claimed_by,
+            )
+        await msg.respond(Released(released=hold is not None, sent_upto=sent_upto).to_bytes())
+
+    async def _keep_fresh(self) -> None:
+        # A record not rewritten within the TTL expires: four refreshes per TTL.
+        every = self._ttl.total_seconds() / 4
+        while True:
+            await asyncio.sleep(every)
+            await self.refresh()
+
+    async def _refresh_one(self, hold: _Hold) -> None:
+        sent_upto = hold.connection.sent_upto
+        try:
+            ours = await self._write_while_ours(
+                hold, lambda record: record.model_copy(update={"sent_upto": sent_upto})
+            )
+        except BUS_ERRORS as exc:
+            _log.warning("session.refresh_failed", error=str(exc) or type(exc).__name__)
+            return
+        if not ours and self._held.pop(hold.connection.connection_id, None) is not None:
+            _log.info("session.lost", session_id=hold.record.session_id)
+            await hold.connection.taken_over()
+
+    async def _write_while_ours(
+        self, hold: _Hold, change: Callable[[SessionRecord], SessionRecord]
+    ) -> bool:
+        """Write `change(record)` as long as the record still names this connection;
+        `False` once it names another (the session was taken over)."""
+        for _ in range(_CLAIM_ATTEMPTS):
+            record = change(hold.record)
+            try:
+                hold.revision = await self._table.replace(record, revision=hold.revision)
+            except SessionChangedError:
+                lookup = await self._table.lookup(hold.record.session_id)
+                if not isinstance(lookup, Found) or (
+                    lookup.record.connection_id != hold.connection.connection_id
+                    or lookup.record.state is not SessionState.LIVE
+                ):
+                    return False
+                hold.record, hold.revision = lookup.record, lookup.revision
+            else:
+                hold.record = record
+                return True
+        return False
+
+
+def _claimed_by_another(lookup: object, found: Found) -> bool:
+    """After a lost compare-and-set: did a newer connection claim the session?"""
+    return (
+        isinstance(lookup, Found)
+        and lookup.record.state is SessionState.LIVE
+        and lookup.record.connection_id != found.record.connection_id
+    )
