@@ -84,15 +84,20 @@ class AckwireProcess:
         return code
 
     async def _until(self, condition: Any, timeout: float, what: str) -> None:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                if self.process.returncode is not None and all(r.done() for r in self._readers):
-                    raise AssertionError(
-                        f"process exited ({self.process.returncode}) before {what}; stderr:\n"
-                        + "".join(self.stderr_text[-20:])
-                    )
-                self._changed.clear()
-                await self._changed.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                while not condition():
+                    if self.process.returncode is not None and all(r.done() for r in self._readers):
+                        raise AssertionError(
+                            f"process exited ({self.process.returncode}) before {what}; stderr:\n"
+                            + "".join(self.stderr_text[-20:])
+                        )
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"no {what} within {timeout} s; stderr:\n" + "".join(self.stderr_text[-20:])
+            ) from None
 
     async def _read(self, stream: asyncio.StreamReader | None, on_line: Any) -> None:
         assert stream is not None

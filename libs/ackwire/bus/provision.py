@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import stamina
 import structlog
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RePublish, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, ServiceUnavailableError
 
 from ackwire.bus import subjects
 from ackwire.settings import Settings
@@ -102,12 +104,23 @@ def _work_queue(name: str, subject: str, what: str, settings: Settings) -> Strea
     )
 
 
+#: What JetStream answers while a cluster elects its leaders: wait and ask again.
+_ELECTING = (TimeoutError, NoRespondersError, ServiceUnavailableError)
+
+
 async def provision(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update every stream and bucket to match `settings`."""
-    for spec in buckets(settings):
-        await _ensure_bucket(js, spec, settings.replicas)
-    for config in streams(settings):
-        await _ensure_stream(js, config)
+    """Create or update every stream and bucket to match `settings`.
+
+    A service starting while a cluster elects a leader (a server just died) waits
+    for the election, with back-off, up to a minute; then the error is raised."""
+    async for attempt in stamina.retry_context(on=_ELECTING, attempts=None, timeout=60.0):
+        with attempt:
+            if attempt.num > 1:
+                _log.info("bus.provision_retry", attempt=attempt.num)
+            for spec in buckets(settings):
+                await _ensure_bucket(js, spec, settings.replicas)
+            for config in streams(settings):
+                await _ensure_stream(js, config)
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

@@ -28,7 +28,7 @@ def node_env(nats_server: EmbeddedNats, settings: Settings) -> dict[str, str]:
         "ACKWIRE_NATS_URL": nats_server.url,
         "ACKWIRE_JOB_TIMEOUT_S": str(settings.job_timeout_s),
         "ACKWIRE_MAX_ATTEMPTS": str(settings.max_attempts),
-        "ACKWIRE_NODE_HEARTBEAT_S": "0.5",
+        "ACKWIRE_LEASE_HEARTBEAT_S": "0.5",
         "ACKWIRE_HTTP_PORT": str(free_port()),
     }
 
