@@ -9,6 +9,7 @@ import pytest
 import structlog
 
 from ackwire.bus.embedded import EmbeddedCluster, EmbeddedNats
+from ackwire.gateway.server import Gateway
 from ackwire.settings import Settings
 from ackwire.tokens import mint_token
 from support.auth import TEST_SECRET
@@ -38,6 +39,12 @@ def settings(nats_server: EmbeddedNats) -> Settings:
         gateway_port=0,
         http_port=0,
     )
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    async with Gateway(settings, name="gw-test", host="127.0.0.1", port=0) as gw:
+        yield gw
 
 
 @pytest.fixture

@@ -75,10 +75,20 @@ async def run_until_stopped(kind: str, service: Service) -> None:
     await service.drain()
 
 
+#: How long to wait for a cancelled task before cancelling it again.
+_RECANCEL_S = 0.05
+
+
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
-    """Cancel a background task and wait until it has finished its clean-up."""
+    """Cancel a background task and wait until it has finished its clean-up.
+
+    Cancels again until the task is done: on Python 3.11, `asyncio.wait_for` (which
+    nats-py's requests run on) swallows a cancellation that arrives just as the
+    answer does, and a loop that went on from there would never end."""
     if task is None:
         return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=_RECANCEL_S)
+    if not task.cancelled():
+        task.result()  # raises what the task raised, as awaiting it would

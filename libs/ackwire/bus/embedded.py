@@ -177,7 +177,8 @@ class EmbeddedNats(_Running):
             return
         process.send_signal(how)
         try:
-            await asyncio.wait_for(process.wait(), _STOP_TIMEOUT_S)
+            async with asyncio.timeout(_STOP_TIMEOUT_S):
+                await process.wait()
         except TimeoutError:
             process.kill()
             await process.wait()

@@ -23,7 +23,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 from pydantic import ValidationError
 
 from ackwire.bus import subjects
@@ -122,6 +122,17 @@ class SessionQueue:
             raise SessionQueueError(f"reading {subject} timed out") from exc
         finally:
             await sub.unsubscribe()
+
+    async def last_seq(self, session_id: str) -> int:
+        """The seq of the session's newest stored message (0: none). Asked of the stream's
+        leader, so a message stored a moment ago is not missed."""
+        try:
+            msg = await self._js.get_msg(
+                subjects.SESSIONS_STREAM, subject=subjects.session_subject(session_id)
+            )
+        except NotFoundError:
+            return 0
+        return msg.seq or 0
 
     async def confirm(self, session_id: str, *, upto: int | None, singles: tuple[int, ...]) -> None:
         """Remove acked messages from the store; returns once the store confirmed it."""

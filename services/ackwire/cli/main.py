@@ -67,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     owed.add_argument("--session", help="only this session's")
     owed.add_argument("--json", action="store_true", help="one JSON object a line")
     _nats_url_flag(owed)
+
+    bench = commands.add_parser("bench", help="measure; each figure with its baseline")
+    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    storm = benches.add_parser(
+        "resume-storm", help="kill -9 a gateway holding N sessions; time their resume elsewhere"
+    )
+    storm.add_argument("--sessions", type=_positive, default=2000)
+    storm.add_argument("--concurrency", type=_positive, default=256, help="handshakes at once")
+    storm.add_argument("--nats-url", help="default: an embedded nats-server")
     return parser
 
 
@@ -98,23 +107,45 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    # Imported here: `ackwire token` should not pay for the services' imports.
-    if args.command == "token":
-        return _print_token(args, settings)
-    if args.command in ("sessions", "undelivered"):
-        return _print_view(args, settings)
-    if args.command == "up":
-        from ackwire.cli.up import StackOptions, run_stack
+    # Each command imports what it needs: `ackwire token` should not pay for the services.
+    tools = {
+        "token": _print_token,
+        "sessions": _print_view,
+        "undelivered": _print_view,
+        "bench": _bench,
+        "up": _up,
+    }
+    tool = tools.get(args.command)
+    if tool is not None:
+        return tool(args, settings)
+    return _serve(args, settings)
 
-        options = StackOptions(
-            host=args.host,
-            port=args.port,
-            gateways=args.gateways,
-            nodes=args.nodes,
-            nats_url=args.nats_url,
-            data_dir=args.data_dir,
-        )
-        return asyncio.run(run_stack(options, settings))
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from ackwire.cli.up import StackOptions, run_stack
+
+    options = StackOptions(
+        host=args.host,
+        port=args.port,
+        gateways=args.gateways,
+        nodes=args.nodes,
+        nats_url=args.nats_url,
+        data_dir=args.data_dir,
+    )
+    return asyncio.run(run_stack(options, settings))
+
+
+def _bench(args: argparse.Namespace, _settings: Settings) -> int:
+    from ackwire.bench.resume_storm import BenchFailedError, run_resume_storm
+
+    try:
+        return asyncio.run(run_resume_storm(args.sessions, args.concurrency, args.nats_url))
+    except (BenchFailedError, TimeoutError) as exc:
+        print(f"ackwire bench: failed: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from ackwire.lifecycle import Service, run_until_stopped
 
     service: Service

@@ -134,7 +134,8 @@ def child_specs(options: StackOptions, nats_url: str) -> list[ChildSpec]:
     return specs
 
 
-async def spawn(spec: ChildSpec) -> Child:
+async def spawn(spec: ChildSpec, stderr: int | None = None) -> Child:
+    """Start the child; its stderr (its logs) goes to `stderr`, a file descriptor, or ours."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -145,6 +146,7 @@ async def spawn(spec: ChildSpec) -> Child:
         *spec.args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
         env=spec.env,
     )
     return Child(spec, process)

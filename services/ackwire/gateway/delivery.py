@@ -145,8 +145,11 @@ class DeliveryPump:
                         self._wake.set()
             deadline = self._window.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            # Not `asyncio.wait_for`: on 3.11 it swallows a cancellation that arrives
+            # as the event fires, and a stopped pump would then wait here for ever.
             with contextlib.suppress(TimeoutError):  # on a timeout, a redelivery is due
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def _deliver(self, send: Send[Delivery]) -> None:
         delivery = send.message

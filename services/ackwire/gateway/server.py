@@ -95,9 +95,11 @@ class Gateway:
         await self._nodes.follow(await js.key_value(subjects.NODES_BUCKET))
         gateways_kv = await js.key_value(subjects.GATEWAYS_BUCKET)
         await self._gateways.follow(gateways_kv)
+        queue = SessionQueue(self._nc, js)
         self._sessions = HeldSessions(
             self._nc,
             await SessionTable.open(js),
+            queue,
             self._gateways,
             gateway=self._name,
             incarnation=self._incarnation,
@@ -109,7 +111,7 @@ class Gateway:
             settings=self._settings,
             verifier=self._verifier,
             sessions=self._sessions,
-            queue=SessionQueue(self._nc, js),
+            queue=queue,
             js=js,
             nodes=self._nodes,
         )

@@ -23,10 +23,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 from nats.js.errors import Error as JetStreamError
 from pydantic import ValidationError
 
 from ackwire.bus import subjects
+from ackwire.bus.session_queue import SessionQueue
 from ackwire.bus.subjects import new_session_id
 from ackwire.lifecycle import cancel_and_wait
 from ackwire.sessions.gateways import GatewayDirectory
@@ -103,6 +105,7 @@ class HeldSessions:
         self,
         nc: Client,
         table: SessionTable,
+        queue: SessionQueue,
         gateways: GatewayDirectory,
         *,
         gateway: str,
@@ -111,6 +114,7 @@ class HeldSessions:
     ) -> None:
         self._nc = nc
         self._table = table
+        self._queue = queue
         self._gateways = gateways
         self._gateway = gateway
         self._incarnation = incarnation
@@ -211,7 +215,11 @@ class HeldSessions:
         self._held[connection.connection_id] = _Hold(connection, record, revision)
         sent_before = max(before.sent_upto, resume.last_seq or 0)
         if before.state is SessionState.LIVE:
-            sent_before = max(sent_before, await self._ask_to_release(before))
+            released = await self._ask_to_release(before)
+            # Nobody can say what a dead holder sent: whatever was stored by now may
+            # have reached the client, so its next send counts as a redelivery.
+            sent = await self._queue.last_seq(record.session_id) if released is None else released
+            sent_before = max(sent_before, sent)
         _log.info(
             "session.resumed",
             session_id=record.session_id,
@@ -226,10 +234,11 @@ class HeldSessions:
             sent_before=sent_before,
         )
 
-    async def _ask_to_release(self, before: SessionRecord) -> int:
-        """Have the previous holder stop and close 4409; what it had sent (0 if unknown)."""
+    async def _ask_to_release(self, before: SessionRecord) -> int | None:
+        """Have the previous holder stop and close 4409; the highest seq it had sent, or
+        `None` when it cannot say (it is dead, or did not answer)."""
         if not self._gateways.alive(before.gateway, before.incarnation):
-            return 0  # its gateway is gone, and took the connection with it
+            return None  # its gateway is gone, and took the connection with it
         request = ReleaseRequest(
             session_id=before.session_id,
             connection_id=before.connection_id,
@@ -242,15 +251,17 @@ class HeldSessions:
                 timeout=_RELEASE_TIMEOUT_S,
             )
             return Released.model_validate_json(reply.data).sent_upto
+        except NoRespondersError:
+            return None  # it died, and its lease has not lapsed yet
         except (NatsError, TimeoutError, ValidationError) as exc:
-            # Dead or cut off: it cannot deliver without NATS, and learns of the loss
-            # when its next compare-and-set fails.
+            # Cut off: it cannot deliver without NATS, and learns of the loss when its
+            # next compare-and-set fails.
             _log.warning(
                 "session.release_unanswered",
                 previous_gateway=before.gateway,
                 error=str(exc) or type(exc).__name__,
             )
-            return 0
+            return None
 
     async def _on_release(self, msg: Msg) -> None:
         try:
