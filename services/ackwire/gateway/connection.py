@@ -154,6 +154,7 @@ class ClientConnection:
             return
         structlog.contextvars.bind_contextvars(session_id=opened.session_id)
         self._guard.hello_accepted()
+        metrics.SESSIONS_OPENED.labels(outcome=opened.reason or "resumed").inc()
         metrics.CONNECTIONS.inc()
         settings = self._gateway.settings
         try:

@@ -17,3 +17,12 @@ DELIVERED = Counter(
     ["kind"],
 )
 REDELIVERIES = Counter("ackwire_gateway_redeliveries_total", "Deliveries sent again")
+SESSIONS_OPENED = Counter(
+    "ackwire_gateway_sessions_opened_total",
+    "Sessions welcomed: resumed, or new with the reason (new, unknown, expired)",
+    ["outcome"],
+)
+TAKEOVERS = Counter(
+    "ackwire_gateway_takeovers_total",
+    "Connections of this gateway closed 4409 because another connection took their session",
+)

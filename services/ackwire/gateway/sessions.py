@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from ackwire.bus import subjects
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.bus.subjects import new_session_id
+from ackwire.gateway import metrics
 from ackwire.lifecycle import cancel_and_wait
 from ackwire.sessions.gateways import GatewayDirectory
 from ackwire.sessions.record import (
@@ -250,7 +251,7 @@ class HeldSessions:
                 request.to_bytes(),
                 timeout=_RELEASE_TIMEOUT_S,
             )
-            return Released.model_validate_json(reply.data).sent_upto
+            released = Released.model_validate_json(reply.data)
         except NoRespondersError:
             return None  # it died, and its lease has not lapsed yet
         except (NatsError, TimeoutError, ValidationError) as exc:
@@ -262,6 +263,9 @@ class HeldSessions:
                 error=str(exc) or type(exc).__name__,
             )
             return None
+        # Not held there any more: its connection ended just now, and what it had
+        # sent is not on record (the detach lost its compare-and-set to ours).
+        return released.sent_upto if released.released else None
 
     async def _on_release(self, msg: Msg) -> None:
         try:
@@ -272,6 +276,7 @@ class HeldSessions:
         hold = self._held.pop(request.connection_id, None)
         sent_upto = 0 if hold is None else await hold.connection.taken_over()
         if hold is not None:
+            metrics.TAKEOVERS.inc()
             _log.info(
                 "session.taken_over",
                 session_id=request.session_id,
@@ -297,6 +302,7 @@ class HeldSessions:
             _log.warning("session.refresh_failed", error=str(exc) or type(exc).__name__)
             return
         if not ours and self._held.pop(hold.connection.connection_id, None) is not None:
+            metrics.TAKEOVERS.inc()
             _log.info("session.lost", session_id=hold.record.session_id)
             await hold.connection.taken_over()
 

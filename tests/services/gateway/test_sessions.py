@@ -300,3 +300,23 @@ async def test_racing_resumes_end_with_exactly_one_holder(
         assert isinstance(found, Found)
         assert found.record.gateway == ("gw-1" if winner is racers[0] else "gw-2")
         await winner.close()
+
+
+async def test_a_gateway_that_missed_a_takeover_finds_out_at_its_next_refresh(
+    settings: Settings, make_token: MakeToken
+) -> None:
+    quick = settings.model_copy(update={"session_ttl_s": 2.0})  # records refreshed every 0.5 s
+    async with (
+        Gateway(quick, name="gw-1", host="127.0.0.1", port=0) as gw1,
+        Gateway(quick, name="gw-2", host="127.0.0.1", port=0) as gw2,
+    ):
+        token = make_token("ivan")
+        old, welcome = await welcomed(gw1.url, token)
+        # gw-1 stops hearing release requests, as when it is cut off from NATS for a while.
+        release = gw1._sessions._release_sub  # type: ignore[union-attr]
+        await release.unsubscribe()
+        new, again = await resumed(gw2.url, token, welcome)  # nobody answers the release
+        assert again.resumed
+        code, _ = await closed_with(old)  # gw-1's next compare-and-set fails: it lets go
+        assert code == CloseCode.SESSION_TAKEN_OVER
+        await new.close()
