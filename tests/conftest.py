@@ -14,6 +14,7 @@ from ackwire.settings import Settings
 from ackwire.tokens import mint_token
 from support.auth import TEST_SECRET
 from support.logs import LogWatch
+from support.processes import AckwireProcess
 
 
 @pytest.fixture
@@ -53,6 +54,13 @@ def make_token() -> Callable[..., str]:
         return mint_token(TEST_SECRET, sub, **kwargs)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """A test that fails halfway must not leave its service processes running."""
+    yield
+    AckwireProcess.kill_leftovers()
 
 
 @pytest.fixture

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 WAIT_S = 30.0
 
 
 class AckwireProcess:
     """One `python -m ackwire.cli …` process; every wait on it is bounded."""
+
+    #: Every process started and not yet seen to exit, so that a failed test leaves
+    #: none behind (see `kill_leftovers`).
+    started: ClassVar[set[AckwireProcess]] = set()
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
@@ -38,7 +43,18 @@ class AckwireProcess:
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "ACKWIRE_LOG_FORMAT": "json", **(env or {})},
         )
-        return cls(process)
+        started = cls(process)
+        cls.started.add(started)
+        return started
+
+    @classmethod
+    def kill_leftovers(cls) -> None:
+        """SIGKILL every process a test started and did not stop (a failed test)."""
+        for leftover in cls.started:
+            if leftover.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(leftover.pid, signal.SIGKILL)
+        cls.started.clear()
 
     @property
     def pid(self) -> int:

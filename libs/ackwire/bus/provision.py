@@ -104,12 +104,17 @@ def _work_queue(name: str, subject: str, what: str, settings: Settings) -> Strea
     )
 
 
+class NoLeaderYetError(Exception):
+    """A replicated stream has no leader yet (just created, or its leader died)."""
+
+
 #: What JetStream answers while a cluster elects its leaders: wait and ask again.
-_ELECTING = (TimeoutError, NoRespondersError, ServiceUnavailableError)
+_ELECTING = (TimeoutError, NoRespondersError, ServiceUnavailableError, NoLeaderYetError)
 
 
 async def provision(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update every stream and bucket to match `settings`.
+    """Create or update every stream and bucket to match `settings`, and return once
+    each has a leader, so the service's first write does not time out.
 
     A service starting while a cluster elects a leader (a server just died) waits
     for the election, with back-off, up to a minute; then the error is raised."""
@@ -121,6 +126,12 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
                 await _ensure_bucket(js, spec, settings.replicas)
             for config in streams(settings):
                 await _ensure_stream(js, config)
+            names = [f"KV_{spec.bucket}" for spec in buckets(settings)]
+            names += [config.name for config in streams(settings) if config.name]
+            for name in names:
+                cluster = (await js.stream_info(name)).cluster
+                if cluster is not None and not cluster.leader:
+                    raise NoLeaderYetError(name)
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

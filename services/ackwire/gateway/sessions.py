@@ -124,9 +124,6 @@ class HeldSessions:
         self._release_sub: Subscription | None = None
         self._refresher: asyncio.Task[None] | None = None
 
-    def __len__(self) -> int:
-        return len(self._held)
-
     async def start(self) -> None:
         self._release_sub = await self._nc.subscribe(
             subjects.release_subject(self._gateway), cb=self._on_release
@@ -148,7 +145,9 @@ class HeldSessions:
 
         Raises `ResumeRefusedError` (4403), `SessionLostError` (4409), or a bus error."""
         holder = Holder(self._gateway, self._incarnation, connection.connection_id)
-        key = None if resume is None else lookup_key(resume)
+        if resume is None:
+            return await self._start(user, connection, holder, "new")
+        key = lookup_key(resume)
         lookup = None if key is None else await self._table.lookup(key)
         for _ in range(_CLAIM_ATTEMPTS):
             verdict = judge_resume(resume, user, lookup, now=_now(), ttl=self._ttl)
@@ -161,8 +160,7 @@ class HeldSessions:
                     try:
                         return await self._resume(found, resume, connection, holder)
                     except SessionChangedError:
-                        assert key is not None
-                        lookup = await self._table.lookup(key)
+                        lookup = await self._table.lookup(found.record.session_id)
                         if _claimed_by_another(lookup, found):
                             raise SessionLostError("another connection resumed it first") from None
         raise SessionLostError("the session kept changing; try again")
@@ -207,9 +205,8 @@ class HeldSessions:
         return Opened(record.session_id, token, resumed=False, reason=reason, sent_before=0)
 
     async def _resume(
-        self, found: Found, resume: ResumeRequest | None, connection: Holding, holder: Holder
+        self, found: Found, resume: ResumeRequest, connection: Holding, holder: Holder
     ) -> Opened:
-        assert resume is not None
         before = found.record
         record = before.claimed(holder, _now())
         revision = await self._table.replace(record, revision=found.revision)

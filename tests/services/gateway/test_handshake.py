@@ -97,6 +97,11 @@ def _token(claims: dict[str, object], key: str = TEST_SECRET) -> str:
     return jwt.encode(claims, key, algorithm="HS256")
 
 
+#: An `exp` far enough ahead for tokens made when tests are collected: the suite runs
+#: for minutes, and a token meant to fail for another reason must not expire first.
+LATER = int(time.time()) + 86400
+
+
 @pytest.mark.parametrize(
     ("token", "reason"),
     [
@@ -104,18 +109,18 @@ def _token(claims: dict[str, object], key: str = TEST_SECRET) -> str:
         ("not-a-jwt", "invalid"),
         (
             _token(
-                {"sub": "alice", "exp": int(time.time()) + 60},
+                {"sub": "alice", "exp": LATER},
                 key="another-secret-that-is-long-enough-for-hs256",
             ),
             "invalid",
         ),
         (_token({"sub": "alice", "exp": int(time.time()) - 60}), "expired"),
         (_token({"sub": "alice"}), "exp"),
-        (_token({"exp": int(time.time()) + 60}), "sub"),
-        (_token({"sub": "", "exp": int(time.time()) + 60}), "sub"),
-        (_token({"sub": "alice", "exp": int(time.time()) + 60, "topics": "a.>"}), "topics"),
+        (_token({"exp": LATER}), "sub"),
+        (_token({"sub": "", "exp": LATER}), "sub"),
+        (_token({"sub": "alice", "exp": LATER, "topics": "a.>"}), "topics"),
         (
-            jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, "", algorithm="none"),
+            jwt.encode({"sub": "alice", "exp": LATER}, "", algorithm="none"),
             "invalid",
         ),
     ],
