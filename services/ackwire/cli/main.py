@@ -94,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings(**overrides)
     except ValidationError as exc:
         parser.exit(2, f"ackwire: bad setting: {_first_error(exc)}\n")
-    configure_logging(settings.log_format, settings.log_level)
+    # The operator's tools print their answer on stdout; their info lines would be noise.
+    quiet = args.command in ("token", "sessions", "undelivered", "bench")
+    configure_logging(settings.log_format, "warning" if quiet else settings.log_level)
     try:
         return _run(args, settings)
     except InvalidNameError as exc:

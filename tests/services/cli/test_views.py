@@ -88,3 +88,8 @@ async def test_a_bad_session_id_exits_2() -> None:
     process = await AckwireProcess.start("undelivered", "--session", "s-../>")
     assert await process.exit_code() == 2
     assert "not a session id" in "".join(process.stderr_text)
+
+
+async def test_the_views_print_no_log_lines(nats_server: EmbeddedNats, gateway: Gateway) -> None:
+    listed = await run("sessions", "--nats-url", nats_server.url)
+    assert listed.stderr_text == []
