@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     """Submits a session may make per second, on average; past it: `rate_limited`."""
     submit_burst: Annotated[int, Field(ge=1)] = 40
 
+    topic_buffer: Annotated[int, Field(ge=1, le=100_000)] = 256
+    """Events queued per subscription; a client that falls further behind is closed 4429."""
+    max_topics: Annotated[int, Field(ge=1, le=10_000)] = 100
+    """Subscriptions one session may hold."""
+
     session_ttl_s: Seconds = 3600.0
     retention_s: Seconds = 7 * 86400.0
     """How long a message owed to a session is kept in the store, delivered or not."""

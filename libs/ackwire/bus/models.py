@@ -55,3 +55,19 @@ class Delivery(BusModel):
     job_id: str | None = None
     trace_id: str | None = None
     created_at: datetime = Field(default_factory=utc_now)
+
+
+class TopicEventBody(BusModel):
+    """A topic event as stored; its seq is its stream sequence."""
+
+    data: JsonValue
+    published_at: datetime = Field(default_factory=utc_now)
+
+
+class TopicSnapshot(BusModel):
+    """A topic's latest snapshot: the event that became it, and where it sits."""
+
+    seq: int
+    """The event's seq: the snapshot reflects every event up to it, and no later one."""
+    data: JsonValue
+    published_at: datetime = Field(default_factory=utc_now)

@@ -17,6 +17,7 @@ from nats.js.api import KeyValueConfig, RePublish, RetentionPolicy, StorageType,
 from nats.js.errors import BadRequestError, ServiceUnavailableError
 
 from ackwire.bus import subjects
+from ackwire.bus.topics import EVENTS_KEPT_PER_TOPIC
 from ackwire.settings import Settings
 
 #: JetStream's "stream name already in use with a different configuration".
@@ -56,6 +57,7 @@ def buckets(settings: Settings) -> list[BucketSpec]:
             "ackwire: registered nodes, expiring after three missed heartbeats",
             ttl_s=3 * settings.lease_heartbeat_s,
         ),
+        BucketSpec(subjects.SNAPSHOTS_BUCKET, "ackwire: each topic's latest snapshot"),
         BucketSpec(
             subjects.JOBS_BUCKET,
             "ackwire: job records (the scheduler's ledger), kept as long as the messages",
@@ -78,6 +80,19 @@ def streams(settings: Settings) -> list[StreamConfig]:
             allow_direct=True,  # backlog reads in batches, from any replica
             duplicate_window=120.0,  # a publish retried after a lost answer is stored once
             republish=RePublish(src=subjects.SESSION_SUBJECTS, dest=subjects.LIVE_SUBJECTS),
+        ),
+        StreamConfig(
+            name=subjects.TOPICS_STREAM,
+            description="ackwire: topic events, the last ones of each topic",
+            subjects=[subjects.TOPIC_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            max_age=settings.retention_s,
+            max_msgs_per_subject=EVENTS_KEPT_PER_TOPIC,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            allow_direct=True,
+            duplicate_window=120.0,
+            republish=RePublish(src=subjects.TOPIC_SUBJECTS, dest=subjects.LIVE_TOPIC_SUBJECTS),
         ),
         _work_queue(
             subjects.JOBS_STREAM, subjects.JOB_SUBMITTED, "jobs stored, until terminal", settings

@@ -13,7 +13,6 @@ No consumer per session: a resume storm creates nothing on the servers.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from nats.js.errors import APIError, NotFoundError
 from pydantic import ValidationError
 
 from ackwire.bus import subjects
+from ackwire.bus.direct_get import read_batch
 from ackwire.bus.models import Delivery
 
 _READ_TIMEOUT_S = 5.0
@@ -96,32 +96,18 @@ class SessionQueue:
     async def read_subject(self, subject: str, after: int, limit: int) -> StoreRead:
         """Up to `limit` stored messages on `subject` (wildcards allowed) with `seq > after`,
         in order. `previous` is the message before in this read (or `after`)."""
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox, max_msgs=limit + 1)
-        request = {"seq": after + 1, "next_by_subj": subject, "batch": limit}
-        messages: list[Stored] = []
         try:
-            await self._nc.publish(
-                f"$JS.API.DIRECT.GET.{subjects.SESSIONS_STREAM}",
-                json.dumps(request).encode(),
-                reply=inbox,
+            batch = await read_batch(
+                self._nc, subjects.SESSIONS_STREAM, subject, after=after, limit=limit
             )
-            async with asyncio.timeout(_READ_TIMEOUT_S):
-                while True:
-                    msg = await sub.next_msg(timeout=_READ_TIMEOUT_S)
-                    status = (msg.headers or {}).get("Status")
-                    if status == "404":  # nothing after `after`
-                        return StoreRead(messages, complete=True)
-                    if status == "204":  # end of batch
-                        pending = int((msg.headers or {}).get("Nats-Num-Pending", "0"))
-                        return StoreRead(messages, complete=pending == 0)
-                    stored = _stored(msg, previous=messages[-1].seq if messages else after)
-                    if stored is not None:
-                        messages.append(stored)
         except TimeoutError as exc:
             raise SessionQueueError(f"reading {subject} timed out") from exc
-        finally:
-            await sub.unsubscribe()
+        messages: list[Stored] = []
+        for msg in batch.messages:
+            stored = _stored(msg, previous=messages[-1].seq if messages else after)
+            if stored is not None:
+                messages.append(stored)
+        return StoreRead(messages, complete=batch.complete)
 
     async def last_seq(self, session_id: str) -> int:
         """The seq of the session's newest stored message (0: none). Asked of the stream's

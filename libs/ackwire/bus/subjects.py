@@ -11,6 +11,8 @@ import base64
 import re
 import secrets
 
+from ackwire.wire.topics import topic_name
+
 PREFIX = "ackwire"
 
 #: KV bucket of session records, one key per session: who holds it, and how to resume it.
@@ -25,6 +27,14 @@ SESSIONS_STREAM = "ACKWIRE_SESSIONS"
 SESSION_SUBJECTS = f"{PREFIX}.session.>"
 #: Where the stream republishes each stored message, for the gateway holding the session.
 LIVE_SUBJECTS = f"{PREFIX}.live.session.>"
+
+#: The stream of topic events, one subject per topic; it republishes each to the live
+#: subject of its topic, for the gateways whose clients subscribed.
+TOPICS_STREAM = "ACKWIRE_TOPICS"
+TOPIC_SUBJECTS = f"{PREFIX}.topic.>"
+LIVE_TOPIC_SUBJECTS = f"{PREFIX}.live.topic.>"
+#: KV bucket of each topic's latest snapshot (the event and its seq), one key per topic.
+SNAPSHOTS_BUCKET = "ackwire_snapshots"
 
 #: KV bucket of job records (the scheduler's ledger), one key per job.
 JOBS_BUCKET = "ackwire_jobs"
@@ -109,6 +119,19 @@ def session_subject(session_id: str) -> str:
 def live_subject(session_id: str) -> str:
     """The subject on which a session's newly stored messages are republished."""
     return f"{PREFIX}.live.session.{session_token(session_id)}"
+
+
+def topic_subject(topic: str) -> str:
+    """The subject of a topic's events in `TOPICS_STREAM`."""
+    return f"{PREFIX}.topic.{topic_name(topic)}"
+
+
+def live_topic_subject(topic: str) -> str:
+    return f"{PREFIX}.live.topic.{topic_name(topic)}"
+
+
+def snapshot_key(topic: str) -> str:
+    return topic_name(topic)
 
 
 def kind_token(kind: str) -> str:

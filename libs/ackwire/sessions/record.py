@@ -63,6 +63,8 @@ class SessionRecord(BusModel):
     """When the state or the holder last changed (a refresh keeps it)."""
     sent_upto: int = 0
     """The highest seq a connection of this session is known to have sent."""
+    topics: tuple[str, ...] = ()
+    """The topics it subscribed to: restored on a resume."""
 
     @classmethod
     def opened(

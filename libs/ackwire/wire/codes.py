@@ -49,3 +49,5 @@ class ErrorCode(StrEnum):
     """The gateway could not confirm the request was stored or served; retrying is safe."""
     FORBIDDEN_TOPIC = "forbidden_topic"
     """The token's `topics` claim does not allow this topic."""
+    TOO_MANY_TOPICS = "too_many_topics"
+    """(extension) The session holds as many subscriptions as a session may."""

@@ -27,6 +27,7 @@ from ackwire.gateway.sessions import (
     ResumeRefusedError,
     SessionLostError,
 )
+from ackwire.gateway.topics import TopicHub, TopicMember
 from ackwire.sessions.record import SessionState
 from ackwire.settings import Settings
 from ackwire.tokens import Identity, InvalidTokenError, TokenVerifier
@@ -43,11 +44,14 @@ from ackwire.wire.frames import (
     Pong,
     Submit,
     Subscribe,
+    Subscribed,
     Unsubscribe,
+    Unsubscribed,
     Welcome,
 )
 from ackwire.wire.guard import Close, FrameGuard, Reject
 from ackwire.wire.rate import TokenBucket
+from ackwire.wire.topics import BadTopicError, allowed, topic_name
 
 _log = structlog.get_logger("ackwire.gateway")
 
@@ -60,6 +64,7 @@ class GatewayContext:
     settings: Settings
     verifier: TokenVerifier
     sessions: HeldSessions
+    topics: TopicHub
     queue: SessionQueue
     js: JetStreamContext
     nodes: NodeDirectory
@@ -74,6 +79,8 @@ class ClientConnection:
         self._guard = FrameGuard()
         self._connection_id = "c-" + secrets.token_hex(8)
         self._pump: DeliveryPump | None = None
+        self._identity: Identity | None = None
+        self._members: dict[str, TopicMember] = {}
         self._taken_over = False
         self._ended = False
         self._closing: asyncio.Task[None] | None = None
@@ -97,6 +104,15 @@ class ClientConnection:
             self._close(Close(CloseCode.SESSION_TAKEN_OVER, "session taken over"))
         )
         return self.sent_upto
+
+    def _too_slow(self) -> None:
+        """A topic's events piled up past the bound: close 4429 (the session stays
+        resumable, and a resume sends each topic's snapshot again)."""
+        if self._closing is None:
+            _log.warning("topic.subscriber_too_slow")
+            self._closing = asyncio.create_task(
+                self._close(Close(CloseCode.TOO_SLOW, "too slow: events piled up; resume"))
+            )
 
     # -- the connection's life -----------------------------------------------
 
@@ -136,6 +152,7 @@ class ClientConnection:
             return None
 
     async def _open(self, hello: Hello, identity: Identity) -> Opened | None:
+        self._identity = identity
         structlog.contextvars.bind_contextvars(user=identity.user)
         try:
             return await self._gateway.sessions.open(hello.resume, identity.user, self)
@@ -160,6 +177,9 @@ class ClientConnection:
         try:
             if self._taken_over:
                 return  # taken over before it began; 4409 is on its way
+            # Followed before the welcome: an event published once the client has its
+            # welcome reaches it, snapshot or not.
+            restoring = await self._follow_topics(opened.topics)
             await self._send(
                 Welcome(
                     session_id=opened.session_id,
@@ -199,6 +219,7 @@ class ClientConnection:
                 _log.error("session.bus_unavailable", error=str(exc) or type(exc).__name__)
                 await self._close(Close(CloseCode.INTERNAL_ERROR, "bus unavailable; retry"))
                 return
+            await self._restore_topics(opened.topics, restoring)
             await self._read_frames(self._pump, intake)
         finally:
             metrics.CONNECTIONS.dec()
@@ -206,6 +227,8 @@ class ClientConnection:
 
     async def _end(self, opened: Opened) -> None:
         """Stop delivering; unless the session moved on, record that it is detached."""
+        for member in self._members.values():
+            await self._gateway.topics.leave(member)
         if self._pump is not None:
             await self._pump.stop()
         if self._closing is not None:
@@ -242,15 +265,110 @@ class ClientConnection:
                 pump.acked(frame)
             case Submit():
                 await self._send(await intake.submit(frame))
-            case Subscribe(ref=ref) | Unsubscribe(ref=ref):
+            case Subscribe():
+                await self._subscribe(frame)
+            case Unsubscribe():
+                await self._unsubscribe(frame)
+        return True
+
+    # -- topics ----------------------------------------------------------------
+
+    async def _subscribe(self, frame: Subscribe) -> None:
+        assert self._identity is not None  # frames are read only after the handshake
+        try:
+            topic = topic_name(frame.topic)
+        except BadTopicError as exc:
+            await self._send(Error(ref=frame.ref, code=ErrorCode.BAD_FRAME, message=str(exc)))
+            return
+        if not allowed(self._identity.topics, topic):
+            await self._send(
+                Error(
+                    ref=frame.ref,
+                    code=ErrorCode.FORBIDDEN_TOPIC,
+                    message=f"the token's topics claim does not allow {topic}",
+                )
+            )
+            return
+        if topic in self._members:
+            await self._send(Subscribed(ref=frame.ref, topic=topic))
+            return
+        if len(self._members) >= self._gateway.settings.max_topics:
+            await self._send(
+                Error(
+                    ref=frame.ref,
+                    code=ErrorCode.TOO_MANY_TOPICS,
+                    message=f"a session holds at most {len(self._members)} subscriptions",
+                )
+            )
+            return
+        if not await self._record_topics((*self._members, topic), frame.ref):
+            return
+        await self._join(topic, frame.ref)
+
+    async def _unsubscribe(self, frame: Unsubscribe) -> None:
+        member = self._members.pop(frame.topic, None)
+        if member is not None:
+            await self._gateway.topics.leave(member)
+            if not await self._record_topics(tuple(self._members), frame.ref):
+                return
+        await self._send(Unsubscribed(ref=frame.ref, topic=frame.topic))
+
+    async def _join(self, topic: str, ref: str | None) -> None:
+        member = await self._follow(topic)
+        member.start(ref)
+
+    async def _follow(self, topic: str) -> TopicMember:
+        member = TopicMember(
+            topic,
+            self._gateway.topics.store,
+            self._send,
+            buffer=self._gateway.settings.topic_buffer,
+            on_overflow=self._too_slow,
+        )
+        self._members[topic] = member
+        await self._gateway.topics.join(member)
+        return member
+
+    async def _record_topics(self, topics: tuple[str, ...], ref: str | None) -> bool:
+        """Write the session's subscriptions (restored on a resume); `False` when the bus
+        could not confirm it (the client is told `unavailable`)."""
+        try:
+            await self._gateway.sessions.subscribed_to(self, tuple(sorted(topics)))
+        except BUS_ERRORS as exc:
+            _log.warning("topic.not_recorded", error=str(exc) or type(exc).__name__)
+            await self._send(
+                Error(
+                    ref=ref,
+                    code=ErrorCode.UNAVAILABLE,
+                    message="the subscription could not be recorded; try again",
+                )
+            )
+            return False
+        return True
+
+    async def _follow_topics(self, topics: tuple[str, ...]) -> list[TopicMember]:
+        """A resumed session's subscriptions that the current token still allows."""
+        assert self._identity is not None
+        return [
+            await self._follow(topic) for topic in topics if allowed(self._identity.topics, topic)
+        ]
+
+    async def _restore_topics(self, topics: tuple[str, ...], restoring: list[TopicMember]) -> None:
+        """Send each restored topic's snapshot again, then its events; a topic the current
+        token no longer allows is dropped and named in an error."""
+        kept = tuple(member.topic for member in restoring)
+        for topic in topics:
+            if topic not in kept:
                 await self._send(
                     Error(
-                        ref=ref,
-                        code=ErrorCode.UNAVAILABLE,
-                        message=f"{frame.type} is not served by this gateway yet",
+                        code=ErrorCode.FORBIDDEN_TOPIC,
+                        message=f"subscription to {topic} dropped: the token no longer allows it",
                     )
                 )
-        return True
+        if kept != topics:
+            await self._record_topics(kept, None)
+        for member in restoring:
+            member.start(None)
 
     async def _bye(self, pump: DeliveryPump) -> Close:
         """End the session for good; what it is still owed stays stored, undelivered."""

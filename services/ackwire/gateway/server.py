@@ -20,8 +20,10 @@ from ackwire.bus.models import GatewayRecord
 from ackwire.bus.nodes import NodeDirectory
 from ackwire.bus.provision import provision
 from ackwire.bus.session_queue import SessionQueue
+from ackwire.bus.topics import TopicStore
 from ackwire.gateway.connection import ClientConnection, GatewayContext
 from ackwire.gateway.sessions import HeldSessions
+from ackwire.gateway.topics import TopicHub
 from ackwire.lifecycle import cancel_and_wait
 from ackwire.probes import Probes
 from ackwire.sessions.gateways import GatewayDirectory
@@ -111,6 +113,9 @@ class Gateway:
             settings=self._settings,
             verifier=self._verifier,
             sessions=self._sessions,
+            topics=TopicHub(
+                await TopicStore.open(self._nc), pending_limit=4 * self._settings.topic_buffer
+            ),
             queue=queue,
             js=js,
             nodes=self._nodes,

@@ -88,6 +88,8 @@ class Opened:
     reason: Literal["new", "unknown", "expired"] | None
     sent_before: int
     """Messages up to this seq may have been sent before: their next send is a redelivery."""
+    topics: tuple[str, ...] = ()
+    """The subscriptions to restore (a resumed session's)."""
 
 
 @dataclass(slots=True)
@@ -179,6 +181,15 @@ class HeldSessions:
                 )
         _log.info("session.let_go", state=state.value, sent_upto=sent_upto)
 
+    async def subscribed_to(self, connection: Holding, topics: tuple[str, ...]) -> None:
+        """Record the session's subscriptions, to restore them on a resume. Raises bus
+        errors; a session no longer held is left alone."""
+        hold = self._held.get(connection.connection_id)
+        if hold is not None:
+            await self._write_while_ours(
+                hold, lambda record: record.model_copy(update={"topics": topics})
+            )
+
     async def refresh(self) -> None:
         """Rewrite every held record: keeps them from expiring, and finds any this
         gateway lost while it could not hear (their connections are closed 4409)."""
@@ -230,6 +241,7 @@ class HeldSessions:
             resumed=True,
             reason=None,
             sent_before=sent_before,
+            topics=record.topics,
         )
 
     async def _ask_to_release(self, before: SessionRecord) -> int | None:

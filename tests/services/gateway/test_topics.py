@@ -1,0 +1,291 @@
+"""protocol.md, Topics, on real gateways over a real NATS: who may subscribe to what, the
+snapshot then live events with no gap and no overlap, restore on resume, fan-out, and a
+slow or dead subscriber that never holds up the others."""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import nats
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from ackwire.bus.embedded import EmbeddedNats
+from ackwire.bus.provision import provision
+from ackwire.bus.topics import TopicStore
+from ackwire.gateway.server import Gateway
+from ackwire.settings import Settings
+from ackwire.wire import encode
+from ackwire.wire.codes import CloseCode, ErrorCode
+from ackwire.wire.frames import (
+    Error,
+    Event,
+    Hello,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    Welcome,
+)
+from support.client import closed_with, receive, resumed, send, welcomed
+from support.logs import LogWatch
+
+MakeToken = Callable[..., str]
+
+
+@pytest.fixture
+async def store(nats_server: EmbeddedNats, settings: Settings) -> AsyncIterator[TopicStore]:
+    nc = await nats.connect(nats_server.url)
+    await provision(nc.jetstream(), settings)
+    yield await TopicStore.open(nc)
+    await nc.close()
+
+
+@pytest.fixture
+async def two_gateways(
+    settings: Settings, store: TopicStore
+) -> AsyncIterator[tuple[Gateway, Gateway]]:
+    async with (
+        Gateway(settings, name="gw-1", host="127.0.0.1", port=0) as gw1,
+        Gateway(settings, name="gw-2", host="127.0.0.1", port=0) as gw2,
+    ):
+        yield gw1, gw2
+
+
+async def subscribe(ws: ClientConnection, topic: str, ref: str = "s-1") -> None:
+    await send(ws, Subscribe(ref=ref, topic=topic))
+    answer = await receive(ws)
+    assert answer == Subscribed(ref=ref, topic=topic), answer
+
+
+async def next_event(ws: ClientConnection, timeout: float = 5.0) -> Event:
+    frame = await receive(ws, timeout)
+    assert isinstance(frame, Event), frame
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("claims", "topic", "answer"),
+    [
+        (["pipeline.42"], "pipeline.42", "subscribed"),
+        (["pipeline.>"], "pipeline.42", "subscribed"),
+        (["pipeline.>"], "pipeline.42.step-3", "subscribed"),
+        (["pipeline.>"], "pipeline", ErrorCode.FORBIDDEN_TOPIC),
+        (["chat.*"], "chat.lobby", "subscribed"),
+        (["chat.*"], "chat.lobby.x", ErrorCode.FORBIDDEN_TOPIC),
+        (["pipeline.42"], "pipeline.43", ErrorCode.FORBIDDEN_TOPIC),
+        ([], "pipeline.42", ErrorCode.FORBIDDEN_TOPIC),
+        (["pipeline.42"], "pipeline.>", ErrorCode.BAD_FRAME),
+        (["pipeline.>"], "pipeline.*", ErrorCode.BAD_FRAME),
+        (["pipeline.>"], "pipeline..42", ErrorCode.BAD_FRAME),
+        (["pipeline.>"], "pipeline.4 2", ErrorCode.BAD_FRAME),
+    ],
+)
+async def test_who_may_subscribe_to_what(
+    gateway: Gateway, make_token: MakeToken, claims: list[str], topic: str, answer: str
+) -> None:
+    ws, _ = await welcomed(gateway.url, make_token(topics=claims))
+    await send(ws, Subscribe(ref="r-1", topic=topic))
+    frame = await receive(ws)
+    if answer == "subscribed":
+        assert frame == Subscribed(ref="r-1", topic=topic)
+    else:
+        assert isinstance(frame, Error), frame
+        assert (frame.ref, frame.code) == ("r-1", answer)
+    await ws.close()
+
+
+async def test_subscribed_then_the_snapshot_then_live_events_in_order(
+    gateway: Gateway, store: TopicStore, make_token: MakeToken
+) -> None:
+    await store.publish("pipeline.7", {"percent": 10})  # before the snapshot: covered by it
+    snap = await store.publish("pipeline.7", {"percent": 20}, snapshot=True)
+    after = await store.publish("pipeline.7", {"percent": 30})  # stored before the subscribe
+    ws, _ = await welcomed(gateway.url, make_token(topics=["pipeline.>"]))
+    await subscribe(ws, "pipeline.7")
+    first = await next_event(ws)
+    assert (first.seq, first.data, first.snapshot) == (snap, {"percent": 20}, True)
+    second = await next_event(ws)
+    assert (second.seq, second.data, second.snapshot) == (after, {"percent": 30}, False)
+    live = [await store.publish("pipeline.7", {"percent": p}, snapshot=p == 50) for p in (40, 50)]
+    got = [await next_event(ws) for _ in live]
+    assert [(e.seq, e.snapshot) for e in got] == [(live[0], False), (live[1], False)]
+    await ws.close()
+
+
+async def test_without_a_snapshot_only_events_after_the_subscribe_come(
+    gateway: Gateway, store: TopicStore, make_token: MakeToken
+) -> None:
+    await store.publish("board", {"old": True})
+    ws, _ = await welcomed(gateway.url, make_token(topics=["board"]))
+    await subscribe(ws, "board")
+    seq = await store.publish("board", {"new": True})
+    event = await next_event(ws)
+    assert (event.seq, event.data, event.snapshot) == (seq, {"new": True}, False)
+    await ws.close()
+
+
+async def test_a_subscriber_joining_during_a_burst_sees_no_gap_and_no_overlap(
+    gateway: Gateway, store: TopicStore, make_token: MakeToken
+) -> None:
+    published: list[int] = []
+    halfway = asyncio.Event()
+    joined = asyncio.Event()
+
+    async def publish_burst() -> None:
+        for n in range(300):
+            published.append(await store.publish("race", {"n": n}, snapshot=n % 25 == 0))
+            if n == 100:
+                halfway.set()
+                await joined.wait()  # the subscriber joins while events keep coming
+
+    burst = asyncio.create_task(publish_burst())
+    await asyncio.wait_for(halfway.wait(), 10)
+    ws, _ = await welcomed(gateway.url, make_token(topics=["race"]))
+    await send(ws, Subscribe(ref="r", topic="race"))
+    joined.set()
+    assert await receive(ws) == Subscribed(ref="r", topic="race")
+    snapshot = await next_event(ws)
+    assert snapshot.snapshot
+    async with asyncio.timeout(15):
+        await burst
+    expected = [seq for seq in published if seq > snapshot.seq]
+    got = [await next_event(ws) for _ in expected]
+    assert [e.seq for e in got] == expected  # every event after the snapshot, once, in order
+    assert not any(e.snapshot for e in got)
+    await ws.close()
+
+
+async def test_unsubscribe_stops_the_events(
+    gateway: Gateway, store: TopicStore, make_token: MakeToken
+) -> None:
+    ws, _ = await welcomed(gateway.url, make_token(topics=["a", "b"]))
+    await subscribe(ws, "a", ref="1")
+    await subscribe(ws, "b", ref="2")
+    await send(ws, Unsubscribe(ref="3", topic="a"))
+    assert await receive(ws) == Unsubscribed(ref="3", topic="a")
+    await store.publish("a", {"x": 1})
+    seq_b = await store.publish("b", {"x": 2})
+    event = await next_event(ws)
+    assert (event.topic, event.seq) == ("b", seq_b)  # and nothing of `a`
+    await ws.close()
+
+
+async def test_subscriptions_are_restored_on_a_resume_on_another_gateway(
+    two_gateways: tuple[Gateway, Gateway], store: TopicStore, make_token: MakeToken
+) -> None:
+    gw1, gw2 = two_gateways
+    token = make_token("rita", topics=["pipeline.>"])
+    ws, welcome = await welcomed(gw1.url, token)
+    await subscribe(ws, "pipeline.9")
+    await ws.close()
+    snap = await store.publish("pipeline.9", {"percent": 90}, snapshot=True)
+    ws2, again = await resumed(gw2.url, token, welcome)
+    assert again.resumed
+    event = await next_event(ws2)  # no new subscribe
+    assert (event.topic, event.seq, event.snapshot) == ("pipeline.9", snap, True)
+    live = await store.publish("pipeline.9", {"percent": 100})
+    assert (await next_event(ws2)).seq == live
+    await ws2.close()
+
+
+async def test_a_restored_topic_the_new_token_does_not_allow_is_dropped(
+    two_gateways: tuple[Gateway, Gateway], store: TopicStore, make_token: MakeToken
+) -> None:
+    gw1, gw2 = two_gateways
+    ws, welcome = await welcomed(gw1.url, make_token("sam", topics=["x", "y"]))
+    await subscribe(ws, "x", ref="1")
+    await subscribe(ws, "y", ref="2")
+    await ws.close()
+    ws2, _ = await resumed(gw2.url, make_token("sam", topics=["y"]), welcome)
+    dropped = await receive(ws2)
+    assert isinstance(dropped, Error)
+    assert dropped.code == ErrorCode.FORBIDDEN_TOPIC
+    assert "x" in dropped.message
+    seq = await store.publish("y", {})
+    await store.publish("x", {})
+    assert (await next_event(ws2)).seq == seq
+    await ws2.close()
+
+
+async def test_fan_out_to_many_subscribers_on_two_gateways(
+    two_gateways: tuple[Gateway, Gateway], store: TopicStore, make_token: MakeToken
+) -> None:
+    gateways = list(two_gateways)
+    clients = []
+    for i in range(20):
+        ws, _ = await welcomed(gateways[i % 2].url, make_token(f"fan-{i}", topics=["room.1"]))
+        await subscribe(ws, "room.1")
+        clients.append(ws)
+    seqs = [await store.publish("room.1", {"n": n}) for n in range(50)]
+
+    async def all_events(ws: ClientConnection) -> list[int]:
+        return [(await next_event(ws)).seq for _ in seqs]
+
+    received = await asyncio.gather(*(all_events(ws) for ws in clients))
+    assert all(got == seqs for got in received)
+    for ws in clients:
+        await ws.close()
+
+
+async def test_a_slow_subscriber_is_closed_4429_while_the_others_keep_pace(
+    settings: Settings, store: TopicStore, make_token: MakeToken
+) -> None:
+    tuned = settings.model_copy(update={"topic_buffer": 8})
+    async with Gateway(tuned, name="gw-1", host="127.0.0.1", port=0) as gateway:
+        token = make_token("slow", topics=["feed"])
+        # A client that stops reading after one message: TCP pushes back on the gateway.
+        slow = await connect(gateway.url, subprotocols=["ackwire.v1"], max_queue=1)  # type: ignore[list-item]
+        await slow.send(encode(Hello(token=token)))
+        await slow.send(encode(Subscribe(ref="s", topic="feed")))
+        fast, _ = await welcomed(gateway.url, make_token("fast", topics=["feed"]))
+        await subscribe(fast, "feed")
+        payload = {"blob": "x" * 4000}
+        count = 1500
+        seqs = []
+
+        async def keep_reading() -> list[int]:
+            return [(await next_event(fast, timeout=20)).seq for _ in range(count)]
+
+        reader = asyncio.create_task(keep_reading())
+        for _ in range(count):
+            seqs.append(await store.publish("feed", payload))
+        assert await reader == seqs  # the fast one got every event, in order
+        code, _ = await closed_with(slow, timeout=20)
+        assert code == CloseCode.TOO_SLOW
+        await fast.close()
+
+
+async def test_a_member_that_dies_during_a_fan_out_is_gone_and_the_others_get_everything(
+    two_gateways: tuple[Gateway, Gateway],
+    store: TopicStore,
+    make_token: MakeToken,
+    logs: LogWatch,
+) -> None:
+    gw1, _ = two_gateways
+    members = []
+    for i in range(5):
+        ws, welcome = await welcomed(gw1.url, make_token(f"room-{i}", topics=["room.2"]))
+        await subscribe(ws, "room.2")
+        members.append((ws, welcome))
+    doomed, doomed_welcome = members.pop(2)
+    seqs = []
+    for n in range(60):
+        seqs.append(await store.publish("room.2", {"n": n}))
+        if n == 20:
+            doomed.transport.abort()  # dies mid fan-out, without a close frame
+    # Gone at once: its connection ended and left the topic while events still flowed.
+    await logs.wait_for("session.let_go", session_id=doomed_welcome.session_id)
+    for ws, _ in members:
+        assert [(await next_event(ws)).seq for _ in seqs] == seqs
+        await ws.close()
+    assert not [e for e in logs.events if e["log_level"] in ("error", "exception")]
+
+
+async def test_the_welcome_of_a_fresh_session_restores_nothing(
+    gateway: Gateway, make_token: MakeToken
+) -> None:
+    ws, welcome = await welcomed(gateway.url, make_token(topics=["a"]))
+    assert isinstance(welcome, Welcome)
+    await send(ws, Subscribe(ref="1", topic="a"))
+    assert await receive(ws) == Subscribed(ref="1", topic="a")
+    await ws.close()
