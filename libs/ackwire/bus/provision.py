@@ -48,6 +48,11 @@ def buckets(settings: Settings) -> list[BucketSpec]:
             ttl_s=settings.session_ttl_s,
         ),
         BucketSpec(
+            subjects.USER_SESSIONS_BUCKET,
+            "ackwire: sessions by user, expiring with the sessions' records",
+            ttl_s=settings.session_ttl_s,
+        ),
+        BucketSpec(
             subjects.GATEWAYS_BUCKET,
             "ackwire: gateway leases, expiring after three missed heartbeats",
             ttl_s=3 * settings.lease_heartbeat_s,

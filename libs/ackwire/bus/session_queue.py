@@ -62,12 +62,13 @@ class SessionQueue:
     async def put(self, delivery: Delivery) -> int:
         """Store a message for its session; returns its `seq` once the store confirmed it.
 
-        The delivery's `id` is the store's dedupe id: a put retried after a lost
-        answer is stored once."""
+        The session and the delivery's `id` make the store's dedupe id: a put retried
+        after a lost answer is stored once (and one message sent to two sessions of a
+        user is stored for each)."""
         ack = await self._js.publish(
             subjects.session_subject(delivery.session_id),
             delivery.to_bytes(),
-            headers={"Nats-Msg-Id": delivery.id},
+            headers={"Nats-Msg-Id": f"{delivery.session_id}/{delivery.id}"},
         )
         return ack.seq
 

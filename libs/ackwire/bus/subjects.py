@@ -17,6 +17,8 @@ PREFIX = "ackwire"
 
 #: KV bucket of session records, one key per session: who holds it, and how to resume it.
 SESSIONS_BUCKET = "ackwire_sessions"
+#: KV bucket indexing sessions by user, one key `<user>.<session>` per resumable session.
+USER_SESSIONS_BUCKET = "ackwire_user_sessions"
 #: KV bucket of gateway leases, one key per gateway, refreshed by its heartbeat.
 GATEWAYS_BUCKET = "ackwire_gateways"
 #: KV bucket of registered nodes, one key per node, refreshed by its heartbeat.
@@ -96,6 +98,12 @@ def user_token(user_id: str) -> str:
 def session_key(session_id: str) -> str:
     """The key of a session's record in `SESSIONS_BUCKET`."""
     return session_token(session_id)
+
+
+def user_session_key(user_id: str, session_id: str) -> str:
+    """A session's key in `USER_SESSIONS_BUCKET`: `<user>.<session>`, so `<user>.*` lists
+    a user's sessions."""
+    return f"{user_token(user_id)}.{session_token(session_id)}"
 
 
 def gateway_key(gateway_name: str) -> str:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 
 from ackwire.bus.subjects import InvalidNameError
 from ackwire.logs import configure_logging
 from ackwire.settings import JwtAlgorithm, Settings
 from ackwire.tokens import mint_token
+from ackwire.wire.topics import BadTopicError
 
 DEMO_KIND_NAMES = "echo,sleep,fail,translate"
 
@@ -52,12 +54,31 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--http-host", default="127.0.0.1")
     _nats_url_flag(node)
 
+    _add_driving_commands(commands)
+    return parser
+
+
+def _add_driving_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """operations.md, "Driving the stack"."""
     token = commands.add_parser("token", help="print a client token (HS256)")
     token.add_argument("--sub", required=True, help="the user id")
     token.add_argument(
         "--topics", action="append", default=[], help="a topic pattern the user may subscribe to"
     )
     token.add_argument("--ttl", type=_positive, default=3600, help="seconds until it expires")
+
+    publish = commands.add_parser("publish", help="publish a topic event")
+    publish.add_argument("--topic", required=True)
+    publish.add_argument("--data", required=True, type=_json, help="the event, as JSON")
+    publish.add_argument("--snapshot", action="store_true", help="also the topic's snapshot")
+    _nats_url_flag(publish)
+
+    send = commands.add_parser("send", help="send a message (acked, like a job result)")
+    to = send.add_mutually_exclusive_group(required=True)
+    to.add_argument("--user", help="every live or resumable session of this user")
+    to.add_argument("--session", help="this session")
+    send.add_argument("--data", required=True, type=_json, help="the message, as JSON")
+    _nats_url_flag(send)
 
     sessions = commands.add_parser("sessions", help="list sessions: who is connected where")
     sessions.add_argument("--json", action="store_true", help="one JSON object a line")
@@ -76,7 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     storm.add_argument("--sessions", type=_positive, default=2000)
     storm.add_argument("--concurrency", type=_positive, default=256, help="handshakes at once")
     storm.add_argument("--nats-url", help="default: an embedded nats-server")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,11 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         parser.exit(2, f"ackwire: bad setting: {_first_error(exc)}\n")
     # The operator's tools print their answer on stdout; their info lines would be noise.
-    quiet = args.command in ("token", "sessions", "undelivered", "bench")
+    quiet = args.command in ("token", "sessions", "undelivered", "publish", "send", "bench")
     configure_logging(settings.log_format, "warning" if quiet else settings.log_level)
     try:
         return _run(args, settings)
-    except InvalidNameError as exc:
+    except (InvalidNameError, BadTopicError) as exc:
         parser.exit(2, f"ackwire: {exc}\n")
     except OSError as exc:  # a port taken, a directory not writable: say it in one line
         print(f"ackwire {args.command}: {exc.strerror or exc}", file=sys.stderr)
@@ -114,6 +134,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         "token": _print_token,
         "sessions": _print_view,
         "undelivered": _print_view,
+        "publish": _publish,
+        "send": _publish,
         "bench": _bench,
         "up": _up,
     }
@@ -192,9 +214,32 @@ def _print_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _publish(args: argparse.Namespace, settings: Settings) -> int:
+    from ackwire.cli import publishing
+    from ackwire.cli.bus import NatsUnreachableError
+    from ackwire.publisher import NoRecipientError
+
+    try:
+        if args.command == "publish":
+            seq = asyncio.run(
+                publishing.publish(settings, args.topic, args.data, snapshot=args.snapshot)
+            )
+            print(seq)
+        else:
+            message_id = asyncio.run(
+                publishing.send(settings, args.data, user=args.user, session=args.session)
+            )
+            print(message_id)
+    except (NatsUnreachableError, NoRecipientError) as exc:
+        print(f"ackwire {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _print_view(args: argparse.Namespace, settings: Settings) -> int:
     from ackwire.bus.subjects import session_token
-    from ackwire.cli.views import NatsUnreachableError, print_sessions, print_undelivered
+    from ackwire.cli.bus import NatsUnreachableError
+    from ackwire.cli.views import print_sessions, print_undelivered
 
     try:
         if args.command == "sessions":
@@ -210,6 +255,13 @@ def _print_view(args: argparse.Namespace, settings: Settings) -> int:
 
 def _nats_url_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nats-url", help="default: ACKWIRE_NATS_URL")
+
+
+def _json(text: str) -> JsonValue:
+    try:
+        return json.loads(text)  # type: ignore[no-any-return]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
 
 
 def _positive(text: str) -> int:

@@ -6,47 +6,18 @@ unreachable NATS is one line on stderr and exit 1, within five seconds.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Sequence
 
-import nats
-from nats.aio.client import Client
 from pydantic import BaseModel
 
-from ackwire.bus.connect import UNREACHABLE
+from ackwire.cli.bus import connect_briefly
 from ackwire.sessions.overview import session_summaries, undelivered
 from ackwire.settings import Settings
 
-_CONNECT_WITHIN_S = 5.0
-
-
-class NatsUnreachableError(Exception):
-    pass
-
-
-async def _connect(settings: Settings) -> Client:
-    async def quiet(_exc: Exception) -> None:
-        pass  # the failure is reported once, by the caller
-
-    try:
-        async with asyncio.timeout(_CONNECT_WITHIN_S):
-            return await nats.connect(
-                settings.nats_servers,
-                name="ackwire-cli",
-                connect_timeout=2,
-                allow_reconnect=False,
-                max_reconnect_attempts=0,
-                error_cb=quiet,
-            )
-    except UNREACHABLE as exc:
-        raise NatsUnreachableError(
-            f"NATS unreachable at {settings.nats_url}: {str(exc) or type(exc).__name__}"
-        ) from exc
-
 
 async def print_sessions(settings: Settings, *, as_json: bool) -> None:
-    nc = await _connect(settings)
+    nc = await connect_briefly(settings)
     try:
         summaries = await session_summaries(nc)
     finally:
@@ -72,7 +43,7 @@ async def print_sessions(settings: Settings, *, as_json: bool) -> None:
 
 
 async def print_undelivered(settings: Settings, session_id: str | None, *, as_json: bool) -> None:
-    nc = await _connect(settings)
+    nc = await connect_briefly(settings)
     try:
         messages = [message async for message in undelivered(nc, session_id)]
     finally:

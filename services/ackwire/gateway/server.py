@@ -28,6 +28,7 @@ from ackwire.lifecycle import cancel_and_wait
 from ackwire.probes import Probes
 from ackwire.sessions.gateways import GatewayDirectory
 from ackwire.sessions.table import SessionTable
+from ackwire.sessions.users import UserSessions
 from ackwire.settings import Settings
 from ackwire.tokens import TokenVerifier
 from ackwire.wire.frames import SUBPROTOCOL
@@ -101,6 +102,7 @@ class Gateway:
         self._sessions = HeldSessions(
             self._nc,
             await SessionTable.open(js),
+            await UserSessions.open(js),
             queue,
             self._gateways,
             gateway=self._name,

@@ -48,6 +48,7 @@ from ackwire.sessions.record import (
     new_resume_token,
 )
 from ackwire.sessions.table import SessionChangedError, SessionTable
+from ackwire.sessions.users import UserSessions
 from ackwire.wire.frames import ResumeRequest
 
 _log = structlog.get_logger("ackwire.gateway")
@@ -108,6 +109,7 @@ class HeldSessions:
         self,
         nc: Client,
         table: SessionTable,
+        users: UserSessions,
         queue: SessionQueue,
         gateways: GatewayDirectory,
         *,
@@ -117,6 +119,7 @@ class HeldSessions:
     ) -> None:
         self._nc = nc
         self._table = table
+        self._users = users
         self._queue = queue
         self._gateways = gateways
         self._gateway = gateway
@@ -174,11 +177,18 @@ class HeldSessions:
         if hold is None:
             return  # taken over: no longer ours to change
         sent_upto = connection.sent_upto
+        session = hold.record
         async for attempt in stamina.retry_context(on=BUS_ERRORS, attempts=5, timeout=10.0):
             with attempt:
-                await self._write_while_ours(
+                ours = await self._write_while_ours(
                     hold, lambda record: record.let_go(state, sent_upto=sent_upto, now=_now())
                 )
+                if not ours:
+                    return  # taken over meanwhile: the new holder keeps the index
+                if state is SessionState.ENDED:
+                    await self._users.forget(session.user, session.session_id)
+                else:
+                    await self._users.keep(session.user, session.session_id)
         _log.info("session.let_go", state=state.value, sent_upto=sent_upto)
 
     async def subscribed_to(self, connection: Holding, topics: tuple[str, ...]) -> None:
@@ -213,6 +223,7 @@ class HeldSessions:
         )
         revision = await self._table.create(record)
         self._held[connection.connection_id] = _Hold(connection, record, revision)
+        await self._users.keep(user, record.session_id)
         return Opened(record.session_id, token, resumed=False, reason=reason, sent_before=0)
 
     async def _resume(
@@ -222,6 +233,7 @@ class HeldSessions:
         record = before.claimed(holder, _now())
         revision = await self._table.replace(record, revision=found.revision)
         self._held[connection.connection_id] = _Hold(connection, record, revision)
+        await self._users.keep(record.user, record.session_id)
         sent_before = max(before.sent_upto, resume.last_seq or 0)
         if before.state is SessionState.LIVE:
             released = await self._ask_to_release(before)
@@ -307,6 +319,8 @@ class HeldSessions:
             ours = await self._write_while_ours(
                 hold, lambda record: record.model_copy(update={"sent_upto": sent_upto})
             )
+            if ours:
+                await self._users.keep(hold.record.user, hold.record.session_id)
         except BUS_ERRORS as exc:
             _log.warning("session.refresh_failed", error=str(exc) or type(exc).__name__)
             return

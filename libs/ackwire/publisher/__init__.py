@@ -1,0 +1,118 @@
+"""The publisher API: how a backend service reaches users through ackwire.
+
+    publisher = await Publisher.connect("nats://127.0.0.1:4222")
+    seq = await publisher.publish("pipeline.42", {"percent": 40}, snapshot=True)
+    sent = await publisher.send({"text": "hi"}, user="alice")
+    await publisher.close()
+
+Topic events are fan-out (not acked; a subscriber gets the latest snapshot,
+then every later event). Messages are owed: stored in each addressed
+session's queue and delivered under the same ack rules as job results, with
+the returned id as the `deliver` frame's `id`. A FastStream app passes its
+broker's NATS connection: `Publisher(broker.connection)` once the broker
+is connected (see docs/backends.md).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import TypeGuard
+
+from nats.aio.client import Client
+from pydantic import JsonValue
+
+from ackwire.bus.connect import connect_nats
+from ackwire.bus.models import Delivery
+from ackwire.bus.session_queue import SessionQueue
+from ackwire.bus.subjects import session_token
+from ackwire.bus.topics import TopicStore
+from ackwire.sessions.record import Found, Lookup, SessionState
+from ackwire.sessions.table import SessionTable
+from ackwire.sessions.users import UserSessions
+from ackwire.wire.topics import topic_name
+
+
+class NoRecipientError(LookupError):
+    """Nobody to send to: the user has no live or resumable session, or the session is
+    unknown, expired or ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    id: str
+    """The message's id: the `id` of its `deliver` frame in every session."""
+    sessions: tuple[str, ...]
+    """The sessions it was stored for."""
+
+
+class Publisher:
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._owns_connection = False
+
+    @classmethod
+    async def connect(cls, servers: str | list[str]) -> Publisher:
+        """A publisher on a connection of its own (closed by `close`)."""
+        urls = [url.strip() for url in servers.split(",")] if isinstance(servers, str) else servers
+        publisher = cls(await connect_nats(urls, name="ackwire-publisher"))
+        publisher._owns_connection = True
+        return publisher
+
+    async def close(self) -> None:
+        if self._owns_connection:
+            await self._nc.drain()
+
+    async def publish(
+        self, topic: str, data: JsonValue, *, snapshot: bool = False, event_id: str | None = None
+    ) -> int:
+        """Publish an event to `topic`; with `snapshot`, it also becomes the topic's
+        snapshot, sent first to every later subscriber. Returns the event's `seq` once
+        stored. `event_id` makes a retried publish store the event once."""
+        store = await TopicStore.open(self._nc)
+        return await store.publish(topic_name(topic), data, snapshot=snapshot, event_id=event_id)
+
+    async def send(
+        self,
+        data: JsonValue,
+        *,
+        user: str | None = None,
+        session: str | None = None,
+        message_id: str | None = None,
+    ) -> Sent:
+        """Store a message (kind `message`) for every live or resumable session of `user`,
+        or for one `session`; returns once every copy is stored. Raises
+        `NoRecipientError` when there is nobody to store it for. A retry with the same
+        `message_id` (within two minutes) stores it once."""
+        js = self._nc.jetstream()
+        table = await SessionTable.open(js)
+        if session is not None and user is None:
+            candidates = [session_token(session)]
+        elif user is not None and session is None:
+            candidates = await (await UserSessions.open(js)).of(user)
+        else:
+            raise ValueError("send to exactly one of a user and a session")
+        recipients: list[tuple[str, str]] = []
+        for session_id in candidates:
+            found = await table.lookup(session_id)
+            if _resumable(found) and (user is None or found.record.user == user):
+                recipients.append((session_id, found.record.user))
+        if not recipients:
+            who = f"user {user}" if user is not None else f"session {session}"
+            raise NoRecipientError(f"{who} has no live or resumable session")
+        message_id = message_id or "m-" + secrets.token_urlsafe(16)
+        queue = SessionQueue(self._nc, js)
+        for session_id, owner in recipients:
+            await queue.put(
+                Delivery(
+                    id=message_id, kind="message", session_id=session_id, user=owner, data=data
+                )
+            )
+        return Sent(message_id, tuple(session_id for session_id, _ in recipients))
+
+
+def _resumable(found: Lookup) -> TypeGuard[Found]:
+    return isinstance(found, Found) and found.record.state is not SessionState.ENDED
+
+
+__all__ = ["NoRecipientError", "Publisher", "Sent"]

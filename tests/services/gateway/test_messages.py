@@ -1,0 +1,98 @@
+"""Messages from backend services to users (the publisher API), on two gateways over one
+real NATS: to every session of a user, to one session, acked like job results."""
+
+from collections.abc import AsyncIterator, Callable
+
+import nats
+import pytest
+
+from ackwire.bus.embedded import EmbeddedNats
+from ackwire.bus.provision import provision
+from ackwire.gateway.server import Gateway
+from ackwire.publisher import NoRecipientError, Publisher
+from ackwire.settings import Settings
+from ackwire.wire.frames import Ack, Bye
+from support.client import closed_with, next_deliver, resumed, send, welcomed
+
+MakeToken = Callable[..., str]
+
+
+@pytest.fixture
+async def publisher(nats_server: EmbeddedNats, settings: Settings) -> AsyncIterator[Publisher]:
+    nc = await nats.connect(nats_server.url)
+    await provision(nc.jetstream(), settings)
+    yield Publisher(nc)
+    await nc.close()
+
+
+@pytest.fixture
+async def two_gateways(settings: Settings) -> AsyncIterator[tuple[Gateway, Gateway]]:
+    async with (
+        Gateway(settings, name="gw-1", host="127.0.0.1", port=0) as gw1,
+        Gateway(settings, name="gw-2", host="127.0.0.1", port=0) as gw2,
+    ):
+        yield gw1, gw2
+
+
+async def test_a_message_to_a_user_reaches_each_of_their_sessions_on_two_gateways(
+    two_gateways: tuple[Gateway, Gateway], publisher: Publisher, make_token: MakeToken
+) -> None:
+    gw1, gw2 = two_gateways
+    phone, on_phone = await welcomed(gw1.url, make_token("alice"))
+    laptop, on_laptop = await welcomed(gw2.url, make_token("alice"))
+    other, _ = await welcomed(gw1.url, make_token("bob"))
+    sent = await publisher.send({"text": "hi"}, user="alice")
+    assert set(sent.sessions) == {on_phone.session_id, on_laptop.session_id}
+    for ws in (phone, laptop):
+        deliver = await next_deliver(ws)
+        assert (deliver.id, deliver.kind, deliver.data) == (sent.id, "message", {"text": "hi"})
+        await send(ws, Ack(seq=deliver.seq))
+    for ws in (phone, laptop, other):
+        await ws.close()
+
+
+async def test_a_message_to_one_session_and_to_a_detached_one_that_resumes(
+    two_gateways: tuple[Gateway, Gateway], publisher: Publisher, make_token: MakeToken
+) -> None:
+    gw1, gw2 = two_gateways
+    token = make_token("carol")
+    ws, welcome = await welcomed(gw1.url, token)
+    await ws.close()  # detached: still resumable, so still addressed
+    sent = await publisher.send({"n": 1}, session=welcome.session_id)
+    assert sent.sessions == (welcome.session_id,)
+    ws2, again = await resumed(gw2.url, token, welcome)
+    assert again.resumed
+    deliver = await next_deliver(ws2)
+    assert (deliver.id, deliver.redelivered) == (sent.id, False)
+    await ws2.close()
+
+
+async def test_nobody_to_send_to_is_an_error(
+    gateway: Gateway, publisher: Publisher, make_token: MakeToken
+) -> None:
+    with pytest.raises(NoRecipientError):
+        await publisher.send({}, user="nobody")
+    with pytest.raises(NoRecipientError):
+        await publisher.send({}, session="s-" + "x" * 22)
+    ws, welcome = await welcomed(gateway.url, make_token("dora"))
+    await send(ws, Bye())
+    await closed_with(ws)
+    with pytest.raises(NoRecipientError):  # ended: not resumable, not addressed
+        await publisher.send({}, user="dora")
+    with pytest.raises(ValueError, match="exactly one"):
+        await publisher.send({}, user="dora", session=welcome.session_id)
+
+
+async def test_a_retried_send_with_the_same_id_is_stored_once(
+    gateway: Gateway, publisher: Publisher, make_token: MakeToken
+) -> None:
+    ws, _ = await welcomed(gateway.url, make_token("erik"))
+    first = await publisher.send({"n": 1}, user="erik", message_id="m-retry-1")
+    again = await publisher.send({"n": 1}, user="erik", message_id="m-retry-1")
+    assert first.id == again.id == "m-retry-1"
+    deliver = await next_deliver(ws)
+    await send(ws, Ack(seq=deliver.seq))
+    await ws.send('{"type": "ping"}')
+    frame = await ws.recv()
+    assert '"pong"' in str(frame)  # and no second deliver came first
+    await ws.close()
