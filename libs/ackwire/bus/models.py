@@ -52,6 +52,8 @@ class Delivery(BusModel):
     data: JsonValue
     user: str | None = None
     """Whom the session belongs to, when the producer knows (for operators' views)."""
+    receipt_to: str | None = None
+    """The producer that wants a receipt when this is delivered or expires undelivered."""
     job_id: str | None = None
     trace_id: str | None = None
     created_at: datetime = Field(default_factory=utc_now)
@@ -71,3 +73,16 @@ class TopicSnapshot(BusModel):
     """The event's seq: the snapshot reflects every event up to it, and no later one."""
     data: JsonValue
     published_at: datetime = Field(default_factory=utc_now)
+
+
+class Receipt(BusModel):
+    """What became of a message a producer asked a receipt for."""
+
+    message_id: str
+    session_id: str
+    user: str | None
+    seq: int
+    outcome: Literal["delivered", "expired"]
+    """`delivered`: the client acked it and the store confirmed; `expired`: it was never
+    acked, and its retention ended."""
+    at: datetime = Field(default_factory=utc_now)

@@ -99,6 +99,16 @@ def streams(settings: Settings) -> list[StreamConfig]:
             duplicate_window=120.0,
             republish=RePublish(src=subjects.TOPIC_SUBJECTS, dest=subjects.LIVE_TOPIC_SUBJECTS),
         ),
+        StreamConfig(
+            name=subjects.RECEIPTS_STREAM,
+            description="ackwire: receipts for producers (delivered, expired undelivered)",
+            subjects=[subjects.RECEIPT_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            max_age=settings.retention_s,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            duplicate_window=120.0,
+        ),
         _work_queue(
             subjects.JOBS_STREAM, subjects.JOB_SUBMITTED, "jobs stored, until terminal", settings
         ),

@@ -38,6 +38,11 @@ LIVE_TOPIC_SUBJECTS = f"{PREFIX}.live.topic.>"
 #: KV bucket of each topic's latest snapshot (the event and its seq), one key per topic.
 SNAPSHOTS_BUCKET = "ackwire_snapshots"
 
+#: Receipts for producers: a message was delivered (the client's ack reached the bus) or
+#: expired undelivered. `ackwire.receipt.<producer>.<message id>.<session>`.
+RECEIPTS_STREAM = "ACKWIRE_RECEIPTS"
+RECEIPT_SUBJECTS = f"{PREFIX}.receipt.>"
+
 #: KV bucket of job records (the scheduler's ledger), one key per job.
 JOBS_BUCKET = "ackwire_jobs"
 #: Jobs stored by gateways, for the scheduler; each stays until its job is terminal, and
@@ -140,6 +145,32 @@ def live_topic_subject(topic: str) -> str:
 
 def snapshot_key(topic: str) -> str:
     return topic_name(topic)
+
+
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9_:-]{1,128}")
+
+
+def message_token(message_id: str) -> str:
+    """A message id as one subject token: 1-128 of A-Z a-z 0-9 _ : -."""
+    if not _MESSAGE_ID.fullmatch(message_id):
+        raise InvalidNameError(
+            f"message ids are 1-128 of A-Z a-z 0-9 _ : -, not {message_id[:80]!r}"
+        )
+    return message_id
+
+
+def receipt_subject(producer: str, message_id: str, session_id: str) -> str:
+    return (
+        f"{PREFIX}.receipt.{service_token(producer)}.{message_token(message_id)}"
+        f".{session_token(session_id)}"
+    )
+
+
+def receipts_of(producer: str, message_id: str | None = None) -> str:
+    """The subjects of a producer's receipts (of one message, if given)."""
+    if message_id is None:
+        return f"{PREFIX}.receipt.{service_token(producer)}.>"
+    return f"{PREFIX}.receipt.{service_token(producer)}.{message_token(message_id)}.*"
 
 
 def kind_token(kind: str) -> str:

@@ -3,6 +3,7 @@
     publisher = await Publisher.connect("nats://127.0.0.1:4222")
     seq = await publisher.publish("pipeline.42", {"percent": 40}, snapshot=True)
     sent = await publisher.send({"text": "hi"}, user="alice")
+    receipt = await publisher.receipt(sent.id)   # once alice's client acked it
     await publisher.close()
 
 Topic events are fan-out (not acked; a subscriber gets the latest snapshot,
@@ -16,6 +17,7 @@ is connected (see docs/backends.md).
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TypeGuard
 
@@ -23,9 +25,10 @@ from nats.aio.client import Client
 from pydantic import JsonValue
 
 from ackwire.bus.connect import connect_nats
-from ackwire.bus.models import Delivery
+from ackwire.bus.models import Delivery, Receipt
+from ackwire.bus.receipts import Receipts
 from ackwire.bus.session_queue import SessionQueue
-from ackwire.bus.subjects import session_token
+from ackwire.bus.subjects import message_token, service_token, session_token
 from ackwire.bus.topics import TopicStore
 from ackwire.sessions.record import Found, Lookup, SessionState
 from ackwire.sessions.table import SessionTable
@@ -47,15 +50,18 @@ class Sent:
 
 
 class Publisher:
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, *, producer: str = "publisher") -> None:
+        """`producer` names this service in receipts: `receipts()` follows its own."""
         self._nc = nc
+        self._producer = service_token(producer)
+        self._receipts = Receipts(nc)
         self._owns_connection = False
 
     @classmethod
-    async def connect(cls, servers: str | list[str]) -> Publisher:
+    async def connect(cls, servers: str | list[str], *, producer: str = "publisher") -> Publisher:
         """A publisher on a connection of its own (closed by `close`)."""
         urls = [url.strip() for url in servers.split(",")] if isinstance(servers, str) else servers
-        publisher = cls(await connect_nats(urls, name="ackwire-publisher"))
+        publisher = cls(await connect_nats(urls, name=f"ackwire-{producer}"), producer=producer)
         publisher._owns_connection = True
         return publisher
 
@@ -100,19 +106,34 @@ class Publisher:
         if not recipients:
             who = f"user {user}" if user is not None else f"session {session}"
             raise NoRecipientError(f"{who} has no live or resumable session")
-        message_id = message_id or "m-" + secrets.token_urlsafe(16)
+        message_id = message_token(message_id or "m-" + secrets.token_urlsafe(16))
         queue = SessionQueue(self._nc, js)
         for session_id, owner in recipients:
             await queue.put(
                 Delivery(
-                    id=message_id, kind="message", session_id=session_id, user=owner, data=data
+                    id=message_id,
+                    kind="message",
+                    session_id=session_id,
+                    user=owner,
+                    receipt_to=self._producer,
+                    data=data,
                 )
             )
         return Sent(message_id, tuple(session_id for session_id, _ in recipients))
+
+    async def receipt(self, message_id: str) -> Receipt:
+        """The first receipt of a message sent by this producer: `delivered` once a client
+        acked it and the store confirmed, `expired` if its retention ended first. Waits
+        as long as it takes: bound it (`async with asyncio.timeout(…)`)."""
+        return await self._receipts.first(self._producer, message_id)
+
+    def receipts(self) -> AsyncIterator[Receipt]:
+        """Every receipt of this producer's messages from now on."""
+        return self._receipts.follow(self._producer)
 
 
 def _resumable(found: Lookup) -> TypeGuard[Found]:
     return isinstance(found, Found) and found.record.state is not SessionState.ENDED
 
 
-__all__ = ["NoRecipientError", "Publisher", "Sent"]
+__all__ = ["NoRecipientError", "Publisher", "Receipt", "Sent"]

@@ -16,6 +16,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from ackwire.bus.nodes import NodeDirectory
+from ackwire.bus.receipts import Receipts
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.gateway import metrics
 from ackwire.gateway.delivery import DeliveryPump
@@ -66,6 +67,7 @@ class GatewayContext:
     sessions: HeldSessions
     topics: TopicHub
     queue: SessionQueue
+    receipts: Receipts
     js: JetStreamContext
     nodes: NodeDirectory
 
@@ -200,6 +202,7 @@ class ClientConnection:
             )
             self._pump = DeliveryPump(
                 self._gateway.queue,
+                self._gateway.receipts,
                 opened.session_id,
                 self._send,
                 window=settings.window,

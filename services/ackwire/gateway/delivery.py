@@ -13,12 +13,15 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+import stamina
 import structlog
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
+from nats.js.errors import Error as JetStreamError
 from websockets.exceptions import ConnectionClosed
 
 from ackwire.bus.models import Delivery
+from ackwire.bus.receipts import Receipts
 from ackwire.bus.session_queue import SessionQueue, SessionQueueError, Stored
 from ackwire.gateway import metrics
 from ackwire.lifecycle import cancel_and_wait
@@ -26,6 +29,9 @@ from ackwire.wire.frames import Ack, Deliver
 from ackwire.wire.window import ConfirmAcks, DeliveryWindow, FetchBacklog, Send
 
 _log = structlog.get_logger("ackwire.gateway")
+
+_BUS_ERRORS = (NatsError, JetStreamError, TimeoutError)
+_RECEIPT_TIMEOUT_S = 5.0
 
 SendFrame = Callable[[Deliver], Awaitable[None]]
 
@@ -36,6 +42,7 @@ class DeliveryPump:
     def __init__(
         self,
         queue: SessionQueue,
+        receipts: Receipts,
         session_id: str,
         send: SendFrame,
         *,
@@ -44,6 +51,7 @@ class DeliveryPump:
         sent_before: int = 0,
     ) -> None:
         self._queue = queue
+        self._receipts = receipts
         self._session_id = session_id
         self._send = send
         self._window: DeliveryWindow[Delivery] = DeliveryWindow(size=window, ack_wait=ack_wait)
@@ -187,4 +195,23 @@ class DeliveryPump:
                 kind=delivery.kind,
                 job_id=delivery.job_id,
                 trace_id=delivery.trace_id,
+            )
+            if delivery.receipt_to is not None:
+                await self._issue_receipt(delivery, seq)
+
+    async def _issue_receipt(self, delivery: Delivery, seq: int) -> None:
+        try:
+            async for attempt in stamina.retry_context(
+                on=_BUS_ERRORS, attempts=3, timeout=_RECEIPT_TIMEOUT_S
+            ):
+                with attempt:
+                    await self._receipts.issue(delivery, seq, "delivered")
+        except _BUS_ERRORS as exc:
+            # Delivered all the same (the store confirmed the ack); only its producer
+            # does not hear of it.
+            _log.error(
+                "delivery.receipt_lost",
+                id=delivery.id,
+                receipt_to=delivery.receipt_to,
+                error=str(exc) or type(exc).__name__,
             )

@@ -19,6 +19,7 @@ from ackwire.bus.lease import Lease
 from ackwire.bus.models import GatewayRecord
 from ackwire.bus.nodes import NodeDirectory
 from ackwire.bus.provision import provision
+from ackwire.bus.receipts import Receipts
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.bus.topics import TopicStore
 from ackwire.gateway.connection import ClientConnection, GatewayContext
@@ -119,6 +120,7 @@ class Gateway:
                 await TopicStore.open(self._nc), pending_limit=4 * self._settings.topic_buffer
             ),
             queue=queue,
+            receipts=Receipts(self._nc),
             js=js,
             nodes=self._nodes,
         )

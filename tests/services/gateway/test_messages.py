@@ -1,6 +1,7 @@
 """Messages from backend services to users (the publisher API), on two gateways over one
 real NATS: to every session of a user, to one session, acked like job results."""
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import nats
@@ -96,3 +97,37 @@ async def test_a_retried_send_with_the_same_id_is_stored_once(
     frame = await ws.recv()
     assert '"pong"' in str(frame)  # and no second deliver came first
     await ws.close()
+
+
+async def test_the_senders_receipt_comes_only_after_the_clients_ack(
+    two_gateways: tuple[Gateway, Gateway], publisher: Publisher, make_token: MakeToken
+) -> None:
+    gw1, gw2 = two_gateways
+    token = make_token("fay")
+    ws, welcome = await welcomed(gw1.url, token)
+    sent = await publisher.send({"text": "hi"}, user="fay")
+    waiting = asyncio.create_task(publisher.receipt(sent.id))
+    deliver = await next_deliver(ws)
+    ws.transport.abort()  # gone before acking: no receipt
+    ws2, _ = await resumed(gw2.url, token, welcome)
+    again = await next_deliver(ws2)
+    assert (again.id, again.redelivered) == (deliver.id, True)
+    assert not waiting.done()  # received twice, acked never: not delivered yet
+    await send(ws2, Ack(seq=again.seq))
+    async with asyncio.timeout(5):
+        receipt = await waiting
+    assert (receipt.message_id, receipt.outcome) == (sent.id, "delivered")
+    assert (receipt.session_id, receipt.user, receipt.seq) == (welcome.session_id, "fay", again.seq)
+    await ws2.close()
+
+
+async def test_a_receipt_is_never_issued_for_a_message_nobody_acked(
+    gateway: Gateway, publisher: Publisher, make_token: MakeToken
+) -> None:
+    ws, _ = await welcomed(gateway.url, make_token("gil"))
+    sent = await publisher.send({}, user="gil")
+    await next_deliver(ws)
+    await ws.close()  # closed without an ack
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(1.5):
+            await publisher.receipt(sent.id)

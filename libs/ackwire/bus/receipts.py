@@ -1,0 +1,71 @@
+"""Receipts back to producers: a message was delivered, or expired undelivered.
+
+Receipts are stored (a stream, kept as long as messages are), so a producer
+that starts waiting after the client acked still gets its receipt, and one
+that follows its receipts misses none while it is away (a durable consumer).
+A receipt is issued once per message and session: the store dedupes a
+retried one by its id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from nats.aio.client import Client
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from ackwire.bus import subjects
+from ackwire.bus.models import Delivery, Receipt
+
+
+class Receipts:
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+
+    async def issue(
+        self, delivery: Delivery, seq: int, outcome: Literal["delivered", "expired"]
+    ) -> None:
+        """Store a receipt for `delivery` (which must name its producer)."""
+        assert delivery.receipt_to is not None
+        receipt = Receipt(
+            message_id=delivery.id,
+            session_id=delivery.session_id,
+            user=delivery.user,
+            seq=seq,
+            outcome=outcome,
+        )
+        await self._js.publish(
+            subjects.receipt_subject(delivery.receipt_to, delivery.id, delivery.session_id),
+            receipt.to_bytes(),
+            headers={"Nats-Msg-Id": f"receipt/{delivery.session_id}/{delivery.id}"},
+        )
+
+    async def first(self, producer: str, message_id: str) -> Receipt:
+        """The first receipt for `message_id` (any session), stored before or after the
+        call. Waits as long as it takes: bound it with `asyncio.timeout`."""
+        sub = await self._js.subscribe(
+            subjects.receipts_of(producer, message_id),
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        try:
+            async for msg in sub.messages:
+                return Receipt.model_validate_json(msg.data)
+        finally:
+            await sub.unsubscribe()
+        raise ConnectionError("the receipt subscription ended")
+
+    async def follow(self, producer: str) -> AsyncIterator[Receipt]:
+        """Every receipt for `producer` from now on, as they are stored."""
+        sub = await self._js.subscribe(
+            subjects.receipts_of(producer),
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+        )
+        try:
+            async for msg in sub.messages:
+                yield Receipt.model_validate_json(msg.data)
+        finally:
+            await sub.unsubscribe()
