@@ -64,7 +64,8 @@ class Settings(BaseSettings):
 
     session_ttl_s: Seconds = 3600.0
     retention_s: Seconds = 7 * 86400.0
-    """How long a message owed to a session is kept in the store, delivered or not."""
+    """How long a message waits for its ack; then it expires undelivered, and its producer
+    gets an `expired` receipt."""
     pending_timeout_s: Seconds = 10.0
     job_timeout_s: Seconds = 300.0
     max_attempts: Annotated[int, Field(ge=1)] = 3

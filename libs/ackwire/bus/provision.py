@@ -79,11 +79,13 @@ def streams(settings: Settings) -> list[StreamConfig]:
             description="ackwire: every session's queue of messages owed, until acked",
             subjects=[subjects.SESSION_SUBJECTS],
             retention=RetentionPolicy.LIMITS,
-            max_age=settings.retention_s,
+            # A safety net: the scheduler expires a message (with a receipt) at the
+            # retention; the store drops what no scheduler got to a little later.
+            max_age=settings.retention_s * 1.25,
             storage=StorageType.FILE,
             num_replicas=settings.replicas,
             allow_direct=True,  # backlog reads in batches, from any replica
-            duplicate_window=120.0,  # a publish retried after a lost answer is stored once
+            duplicate_window=_dedupe_window(settings),  # a retried publish is stored once
             republish=RePublish(src=subjects.SESSION_SUBJECTS, dest=subjects.LIVE_SUBJECTS),
         ),
         StreamConfig(
@@ -96,7 +98,7 @@ def streams(settings: Settings) -> list[StreamConfig]:
             storage=StorageType.FILE,
             num_replicas=settings.replicas,
             allow_direct=True,
-            duplicate_window=120.0,
+            duplicate_window=_dedupe_window(settings),
             republish=RePublish(src=subjects.TOPIC_SUBJECTS, dest=subjects.LIVE_TOPIC_SUBJECTS),
         ),
         StreamConfig(
@@ -107,7 +109,7 @@ def streams(settings: Settings) -> list[StreamConfig]:
             max_age=settings.retention_s,
             storage=StorageType.FILE,
             num_replicas=settings.replicas,
-            duplicate_window=120.0,
+            duplicate_window=_dedupe_window(settings),
         ),
         _work_queue(
             subjects.JOBS_STREAM, subjects.JOB_SUBMITTED, "jobs stored, until terminal", settings
@@ -121,6 +123,12 @@ def streams(settings: Settings) -> list[StreamConfig]:
     ]
 
 
+def _dedupe_window(settings: Settings) -> float:
+    """Two minutes for a retried publish to be stored once, as long as JetStream allows
+    (the window must fit within the stream's max age)."""
+    return min(120.0, settings.retention_s)
+
+
 def _work_queue(name: str, subject: str, what: str, settings: Settings) -> StreamConfig:
     return StreamConfig(
         name=name,
@@ -130,7 +138,7 @@ def _work_queue(name: str, subject: str, what: str, settings: Settings) -> Strea
         max_age=settings.retention_s,
         storage=StorageType.FILE,
         num_replicas=settings.replicas,
-        duplicate_window=120.0,
+        duplicate_window=_dedupe_window(settings),
     )
 
 

@@ -15,7 +15,9 @@ Rules (shared/protocol.md, Jobs):
   limit, then `failed`; a handler that raised is a failed attempt;
 - the newest attempt wins: anything from an older attempt is dropped;
 - a terminal state is final: nothing (no timer, no late result) changes it, so
-  a timeout can never fire for a job whose result is recorded.
+  a timeout can never fire for a job whose result is recorded. Its receipt
+  (the client acked the result, or the result expired undelivered) is only
+  noted on the record.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class JobRecord(BaseModel):
     waiting_since: float
     """When the job last started waiting for a node (submitted, or its attempt was lost)."""
     last_heard_at: float | None = None
+    receipt: Literal["delivered", "expired"] | None = None
+    """What became of the terminal delivery: acked by the client, or expired unacked."""
 
 
 # -- inputs --------------------------------------------------------------
@@ -95,7 +99,15 @@ class TimerFired:
     """The job's supervision timer: check the pending and job timeouts."""
 
 
-JobInput = Started | Progressed | Succeeded | AttemptFailed | TimerFired
+@dataclass(frozen=True, slots=True)
+class ResultReceipted:
+    """The receipt of the job's terminal delivery (its result or error)."""
+
+    outcome: Literal["delivered", "expired"]
+
+
+JobInput = Started | Progressed | Succeeded | AttemptFailed | TimerFired | ResultReceipted
+AttemptInput = Started | Progressed | Succeeded | AttemptFailed
 
 
 # -- actions -------------------------------------------------------------
@@ -178,7 +190,7 @@ class JobLedger:
         transition = _TRANSITIONS.get((record.state, type(event)))
         if transition is None:
             return Outcome(record, (Ignore(f"job already {record.state.value}"),))
-        if not isinstance(event, TimerFired) and event.attempt < record.attempt:
+        if isinstance(event, AttemptInput) and event.attempt < record.attempt:
             return Outcome(record, (Ignore(f"superseded attempt {event.attempt}"),))
         return transition(self, record, event, now)
 
@@ -232,6 +244,11 @@ class JobLedger:
             (DeliverError("failed", message),),
         )
 
+    def _receipted(self, record: JobRecord, event: ResultReceipted, _now: float) -> Outcome:
+        if record.receipt is not None:
+            return Outcome(record, (Ignore(f"receipt already {record.receipt}"),))
+        return Outcome(record.model_copy(update={"receipt": event.outcome}), ())
+
     def _running_timer(self, record: JobRecord, _event: TimerFired, now: float) -> Outcome:
         heard = record.last_heard_at if record.last_heard_at is not None else record.waiting_since
         deadline = heard + self.job_timeout
@@ -263,4 +280,5 @@ _TRANSITIONS: dict[tuple[JobState, type[JobInput]], Transition] = {
     (_R, AttemptFailed): JobLedger._attempt_failed,
     (_P, TimerFired): JobLedger._pending_timer,
     (_R, TimerFired): JobLedger._running_timer,
+    **{(state, ResultReceipted): JobLedger._receipted for state in JobState if state.terminal},
 }

@@ -34,7 +34,7 @@ from structlog.typing import FilteringBoundLogger
 
 from ackwire.bus import subjects
 from ackwire.bus.broker import ServiceBroker
-from ackwire.bus.models import Delivery
+from ackwire.bus.models import Delivery, Receipt
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.jobs.ledger import (
     AttemptFailed,
@@ -48,6 +48,7 @@ from ackwire.jobs.ledger import (
     JobRecord,
     Outcome,
     Progressed,
+    ResultReceipted,
     Started,
     Succeeded,
     TimerFired,
@@ -63,6 +64,9 @@ from ackwire.jobs.messages import (
 from ackwire.settings import Settings
 
 _MAX_CAS_RETRIES = 10
+#: The scheduler's name in receipts, and the suffix of a job's terminal delivery id.
+PRODUCER = "scheduler"
+_TERMINAL_SUFFIX = ":result"
 #: A handler takes milliseconds; a message a dead replica had pulled comes back after this.
 _HANDLER_ACK_WAIT_S = 5.0
 _events: TypeAdapter[JobEvent] = TypeAdapter(JobEvent)
@@ -98,6 +102,14 @@ class JobSupervisor:
             pull_sub=PullSub(batch_size=64, timeout=1.0),
             ack_policy=AckPolicy.MANUAL,
         )(self._on_report)
+        broker.subscriber(
+            subjects.receipts_of(PRODUCER),
+            stream=JStream(subjects.RECEIPTS_STREAM, declare=False),
+            durable="scheduler-receipts",
+            config=ConsumerConfig(ack_wait=_HANDLER_ACK_WAIT_S, max_deliver=-1),
+            pull_sub=PullSub(batch_size=64, timeout=1.0),
+            ack_policy=AckPolicy.MANUAL,
+        )(self._on_receipt)
 
     async def bind(self, js: JetStreamContext, queue: SessionQueue) -> None:
         """Called once connected, before the subscribers start."""
@@ -132,6 +144,20 @@ class JobSupervisor:
             job_id=event.job_id, trace_id=event.trace_id, node=event.node, attempt=event.attempt
         )
         await self._apply(event.job_id, _ledger_input(event), log, report_seq=_stream_seq(msg))
+        await msg.ack_sync()
+
+    async def _on_receipt(self, msg: NatsMessage) -> None:
+        try:
+            receipt = Receipt.model_validate_json(msg.body)
+        except ValidationError as exc:
+            _log.error("job.unreadable_receipt", error=str(exc))
+            await msg.reject()
+            return
+        job_id = receipt.message_id.removesuffix(_TERMINAL_SUFFIX)
+        log = _log.bind(job_id=job_id, session_id=receipt.session_id, outcome=receipt.outcome)
+        outcome = await self._apply(job_id, ResultReceipted(receipt.outcome), log)
+        if outcome is not None and outcome.record.receipt == receipt.outcome:
+            log.info("job.result_receipted")
         await msg.ack_sync()
 
     async def _apply(
@@ -207,10 +233,10 @@ class JobSupervisor:
             delivery: Delivery | None = None
             match action:
                 case DeliverResult(data=data):
-                    delivery = _delivery(record, "result", data, f"{record.job_id}:result")
+                    delivery = _delivery(record, "result", data, record.job_id + _TERMINAL_SUFFIX)
                 case DeliverError(code=code, message=message):
                     data = {"code": code, "message": message}
-                    delivery = _delivery(record, "error", data, f"{record.job_id}:result")
+                    delivery = _delivery(record, "error", data, record.job_id + _TERMINAL_SUFFIX)
                 case DeliverProgress(percent=percent):
                     progress_id = f"{record.job_id}:progress:{report_seq}"
                     delivery = _delivery(record, "progress", {"percent": percent}, progress_id)
@@ -231,6 +257,8 @@ def _delivery(
         kind=kind,
         session_id=record.session_id,
         user=record.user,
+        # The terminal delivery's receipt comes back to the ledger (`_on_receipt`).
+        receipt_to=None if kind == "progress" else PRODUCER,
         job_id=record.job_id,
         trace_id=record.trace_id,
         data=data,

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 
 from ackwire.bus import subjects
 from ackwire.bus.broker import ServiceBroker
 from ackwire.bus.models import NodeRegistration
 from ackwire.bus.nodes import NodeDirectory
+from ackwire.bus.receipts import Receipts
 from ackwire.bus.session_queue import SessionQueue
+from ackwire.lifecycle import cancel_and_wait
+from ackwire.scheduler.expiry import ExpirySweeper
 from ackwire.scheduler.jobs import JobSupervisor
 from ackwire.settings import Settings
 
@@ -21,6 +26,8 @@ class Scheduler:
         self._bus = ServiceBroker(settings, name=self._name, http_host=host)
         self._jobs = JobSupervisor(settings, self._bus)
         self._directory = NodeDirectory()
+        self._settings = settings
+        self._sweeping: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -40,12 +47,18 @@ class Scheduler:
 
     async def start(self) -> None:
         js = await self._bus.connect()
-        await self._jobs.bind(js, SessionQueue(self._bus.broker.connection, js))
+        queue = SessionQueue(self._bus.broker.connection, js)
+        await self._jobs.bind(js, queue)
+        sweeper = ExpirySweeper(
+            queue, Receipts(self._bus.broker.connection), retention_s=self._settings.retention_s
+        )
+        self._sweeping = asyncio.create_task(sweeper.run(), name="expiry sweeper")
         await self._directory.follow(await js.key_value(subjects.NODES_BUCKET))
         await self._bus.serve()
         _log.info("scheduler.serving")
 
     async def drain(self) -> None:
+        await cancel_and_wait(self._sweeping)
         await self._directory.stop()
         await self._bus.stop()
         _log.info("scheduler.stopped")

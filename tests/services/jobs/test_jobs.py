@@ -3,11 +3,14 @@
 from collections import defaultdict
 from collections.abc import Callable
 
+import nats
 import structlog
 from websockets.asyncio.client import ClientConnection
 
+from ackwire.bus import subjects
 from ackwire.bus.embedded import EmbeddedNats
 from ackwire.gateway.server import Gateway
+from ackwire.jobs.ledger import JobRecord, JobState
 from ackwire.node.demo_kinds import DEMO_KINDS
 from ackwire.node.service import Node
 from ackwire.scheduler.service import Scheduler
@@ -258,4 +261,20 @@ async def test_a_job_longer_than_the_job_timeout_is_kept_alive_by_its_node(
     seen = await client.until_terminal(accepted.job_id, timeout=seconds + 10)
     assert seen[-1].kind == "result"
     assert len(logs.named("job.attempt_started", job_id=accepted.job_id)) == 1  # never re-run
+    await client.ws.close()
+
+
+async def test_the_clients_ack_of_a_result_is_noted_in_the_ledger(
+    stack: Stack, make_token: MakeToken, logs: LogWatch
+) -> None:
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(Submit(ref="c-r", kind="echo", payload={}))
+    assert isinstance(accepted, Accepted)
+    await client.until_terminal(accepted.job_id)  # the client acks what it receives
+    await logs.wait_for("job.result_receipted", job_id=accepted.job_id, outcome="delivered")
+    nc = await nats.connect(stack.settings.nats_url)
+    kv = await nc.jetstream().key_value(subjects.JOBS_BUCKET)
+    record = JobRecord.model_validate_json((await kv.get(accepted.job_id)).value)
+    await nc.close()
+    assert (record.state, record.receipt) == (JobState.DONE, "delivered")
     await client.ws.close()

@@ -1,0 +1,74 @@
+"""Messages no client acked within the retention: their producer hears `expired`.
+
+The sweeper reads the oldest messages of `ACKWIRE_SESSIONS` (the store keeps
+them in the order they were stored, so it stops at the first one young
+enough), issues an `expired` receipt for each that asked for one, logs it,
+and removes it. The stream's own max age is a little longer than the
+retention: a safety net that drops what no sweeper got to, silently.
+Several schedulers may sweep at once; receipts are deduped by the store and
+a second removal of a message is not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from nats.errors import Error as NatsError
+from nats.js.errors import Error as JetStreamError
+
+from ackwire.bus import subjects
+from ackwire.bus.receipts import Receipts
+from ackwire.bus.session_queue import SessionQueue, SessionQueueError
+
+_log = structlog.get_logger("ackwire.scheduler")
+
+_READ_BATCH = 256
+_BUS_ERRORS = (NatsError, JetStreamError, TimeoutError, SessionQueueError)
+
+
+class ExpirySweeper:
+    def __init__(self, queue: SessionQueue, receipts: Receipts, *, retention_s: float) -> None:
+        self._queue = queue
+        self._receipts = receipts
+        self._retention = timedelta(seconds=retention_s)
+        # Often enough that nothing outlives its retention by much, at most once a minute.
+        self.every_s = min(60.0, retention_s / 4)
+
+    async def sweep(self) -> int:
+        """Expire every message older than the retention; how many were."""
+        cutoff = datetime.now(UTC) - self._retention
+        expired = 0
+        after = 0
+        while True:
+            read = await self._queue.read_subject(
+                subjects.SESSION_SUBJECTS, after=after, limit=_READ_BATCH
+            )
+            for stored in read.messages:
+                delivery = stored.delivery
+                if delivery.created_at > cutoff:
+                    return expired  # stored in order: every later one is younger
+                if delivery.receipt_to is not None:
+                    await self._receipts.issue(delivery, stored.seq, "expired")
+                await self._queue.confirm(delivery.session_id, upto=None, singles=(stored.seq,))
+                _log.warning(
+                    "delivery.expired_undelivered",
+                    id=delivery.id,
+                    session_id=delivery.session_id,
+                    user=delivery.user,
+                    job_id=delivery.job_id,
+                    seq=stored.seq,
+                )
+                expired += 1
+            if read.complete or not read.messages:
+                return expired
+            after = read.messages[-1].seq
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except _BUS_ERRORS as exc:
+                _log.warning("expiry.sweep_failed", error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(self.every_s)

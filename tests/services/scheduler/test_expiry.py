@@ -1,0 +1,41 @@
+"""A message nobody acks within the retention expires: its producer gets an `expired`
+receipt, and it is no longer owed."""
+
+import asyncio
+from collections.abc import Callable
+
+import nats
+
+from ackwire.bus.embedded import EmbeddedNats
+from ackwire.gateway.server import Gateway
+from ackwire.publisher import Publisher
+from ackwire.scheduler.service import Scheduler
+from ackwire.sessions.overview import undelivered
+from ackwire.settings import Settings
+from support.client import next_deliver, welcomed
+from support.logs import LogWatch
+
+
+async def test_an_unacked_message_expires_with_a_receipt(
+    nats_server: EmbeddedNats, settings: Settings, make_token: Callable[..., str], logs: LogWatch
+) -> None:
+    brief = settings.model_copy(update={"retention_s": 1.0})
+    async with Gateway(brief, name="gw-1", host="127.0.0.1", port=0) as gateway:
+        scheduler = Scheduler(brief, name="scheduler-x", host="127.0.0.1")
+        await scheduler.start()
+        try:
+            ws, welcome = await welcomed(gateway.url, make_token("hal"))
+            nc = await nats.connect(nats_server.url)
+            publisher = Publisher(nc)
+            sent = await publisher.send({"text": "never acked"}, user="hal")
+            await next_deliver(ws)  # received, never acked
+            async with asyncio.timeout(10):
+                receipt = await publisher.receipt(sent.id)
+            assert (receipt.message_id, receipt.outcome) == (sent.id, "expired")
+            assert receipt.session_id == welcome.session_id
+            await logs.wait_for("delivery.expired_undelivered", id=sent.id)
+            assert [m async for m in undelivered(nc, welcome.session_id)] == []
+            await nc.close()
+            await ws.close()
+        finally:
+            await scheduler.drain()
