@@ -24,15 +24,22 @@ class BucketView(Generic[M]):
     lapsed). Meant for buckets of tens of keys (nodes, gateways), not one per session.
 
     `what` names an entry in log lines (`node.joined`, `gateway.gone`); `on_change`
-    runs after every change, to keep a derived view in step.
+    runs after every change, to keep a derived view in step; `on_expired` gets the
+    last value of an entry that expired (its owner died without deleting it).
     """
 
     def __init__(
-        self, model: type[M], *, what: str, on_change: Callable[[], None] = lambda: None
+        self,
+        model: type[M],
+        *,
+        what: str,
+        on_change: Callable[[], None] = lambda: None,
+        on_expired: Callable[[M], None] = lambda _value: None,
     ) -> None:
         self._model = model
         self._what = what
         self._on_change = on_change
+        self._on_expired = on_expired
         self._entries: dict[str, M] = {}
         self._watcher: KeyValue.KeyWatcher | None = None
         self._task: asyncio.Task[None] | None = None
@@ -68,9 +75,13 @@ class BucketView(Generic[M]):
 
     def _apply(self, entry: KeyValue.Entry) -> None:
         if entry.operation in (KV_DEL, KV_PURGE):
-            if self._entries.pop(entry.key, None) is not None:
-                _log.info(f"{self._what}.gone", **{self._what: entry.key})
+            gone = self._entries.pop(entry.key, None)
+            if gone is not None:
+                expired = entry.operation == KV_PURGE  # a goodbye is a delete
+                _log.info(f"{self._what}.gone", **{self._what: entry.key}, expired=expired)
                 self._on_change()
+                if expired:
+                    self._on_expired(gone)
             return
         try:
             value = self._model.model_validate_json(entry.value or b"")

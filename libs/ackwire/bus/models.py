@@ -86,3 +86,13 @@ class Receipt(BusModel):
     """`delivered`: the client acked it and the store confirmed; `expired`: it was never
     acked, and its retention ended."""
     at: datetime = Field(default_factory=utc_now)
+
+
+class PresenceChange(BusModel):
+    """An event on a presence topic: a session of a user joined or left (a connection
+    began or ended), or a gateway went away without goodbye (all it held is offline)."""
+
+    change: Literal["join", "leave", "gateway_gone"]
+    gateway: str
+    user: str | None = None
+    session_id: str | None = None

@@ -8,6 +8,7 @@ client input can put `.`, `*`, `>` or whitespace into a subject or a key.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import secrets
 
@@ -141,6 +142,23 @@ def topic_subject(topic: str) -> str:
 
 def live_topic_subject(topic: str) -> str:
     return f"{PREFIX}.live.topic.{topic_name(topic)}"
+
+
+#: The topic of every user's presence changes: `presence.<user token>` (join, leave),
+#: and `presence.gateways` (a gateway gone without goodbye: its sessions are offline).
+PRESENCE_TOPIC_PREFIX = "presence"
+GATEWAYS_GONE_TOPIC = "presence.gateways"
+LIVE_PRESENCE_SUBJECTS = f"{PREFIX}.live.topic.{PRESENCE_TOPIC_PREFIX}.>"
+
+
+def presence_topic(user_id: str) -> str:
+    """The topic of one user's presence changes: `presence.<user token>`, or, for a user
+    token longer than a topic token may be, `presence.=1<SHA-256 of the id, hex>` (`1`
+    never occurs in base32, so the two forms never meet)."""
+    token = user_token(user_id)
+    if len(token) > 64:
+        token = "=1" + hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:48]
+    return f"{PRESENCE_TOPIC_PREFIX}.{token}"
 
 
 def snapshot_key(topic: str) -> str:

@@ -22,14 +22,17 @@ from dataclasses import dataclass
 from typing import TypeGuard
 
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from pydantic import JsonValue
 
+from ackwire.bus import subjects
 from ackwire.bus.connect import connect_nats
-from ackwire.bus.models import Delivery, Receipt
+from ackwire.bus.models import Delivery, PresenceChange, Receipt, TopicEventBody
 from ackwire.bus.receipts import Receipts
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.bus.subjects import message_token, service_token, session_token
 from ackwire.bus.topics import TopicStore
+from ackwire.sessions.overview import UserPresence, user_presence
 from ackwire.sessions.record import Found, Lookup, SessionState
 from ackwire.sessions.table import SessionTable
 from ackwire.sessions.users import UserSessions
@@ -131,9 +134,46 @@ class Publisher:
         """Every receipt of this producer's messages from now on."""
         return self._receipts.follow(self._producer)
 
+    async def presence(self, user: str) -> UserPresence:
+        """Whether `user` is online now, and on which sessions."""
+        return await user_presence(self._nc, user)
+
+    async def presence_changes(self) -> PresenceChanges:
+        """Every presence change from the return on: sessions joining and leaving, and
+        gateways gone without goodbye (all they held is offline). The same events that
+        clients read on the topics `presence.<user>` and `presence.gateways`."""
+        sub = await self._nc.subscribe(subjects.LIVE_PRESENCE_SUBJECTS)
+        await self._nc.flush()  # following once this returns
+        return PresenceChanges(sub)
+
+
+class PresenceChanges:
+    """`async for change in changes`; `await changes.close()` when done."""
+
+    def __init__(self, sub: Subscription) -> None:
+        self._sub = sub
+
+    def __aiter__(self) -> PresenceChanges:
+        return self
+
+    async def __anext__(self) -> PresenceChange:
+        msg = await self._sub.messages.__anext__()
+        return PresenceChange.model_validate(TopicEventBody.model_validate_json(msg.data).data)
+
+    async def close(self) -> None:
+        await self._sub.unsubscribe()
+
 
 def _resumable(found: Lookup) -> TypeGuard[Found]:
     return isinstance(found, Found) and found.record.state is not SessionState.ENDED
 
 
-__all__ = ["NoRecipientError", "Publisher", "Receipt", "Sent"]
+__all__ = [
+    "NoRecipientError",
+    "PresenceChange",
+    "PresenceChanges",
+    "Publisher",
+    "Receipt",
+    "Sent",
+    "UserPresence",
+]

@@ -9,6 +9,8 @@ new incarnation, so it never revives the sessions its predecessor held.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from nats.js.kv import KeyValue
 
 from ackwire.bus.bucket_view import BucketView
@@ -17,8 +19,9 @@ from ackwire.sessions.record import SessionRecord, SessionState
 
 
 class GatewayDirectory:
-    def __init__(self) -> None:
-        self._view = BucketView(GatewayRecord, what="gateway")
+    def __init__(self, on_expired: Callable[[GatewayRecord], None] = lambda _gw: None) -> None:
+        """`on_expired`: a gateway's lease lapsed (it died without goodbye)."""
+        self._view = BucketView(GatewayRecord, what="gateway", on_expired=on_expired)
 
     @property
     def gateways(self) -> dict[str, GatewayRecord]:

@@ -17,6 +17,7 @@ from ackwire.bus.session_queue import SessionQueue
 from ackwire.sessions.gateways import GatewayDirectory
 from ackwire.sessions.record import Found, SessionState
 from ackwire.sessions.table import SessionTable
+from ackwire.sessions.users import UserSessions
 
 _READ_BATCH = 256
 
@@ -32,6 +33,22 @@ class SessionSummary(BaseModel):
     since: datetime
     owed: int
     """Messages stored for it and not yet acked."""
+
+
+class SessionPresence(BaseModel):
+    session_id: str
+    state: SessionState
+    gateway: str
+    connected: bool
+    since: datetime
+
+
+class UserPresence(BaseModel):
+    user: str
+    online: bool
+    """At least one of the user's sessions is held by a connection now."""
+    sessions: list[SessionPresence]
+    """Every live or resumable session of the user."""
 
 
 class UndeliveredMessage(BaseModel):
@@ -67,6 +84,33 @@ async def session_summaries(nc: Client) -> list[SessionSummary]:
     finally:
         await gateways.stop()
     return sorted(summaries, key=lambda summary: summary.since)
+
+
+async def user_presence(nc: Client, user: str) -> UserPresence:
+    """Whether `user` is online, and on which sessions (read from the records and the
+    gateways' leases: the truth, not a cache)."""
+    js = nc.jetstream()
+    gateways = GatewayDirectory()
+    await gateways.follow(await js.key_value(subjects.GATEWAYS_BUCKET))
+    try:
+        table = await SessionTable.open(js)
+        sessions = []
+        for session_id in await (await UserSessions.open(js)).of(user):
+            found = await table.lookup(session_id)
+            if not isinstance(found, Found) or found.record.state is SessionState.ENDED:
+                continue
+            sessions.append(
+                SessionPresence(
+                    session_id=session_id,
+                    state=found.record.state,
+                    gateway=found.record.gateway,
+                    connected=gateways.connected(found.record),
+                    since=found.record.changed_at,
+                )
+            )
+    finally:
+        await gateways.stop()
+    return UserPresence(user=user, online=any(s.connected for s in sessions), sessions=sessions)
 
 
 async def undelivered(

@@ -1,6 +1,6 @@
 """Topic names and the patterns of a token's `topics` claim, with no I/O.
 
-A topic is 1-16 tokens of `[A-Za-z0-9_-]` (1-64 each) joined by `.`, at most 256
+A topic is 1-16 tokens of `[A-Za-z0-9_=-]` (1-64 each) joined by `.`, at most 256
 characters: so a topic is safe to place in a subject as it is, and no client
 input reaches a subject unchecked. Patterns (in tokens, never in `subscribe`)
 add NATS's wildcards: `*` for exactly one token, `>` as the last token for one
@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 
 TOPIC_MAX = 256
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# `=` lets a presence topic carry any user id (`presence.<user token>`, see subjects).
+_TOKEN = re.compile(r"[A-Za-z0-9_=-]{1,64}")
 _TOKENS_MAX = 16
 
 
@@ -30,7 +31,7 @@ def topic_name(text: str) -> str:
         if token in ("*", ">"):
             raise BadTopicError("wildcards belong in token claims, not in a subscribe")
         if not _TOKEN.fullmatch(token):
-            raise BadTopicError("a topic is tokens of A-Z a-z 0-9 _ - joined by '.'")
+            raise BadTopicError("a topic is tokens of A-Z a-z 0-9 _ = - joined by '.'")
     return text
 
 

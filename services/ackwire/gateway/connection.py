@@ -21,6 +21,7 @@ from ackwire.bus.session_queue import SessionQueue
 from ackwire.gateway import metrics
 from ackwire.gateway.delivery import DeliveryPump
 from ackwire.gateway.jobs import JobIntake
+from ackwire.gateway.presence import PresenceNotices
 from ackwire.gateway.sessions import (
     BUS_ERRORS,
     HeldSessions,
@@ -66,6 +67,7 @@ class GatewayContext:
     verifier: TokenVerifier
     sessions: HeldSessions
     topics: TopicHub
+    presence: PresenceNotices
     queue: SessionQueue
     receipts: Receipts
     js: JetStreamContext
@@ -194,6 +196,7 @@ class ClientConnection:
                     window=settings.window,
                 )
             )
+            await self._gateway.presence.joined(identity.user, opened.session_id)
             _log.info(
                 "session.opened",
                 resumed=opened.resumed,
@@ -241,6 +244,8 @@ class ClientConnection:
                 await self._gateway.sessions.let_go(self, SessionState.DETACHED)
             except BUS_ERRORS as exc:
                 _log.warning("session.detach_failed", error=str(exc) or type(exc).__name__)
+        if not self._taken_over and self._identity is not None:  # moved on: not a leave
+            await self._gateway.presence.left(self._identity.user, opened.session_id)
         _log.info("session.connection_ended", close_code=self._ws.close_code)
 
     async def _read_frames(self, pump: DeliveryPump, intake: JobIntake) -> None:

@@ -23,6 +23,7 @@ from ackwire.bus.receipts import Receipts
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.bus.topics import TopicStore
 from ackwire.gateway.connection import ClientConnection, GatewayContext
+from ackwire.gateway.presence import PresenceNotices
 from ackwire.gateway.sessions import HeldSessions
 from ackwire.gateway.topics import TopicHub
 from ackwire.lifecycle import cancel_and_wait
@@ -59,7 +60,8 @@ class Gateway:
         self._server: Server | None = None
         self._draining = False
         self._nodes = NodeDirectory()
-        self._gateways = GatewayDirectory()
+        self._gateways: GatewayDirectory | None = None
+        self._presence: PresenceNotices | None = None
         # A restart under the same name is another incarnation: it holds nothing yet.
         self._incarnation = secrets.token_hex(8)
         self._sessions: HeldSessions | None = None
@@ -97,6 +99,9 @@ class Gateway:
         js = self._nc.jetstream()
         await provision(js, self._settings)
         await self._nodes.follow(await js.key_value(subjects.NODES_BUCKET))
+        topics = await TopicStore.open(self._nc)
+        self._presence = PresenceNotices(topics, self._name)
+        self._gateways = GatewayDirectory(on_expired=self._presence.gateway_expired)
         gateways_kv = await js.key_value(subjects.GATEWAYS_BUCKET)
         await self._gateways.follow(gateways_kv)
         queue = SessionQueue(self._nc, js)
@@ -116,9 +121,8 @@ class Gateway:
             settings=self._settings,
             verifier=self._verifier,
             sessions=self._sessions,
-            topics=TopicHub(
-                await TopicStore.open(self._nc), pending_limit=4 * self._settings.topic_buffer
-            ),
+            topics=TopicHub(topics, pending_limit=4 * self._settings.topic_buffer),
+            presence=self._presence,
             queue=queue,
             receipts=Receipts(self._nc),
             js=js,
@@ -172,7 +176,10 @@ class Gateway:
             await self._sessions.stop()
         if self._lease is not None:
             await self._lease.release()
-        await self._gateways.stop()
+        if self._gateways is not None:
+            await self._gateways.stop()
+        if self._presence is not None:
+            await self._presence.stop()
         await self._nodes.stop()
         if self._nc is not None:
             await leave_nats(self._nc)

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from ackwire.bus import subjects
 from ackwire.bus.embedded import EmbeddedCluster, EmbeddedNats
-from ackwire.bus.models import Delivery
+from ackwire.bus.models import Delivery, PresenceChange, TopicEventBody
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.sessions.overview import session_summaries, undelivered
 from ackwire.wire.codes import CloseCode
@@ -175,6 +175,7 @@ async def test_sessions_of_a_killed_gateway_resume_on_the_survivor_with_nothing_
         first, *_ = await holder.take(3)
         await send(holder.ws, Ack(seq=first.seq))  # one acked (or not yet: dedupe covers it)
 
+    gone_notices = await nc.subscribe(subjects.live_topic_subject(subjects.GATEWAYS_GONE_TOPIC))
     gw1.process.send_signal(signal.SIGKILL)
     await gw1.exit_code()
     await bus.lose_a_server()
@@ -205,6 +206,9 @@ async def test_sessions_of_a_killed_gateway_resume_on_the_survivor_with_nothing_
 
     # gw-1's lease lapses: what it held is no longer counted as connected.
     await lease_gone(nc, "gw-1")
+    notice = await gone_notices.next_msg(timeout=15)  # told once, by the survivor
+    change = PresenceChange.model_validate(TopicEventBody.model_validate_json(notice.data).data)
+    assert (change.change, change.gateway) == ("gateway_gone", "gw-1")
     gw1_again, url1_again = await start_gateway("gw-1", bus)  # same name, new incarnation
     summaries = {s.session_id: s for s in await retrying(lambda: session_summaries(nc))}
     for holder in movers:

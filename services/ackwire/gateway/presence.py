@@ -1,0 +1,72 @@
+"""Presence changes, published as topics: `presence.<user>` and `presence.gateways`.
+
+A session *joins* when a connection of this gateway holds it (a new session, a
+resume, a takeover: the session moved here) and *leaves* when that connection
+ends without another taking the session over. A gateway that dies cannot say
+its sessions left; the gateways that see its lease lapse say so once for all of
+them, on `presence.gateways`. The durable truth is the session records and
+leases (`Publisher.presence`); these events tell a watcher when to look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from nats.errors import Error as NatsError
+from nats.js.errors import Error as JetStreamError
+
+from ackwire.bus import subjects
+from ackwire.bus.models import GatewayRecord, PresenceChange
+from ackwire.bus.topics import TopicStore, TopicStoreError
+from ackwire.lifecycle import cancel_and_wait
+
+_log = structlog.get_logger("ackwire.gateway")
+
+_BUS_ERRORS = (NatsError, JetStreamError, TimeoutError, TopicStoreError)
+
+
+class PresenceNotices:
+    def __init__(self, store: TopicStore, gateway: str) -> None:
+        self._store = store
+        self._gateway = gateway
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def joined(self, user: str, session_id: str) -> None:
+        await self._publish(
+            subjects.presence_topic(user),
+            PresenceChange(change="join", gateway=self._gateway, user=user, session_id=session_id),
+        )
+
+    async def left(self, user: str, session_id: str) -> None:
+        await self._publish(
+            subjects.presence_topic(user),
+            PresenceChange(change="leave", gateway=self._gateway, user=user, session_id=session_id),
+        )
+
+    def gateway_expired(self, gone: GatewayRecord) -> None:
+        """Another gateway's lease lapsed. Every gateway that saw it says so; the store
+        keeps one (the event id names the gateway incarnation)."""
+        task = asyncio.create_task(
+            self._publish(
+                subjects.GATEWAYS_GONE_TOPIC,
+                PresenceChange(change="gateway_gone", gateway=gone.name),
+                event_id=f"gone-{gone.name}-{gone.incarnation}",
+            )
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._pending):
+            await cancel_and_wait(task)
+
+    async def _publish(
+        self, topic: str, change: PresenceChange, event_id: str | None = None
+    ) -> None:
+        try:
+            await self._store.publish(topic, change.model_dump(mode="json"), event_id=event_id)
+        except _BUS_ERRORS as exc:  # presence is advisory; the records are the truth
+            _log.warning(
+                "presence.not_published", topic=topic, error=str(exc) or type(exc).__name__
+            )
