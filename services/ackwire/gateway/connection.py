@@ -85,6 +85,7 @@ class ClientConnection:
         self._pump: DeliveryPump | None = None
         self._identity: Identity | None = None
         self._members: dict[str, TopicMember] = {}
+        self._leaving: set[asyncio.Task[None]] = set()
         self._taken_over = False
         self._ended = False
         self._closing: asyncio.Task[None] | None = None
@@ -117,6 +118,15 @@ class ClientConnection:
             self._closing = asyncio.create_task(
                 self._close(Close(CloseCode.TOO_SLOW, "too slow: events piled up; resume"))
             )
+
+    def _topic_failed(self, member: TopicMember) -> None:
+        """A subscription could not be served (the store did not answer): drop it, so a
+        new `subscribe` starts afresh. The session's record keeps it for a resume."""
+        if self._members.get(member.topic) is member:
+            del self._members[member.topic]
+            task = asyncio.create_task(self._gateway.topics.leave(member))
+            self._leaving.add(task)
+            task.add_done_callback(self._leaving.discard)
 
     # -- the connection's life -----------------------------------------------
 
@@ -332,6 +342,7 @@ class ClientConnection:
             self._send,
             buffer=self._gateway.settings.topic_buffer,
             on_overflow=self._too_slow,
+            on_failed=self._topic_failed,
         )
         self._members[topic] = member
         await self._gateway.topics.join(member)

@@ -5,7 +5,10 @@ resume, a takeover: the session moved here) and *leaves* when that connection
 ends without another taking the session over. A gateway that dies cannot say
 its sessions left; the gateways that see its lease lapse say so once for all of
 them, on `presence.gateways`. The durable truth is the session records and
-leases (`Publisher.presence`); these events tell a watcher when to look.
+leases (`Publisher.presence`); these events tell a watcher when to look. They
+are published without waiting for the store's answer (a round trip less in
+every handshake): a change announced while NATS is out of reach is lost, never
+the truth it points to.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class PresenceNotices:
         self, topic: str, change: PresenceChange, event_id: str | None = None
     ) -> None:
         try:
-            await self._store.publish(topic, change.model_dump(mode="json"), event_id=event_id)
+            await self._store.announce(topic, change.model_dump(mode="json"), event_id=event_id)
         except _BUS_ERRORS as exc:  # presence is advisory; the records are the truth
             _log.warning(
                 "presence.not_published", topic=topic, error=str(exc) or type(exc).__name__

@@ -12,6 +12,7 @@ connection is closed 4429 (the session stays resumable).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -44,12 +45,14 @@ class TopicMember:
         *,
         buffer: int,
         on_overflow: Callable[[], None],
+        on_failed: Callable[[TopicMember], None],
     ) -> None:
         self.topic = topic
         self._store = store
         self._send = send
         self._inbox: asyncio.Queue[TopicEvent] = asyncio.Queue(maxsize=buffer)
         self._on_overflow = on_overflow
+        self._on_failed = on_failed
         self._task: asyncio.Task[None] | None = None
 
     def offer(self, event: TopicEvent) -> None:
@@ -83,13 +86,15 @@ class TopicMember:
             pass  # the connection is over; it leaves every topic on its way out
         except _BUS_ERRORS as exc:
             _log.warning("topic.unreadable", topic=self.topic, error=str(exc) or type(exc).__name__)
-            await self._send(
-                Error(
-                    ref=ref,
-                    code=ErrorCode.UNAVAILABLE,
-                    message=f"topic {self.topic} could not be read; subscribe again",
+            with contextlib.suppress(ConnectionClosed):
+                await self._send(
+                    Error(
+                        ref=ref,
+                        code=ErrorCode.UNAVAILABLE,
+                        message=f"topic {self.topic} could not be read; subscribe again",
+                    )
                 )
-            )
+            self._on_failed(self)  # no longer subscribed: its connection lets it go
 
     async def _emit_in_order(self, cursor: TopicCursor, event: TopicEvent) -> None:
         verdict = cursor.offer(event.seq, event.previous)
