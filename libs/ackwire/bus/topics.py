@@ -79,15 +79,10 @@ class TopicStore:
             )
         return ack.seq
 
-    async def announce(self, topic: str, data: JsonValue, *, event_id: str | None = None) -> None:
+    async def announce(self, topic: str, data: JsonValue) -> None:
         """Publish an advisory event without waiting for the store's answer: the stream
-        stores it all the same, unless the server is out of reach (then it is lost)."""
-        body = TopicEventBody(data=data)
-        await self._nc.publish(
-            subjects.topic_subject(topic),
-            body.to_bytes(),
-            headers={"Nats-Msg-Id": event_id} if event_id else None,
-        )
+        stores it all the same, unless no server can (then it is lost)."""
+        await self._nc.publish(subjects.topic_subject(topic), TopicEventBody(data=data).to_bytes())
 
     async def snapshot(self, topic: str) -> TopicSnapshot | None:
         try:

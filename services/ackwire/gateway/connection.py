@@ -29,31 +29,27 @@ from ackwire.gateway.sessions import (
     ResumeRefusedError,
     SessionLostError,
 )
-from ackwire.gateway.topics import TopicHub, TopicMember
+from ackwire.gateway.topics import ConnectionTopics, TopicHub
 from ackwire.sessions.record import SessionState
 from ackwire.settings import Settings
 from ackwire.tokens import Identity, InvalidTokenError, TokenVerifier
 from ackwire.wire import encode
-from ackwire.wire.codes import CloseCode, ErrorCode
+from ackwire.wire.codes import CloseCode
 from ackwire.wire.frames import (
     Ack,
     Bye,
     ClientFrame,
-    Error,
     Frame,
     Hello,
     Ping,
     Pong,
     Submit,
     Subscribe,
-    Subscribed,
     Unsubscribe,
-    Unsubscribed,
     Welcome,
 )
 from ackwire.wire.guard import Close, FrameGuard, Reject
 from ackwire.wire.rate import TokenBucket
-from ackwire.wire.topics import BadTopicError, allowed, topic_name
 
 _log = structlog.get_logger("ackwire.gateway")
 
@@ -74,6 +70,15 @@ class GatewayContext:
     nodes: NodeDirectory
 
 
+@dataclass(frozen=True, slots=True)
+class _Handlers:
+    """What serves a welcomed connection's frames."""
+
+    pump: DeliveryPump
+    intake: JobIntake
+    topics: ConnectionTopics
+
+
 class ClientConnection:
     """Drives one WebSocket from upgrade to close."""
 
@@ -84,8 +89,7 @@ class ClientConnection:
         self._connection_id = "c-" + secrets.token_hex(8)
         self._pump: DeliveryPump | None = None
         self._identity: Identity | None = None
-        self._members: dict[str, TopicMember] = {}
-        self._leaving: set[asyncio.Task[None]] = set()
+        self._topics: ConnectionTopics | None = None
         self._taken_over = False
         self._ended = False
         self._closing: asyncio.Task[None] | None = None
@@ -118,15 +122,6 @@ class ClientConnection:
             self._closing = asyncio.create_task(
                 self._close(Close(CloseCode.TOO_SLOW, "too slow: events piled up; resume"))
             )
-
-    def _topic_failed(self, member: TopicMember) -> None:
-        """A subscription could not be served (the store did not answer): drop it, so a
-        new `subscribe` starts afresh. The session's record keeps it for a resume."""
-        if self._members.get(member.topic) is member:
-            del self._members[member.topic]
-            task = asyncio.create_task(self._gateway.topics.leave(member))
-            self._leaving.add(task)
-            task.add_done_callback(self._leaving.discard)
 
     # -- the connection's life -----------------------------------------------
 
@@ -191,9 +186,18 @@ class ClientConnection:
         try:
             if self._taken_over:
                 return  # taken over before it began; 4409 is on its way
+            self._topics = ConnectionTopics(
+                self._gateway.topics,
+                self._send,
+                claims=identity.topics,
+                record=lambda topics: self._gateway.sessions.subscribed_to(self, topics),
+                buffer=settings.topic_buffer,
+                max_topics=settings.max_topics,
+                on_overflow=self._too_slow,
+            )
             # Followed before the welcome: an event published once the client has its
             # welcome reaches it, snapshot or not.
-            restoring = await self._follow_topics(opened.topics)
+            await self._topics.follow_restored(opened.topics)
             await self._send(
                 Welcome(
                     session_id=opened.session_id,
@@ -235,16 +239,16 @@ class ClientConnection:
                 _log.error("session.bus_unavailable", error=str(exc) or type(exc).__name__)
                 await self._close(Close(CloseCode.INTERNAL_ERROR, "bus unavailable; retry"))
                 return
-            await self._restore_topics(opened.topics, restoring)
-            await self._read_frames(self._pump, intake)
+            await self._topics.start_restored()
+            await self._read_frames(_Handlers(self._pump, intake, self._topics))
         finally:
             metrics.CONNECTIONS.dec()
             await self._end(opened)
 
     async def _end(self, opened: Opened) -> None:
         """Stop delivering; unless the session moved on, record that it is detached."""
-        for member in self._members.values():
-            await self._gateway.topics.leave(member)
+        if self._topics is not None:
+            await self._topics.leave_all()
         if self._pump is not None:
             await self._pump.stop()
         if self._closing is not None:
@@ -258,7 +262,7 @@ class ClientConnection:
             await self._gateway.presence.left(self._identity.user, opened.session_id)
         _log.info("session.connection_ended", close_code=self._ws.close_code)
 
-    async def _read_frames(self, pump: DeliveryPump, intake: JobIntake) -> None:
+    async def _read_frames(self, handlers: _Handlers) -> None:
         async for data in self._ws:
             verdict = self._guard.receive(data)
             if isinstance(verdict, Close):
@@ -268,126 +272,26 @@ class ClientConnection:
                 metrics.BAD_FRAMES.inc()
                 await self._send(verdict.error)
                 continue
-            if not await self._handle(verdict.frame, pump, intake):
+            if not await self._handle(verdict.frame, handlers):
                 return
 
-    async def _handle(self, frame: ClientFrame, pump: DeliveryPump, intake: JobIntake) -> bool:
+    async def _handle(self, frame: ClientFrame, handlers: _Handlers) -> bool:
         """Act on one accepted frame; `False` when the connection is over."""
         match frame:
             case Ping():
                 await self._send(Pong())
             case Bye():
-                await self._close(await self._bye(pump))
+                await self._close(await self._bye(handlers.pump))
                 return False
             case Ack():
-                pump.acked(frame)
+                handlers.pump.acked(frame)
             case Submit():
-                await self._send(await intake.submit(frame))
+                await self._send(await handlers.intake.submit(frame))
             case Subscribe():
-                await self._subscribe(frame)
+                await handlers.topics.subscribe(frame)
             case Unsubscribe():
-                await self._unsubscribe(frame)
+                await handlers.topics.unsubscribe(frame)
         return True
-
-    # -- topics ----------------------------------------------------------------
-
-    async def _subscribe(self, frame: Subscribe) -> None:
-        assert self._identity is not None  # frames are read only after the handshake
-        try:
-            topic = topic_name(frame.topic)
-        except BadTopicError as exc:
-            await self._send(Error(ref=frame.ref, code=ErrorCode.BAD_FRAME, message=str(exc)))
-            return
-        if not allowed(self._identity.topics, topic):
-            await self._send(
-                Error(
-                    ref=frame.ref,
-                    code=ErrorCode.FORBIDDEN_TOPIC,
-                    message=f"the token's topics claim does not allow {topic}",
-                )
-            )
-            return
-        if topic in self._members:
-            await self._send(Subscribed(ref=frame.ref, topic=topic))
-            return
-        if len(self._members) >= self._gateway.settings.max_topics:
-            await self._send(
-                Error(
-                    ref=frame.ref,
-                    code=ErrorCode.TOO_MANY_TOPICS,
-                    message=f"a session holds at most {len(self._members)} subscriptions",
-                )
-            )
-            return
-        if not await self._record_topics((*self._members, topic), frame.ref):
-            return
-        await self._join(topic, frame.ref)
-
-    async def _unsubscribe(self, frame: Unsubscribe) -> None:
-        member = self._members.pop(frame.topic, None)
-        if member is not None:
-            await self._gateway.topics.leave(member)
-            if not await self._record_topics(tuple(self._members), frame.ref):
-                return
-        await self._send(Unsubscribed(ref=frame.ref, topic=frame.topic))
-
-    async def _join(self, topic: str, ref: str | None) -> None:
-        member = await self._follow(topic)
-        member.start(ref)
-
-    async def _follow(self, topic: str) -> TopicMember:
-        member = TopicMember(
-            topic,
-            self._gateway.topics.store,
-            self._send,
-            buffer=self._gateway.settings.topic_buffer,
-            on_overflow=self._too_slow,
-            on_failed=self._topic_failed,
-        )
-        self._members[topic] = member
-        await self._gateway.topics.join(member)
-        return member
-
-    async def _record_topics(self, topics: tuple[str, ...], ref: str | None) -> bool:
-        """Write the session's subscriptions (restored on a resume); `False` when the bus
-        could not confirm it (the client is told `unavailable`)."""
-        try:
-            await self._gateway.sessions.subscribed_to(self, tuple(sorted(topics)))
-        except BUS_ERRORS as exc:
-            _log.warning("topic.not_recorded", error=str(exc) or type(exc).__name__)
-            await self._send(
-                Error(
-                    ref=ref,
-                    code=ErrorCode.UNAVAILABLE,
-                    message="the subscription could not be recorded; try again",
-                )
-            )
-            return False
-        return True
-
-    async def _follow_topics(self, topics: tuple[str, ...]) -> list[TopicMember]:
-        """A resumed session's subscriptions that the current token still allows."""
-        assert self._identity is not None
-        return [
-            await self._follow(topic) for topic in topics if allowed(self._identity.topics, topic)
-        ]
-
-    async def _restore_topics(self, topics: tuple[str, ...], restoring: list[TopicMember]) -> None:
-        """Send each restored topic's snapshot again, then its events; a topic the current
-        token no longer allows is dropped and named in an error."""
-        kept = tuple(member.topic for member in restoring)
-        for topic in topics:
-            if topic not in kept:
-                await self._send(
-                    Error(
-                        code=ErrorCode.FORBIDDEN_TOPIC,
-                        message=f"subscription to {topic} dropped: the token no longer allows it",
-                    )
-                )
-        if kept != topics:
-            await self._record_topics(kept, None)
-        for member in restoring:
-            member.start(None)
 
     async def _bye(self, pump: DeliveryPump) -> Close:
         """End the session for good; what it is still owed stays stored, undelivered."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
+import stamina
 import structlog
 from nats.errors import Error as NatsError
 from nats.js.errors import Error as JetStreamError
@@ -27,6 +28,7 @@ from ackwire.lifecycle import cancel_and_wait
 _log = structlog.get_logger("ackwire.gateway")
 
 _BUS_ERRORS = (NatsError, JetStreamError, TimeoutError, TopicStoreError)
+_GONE_RETRY_S = 60.0
 
 
 class PresenceNotices:
@@ -49,26 +51,36 @@ class PresenceNotices:
 
     def gateway_expired(self, gone: GatewayRecord) -> None:
         """Another gateway's lease lapsed. Every gateway that saw it says so; the store
-        keeps one (the event id names the gateway incarnation)."""
-        task = asyncio.create_task(
-            self._publish(
-                subjects.GATEWAYS_GONE_TOPIC,
-                PresenceChange(change="gateway_gone", gateway=gone.name),
-                event_id=f"gone-{gone.name}-{gone.incarnation}",
-            )
-        )
+        keeps one (the event id names the gateway incarnation). Rare, and it stands for
+        every session that gateway held: published with the store's answer awaited, and
+        retried while a cluster elects leaders (a gateway's death may come with a
+        server's)."""
+        task = asyncio.create_task(self._announce_gone(gone))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    async def _announce_gone(self, gone: GatewayRecord) -> None:
+        change = PresenceChange(change="gateway_gone", gateway=gone.name)
+        try:
+            async for attempt in stamina.retry_context(
+                on=_BUS_ERRORS, attempts=None, timeout=_GONE_RETRY_S
+            ):
+                with attempt:
+                    await self._store.publish(
+                        subjects.GATEWAYS_GONE_TOPIC,
+                        change.model_dump(mode="json"),
+                        event_id=f"gone-{gone.name}-{gone.incarnation}",
+                    )
+        except _BUS_ERRORS as exc:
+            _log.warning("presence.not_published", gateway_gone=gone.name, error=str(exc))
 
     async def stop(self) -> None:
         for task in list(self._pending):
             await cancel_and_wait(task)
 
-    async def _publish(
-        self, topic: str, change: PresenceChange, event_id: str | None = None
-    ) -> None:
+    async def _publish(self, topic: str, change: PresenceChange) -> None:
         try:
-            await self._store.announce(topic, change.model_dump(mode="json"), event_id=event_id)
+            await self._store.announce(topic, change.model_dump(mode="json"))
         except _BUS_ERRORS as exc:  # presence is advisory; the records are the truth
             _log.warning(
                 "presence.not_published", topic=topic, error=str(exc) or type(exc).__name__

@@ -57,6 +57,7 @@ BUS_ERRORS = (NatsError, JetStreamError, TimeoutError)
 _RELEASE_TIMEOUT_S = 2.0
 _CLAIM_ATTEMPTS = 3
 _REFRESH_BATCH = 256
+_REFRESH_RETRY_S = 30.0
 
 
 class Holding(Protocol):
@@ -223,7 +224,7 @@ class HeldSessions:
         )
         revision = await self._table.create(record)
         self._held[connection.connection_id] = _Hold(connection, record, revision)
-        await self._users.keep(user, record.session_id)
+        await self._index(record)
         return Opened(record.session_id, token, resumed=False, reason=reason, sent_before=0)
 
     async def _resume(
@@ -232,15 +233,24 @@ class HeldSessions:
         before = found.record
         record = before.claimed(holder, _now())
         revision = await self._table.replace(record, revision=found.revision)
-        self._held[connection.connection_id] = _Hold(connection, record, revision)
-        await self._users.keep(record.user, record.session_id)
-        sent_before = max(before.sent_upto, resume.last_seq or 0)
-        if before.state is SessionState.LIVE:
-            released = await self._ask_to_release(before)
-            # Nobody can say what a dead holder sent: whatever was stored by now may
-            # have reached the client, so its next send counts as a redelivery.
-            sent = await self._queue.last_seq(record.session_id) if released is None else released
-            sent_before = max(sent_before, sent)
+        hold = _Hold(connection, record, revision)
+        self._held[connection.connection_id] = hold
+        try:
+            # The session is this connection's from here: the previous holder is told
+            # first, before anything else can fail.
+            sent_before = max(before.sent_upto, resume.last_seq or 0)
+            if before.state is SessionState.LIVE:
+                released = await self._ask_to_release(before)
+                # Nobody can say what a dead holder sent: whatever was stored by now may
+                # have reached the client, so its next send counts as a redelivery.
+                sent = (
+                    await self._queue.last_seq(record.session_id) if released is None else released
+                )
+                sent_before = max(sent_before, sent)
+        except BUS_ERRORS:
+            await self._abandon(hold)
+            raise
+        await self._index(record)
         _log.info(
             "session.resumed",
             session_id=record.session_id,
@@ -255,6 +265,27 @@ class HeldSessions:
             sent_before=sent_before,
             topics=record.topics,
         )
+
+    async def _index(self, record: SessionRecord) -> None:
+        """List the session under its user. Best effort: the next refresh lists it again."""
+        try:
+            await self._users.keep(record.user, record.session_id)
+        except BUS_ERRORS as exc:
+            _log.warning("session.not_indexed", error=str(exc) or type(exc).__name__)
+
+    async def _abandon(self, hold: _Hold) -> None:
+        """The connection got the session but cannot be welcomed (the bus failed): give the
+        session up again, so it does not look held by a connection about to close."""
+        self._held.pop(hold.connection.connection_id, None)
+        try:
+            await self._write_while_ours(
+                hold,
+                lambda record: record.let_go(SessionState.DETACHED, sent_upto=0, now=_now()),
+            )
+        except BUS_ERRORS as exc:
+            # Still marked live on this gateway; whoever resumes next asks it to let go,
+            # and it answers that it holds nothing.
+            _log.warning("session.abandon_failed", error=str(exc) or type(exc).__name__)
 
     async def _ask_to_release(self, before: SessionRecord) -> int | None:
         """Have the previous holder stop and close 4409; the highest seq it had sent, or
@@ -316,14 +347,20 @@ class HeldSessions:
     async def _refresh_one(self, hold: _Hold) -> None:
         sent_upto = hold.connection.sent_upto
         try:
-            ours = await self._write_while_ours(
-                hold, lambda record: record.model_copy(update={"sent_upto": sent_upto})
-            )
-            if ours:
-                await self._users.keep(hold.record.user, hold.record.session_id)
+            # Retried for a while: a refresh right after a reconnect may meet a cluster
+            # still electing leaders, and the next one is a quarter of a TTL away.
+            async for attempt in stamina.retry_context(
+                on=BUS_ERRORS, attempts=None, timeout=_REFRESH_RETRY_S
+            ):
+                with attempt:
+                    ours = await self._write_while_ours(
+                        hold, lambda record: record.model_copy(update={"sent_upto": sent_upto})
+                    )
         except BUS_ERRORS as exc:
             _log.warning("session.refresh_failed", error=str(exc) or type(exc).__name__)
             return
+        if ours:
+            await self._index(hold.record)
         if not ours and self._held.pop(hold.connection.connection_id, None) is not None:
             metrics.TAKEOVERS.inc()
             _log.info("session.lost", session_id=hold.record.session_id)

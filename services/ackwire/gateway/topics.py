@@ -18,18 +18,30 @@ from collections.abc import Awaitable, Callable
 import structlog
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
+from nats.js.errors import Error as JetStreamError
 from websockets.exceptions import ConnectionClosed
 
 from ackwire.bus.topics import TopicEvent, TopicStore, TopicStoreError
 from ackwire.lifecycle import cancel_and_wait
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.cursor import Emit, ReadFirst, TopicCursor
-from ackwire.wire.frames import Error, Event, Frame, Subscribed
+from ackwire.wire.frames import (
+    Error,
+    Event,
+    Frame,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+)
+from ackwire.wire.topics import BadTopicError, allowed, topic_name
 
 _log = structlog.get_logger("ackwire.gateway")
 
 _READ_BATCH = 256
 _BUS_ERRORS = (NatsError, TimeoutError, TopicStoreError)
+#: What writing the session's subscriptions to its record may raise.
+RECORD_ERRORS = (NatsError, JetStreamError, TimeoutError)
 
 SendFrame = Callable[[Frame], Awaitable[None]]
 
@@ -172,3 +184,132 @@ class TopicHub:
                         await feed.subscription.unsubscribe()
                     except NatsError as exc:
                         _log.debug("topic.unsubscribe_failed", error=str(exc))
+
+
+RecordTopics = Callable[[tuple[str, ...]], Awaitable[None]]
+
+
+class ConnectionTopics:
+    """One connection's subscriptions: `subscribe`, `unsubscribe`, the restore after a
+    resume, and leaving every topic when the connection ends."""
+
+    def __init__(
+        self,
+        hub: TopicHub,
+        send: SendFrame,
+        *,
+        claims: tuple[str, ...],
+        record: RecordTopics,
+        buffer: int,
+        max_topics: int,
+        on_overflow: Callable[[], None],
+    ) -> None:
+        self._hub = hub
+        self._send = send
+        self._claims = claims
+        self._record = record
+        self._buffer = buffer
+        self._max_topics = max_topics
+        self._on_overflow = on_overflow
+        self._members: dict[str, TopicMember] = {}
+        self._restoring: list[TopicMember] = []
+        self._dropped: tuple[str, ...] = ()
+        self._leaving: set[asyncio.Task[None]] = set()
+
+    async def subscribe(self, frame: Subscribe) -> None:
+        refusal = self._refusal(frame.topic)
+        if refusal is not None:
+            code, message = refusal
+            await self._send(Error(ref=frame.ref, code=code, message=message))
+            return
+        if frame.topic in self._members:
+            await self._send(Subscribed(ref=frame.ref, topic=frame.topic))
+            return
+        if await self._recorded((*self._members, frame.topic), frame.ref):
+            (await self._follow(frame.topic)).start(frame.ref)
+
+    async def unsubscribe(self, frame: Unsubscribe) -> None:
+        member = self._members.pop(frame.topic, None)
+        if member is not None:
+            await self._hub.leave(member)
+            if not await self._recorded(tuple(self._members), frame.ref):
+                return
+        await self._send(Unsubscribed(ref=frame.ref, topic=frame.topic))
+
+    async def follow_restored(self, topics: tuple[str, ...]) -> None:
+        """Before a resumed `welcome`: follow the session's topics the token still allows,
+        so no event published after the client has its `welcome` is missed."""
+        self._dropped = tuple(topic for topic in topics if not allowed(self._claims, topic))
+        self._restoring = [await self._follow(t) for t in topics if t not in self._dropped]
+
+    async def start_restored(self) -> None:
+        """After the `welcome`: each restored topic's snapshot again, then its events; a
+        dropped topic is named in an error, and the session's record forgets it."""
+        for topic in self._dropped:
+            await self._send(
+                Error(
+                    code=ErrorCode.FORBIDDEN_TOPIC,
+                    message=f"subscription to {topic} dropped: the token no longer allows it",
+                )
+            )
+        if self._dropped:
+            await self._recorded(tuple(self._members), None)
+        for member in self._restoring:
+            member.start(None)
+        self._restoring, self._dropped = [], ()
+
+    async def leave_all(self) -> None:
+        for member in self._members.values():
+            await self._hub.leave(member)
+        self._members.clear()
+        await asyncio.gather(*self._leaving)  # failed members still leaving their feed
+
+    def _refusal(self, topic: str) -> tuple[ErrorCode, str] | None:
+        try:
+            topic_name(topic)
+        except BadTopicError as exc:
+            return ErrorCode.BAD_FRAME, str(exc)
+        if not allowed(self._claims, topic):
+            return ErrorCode.FORBIDDEN_TOPIC, f"the token's topics claim does not allow {topic}"
+        if topic not in self._members and len(self._members) >= self._max_topics:
+            return ErrorCode.TOO_MANY_TOPICS, f"a session holds at most {self._max_topics} topics"
+        return None
+
+    async def _follow(self, topic: str) -> TopicMember:
+        member = TopicMember(
+            topic,
+            self._hub.store,
+            self._send,
+            buffer=self._buffer,
+            on_overflow=self._on_overflow,
+            on_failed=self._failed,
+        )
+        self._members[topic] = member
+        await self._hub.join(member)
+        return member
+
+    def _failed(self, member: TopicMember) -> None:
+        """The store did not serve a subscription: drop it, so a new `subscribe` starts
+        afresh (the session's record keeps it for a resume)."""
+        if self._members.get(member.topic) is member:
+            del self._members[member.topic]
+            task = asyncio.create_task(self._hub.leave(member))
+            self._leaving.add(task)
+            task.add_done_callback(self._leaving.discard)
+
+    async def _recorded(self, topics: tuple[str, ...], ref: str | None) -> bool:
+        """Write the session's subscriptions (restored on a resume); `False` when the bus
+        could not confirm it (the client is told `unavailable`)."""
+        try:
+            await self._record(tuple(sorted(topics)))
+        except RECORD_ERRORS as exc:
+            _log.warning("topic.not_recorded", error=str(exc) or type(exc).__name__)
+            await self._send(
+                Error(
+                    ref=ref,
+                    code=ErrorCode.UNAVAILABLE,
+                    message="the subscription could not be recorded; try again",
+                )
+            )
+            return False
+        return True

@@ -175,7 +175,9 @@ async def test_sessions_of_a_killed_gateway_resume_on_the_survivor_with_nothing_
         first, *_ = await holder.take(3)
         await send(holder.ws, Ack(seq=first.seq))  # one acked (or not yet: dedupe covers it)
 
-    gone_notices = await nc.subscribe(subjects.live_topic_subject(subjects.GATEWAYS_GONE_TOPIC))
+    gone_notices = await nc.jetstream().subscribe(  # what the store keeps, from the start
+        subjects.topic_subject(subjects.GATEWAYS_GONE_TOPIC), ordered_consumer=True
+    )
     gw1.process.send_signal(signal.SIGKILL)
     await gw1.exit_code()
     await bus.lose_a_server()
