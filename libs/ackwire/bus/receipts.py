@@ -9,13 +9,13 @@ retried one by its id.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Literal
 
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ackwire.bus import subjects
+from ackwire.bus.following import Following
 from ackwire.bus.models import Delivery, Receipt
 
 
@@ -57,15 +57,11 @@ class Receipts:
             await sub.unsubscribe()
         raise ConnectionError("the receipt subscription ended")
 
-    async def follow(self, producer: str) -> AsyncIterator[Receipt]:
-        """Every receipt for `producer` from now on, as they are stored."""
+    async def follow(self, producer: str) -> Following[Receipt]:
+        """Every receipt for `producer` stored from the return on."""
         sub = await self._js.subscribe(
             subjects.receipts_of(producer),
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
         )
-        try:
-            async for msg in sub.messages:
-                yield Receipt.model_validate_json(msg.data)
-        finally:
-            await sub.unsubscribe()
+        return Following(sub, lambda msg: Receipt.model_validate_json(msg.data))

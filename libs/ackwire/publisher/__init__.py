@@ -17,16 +17,16 @@ is connected (see docs/backends.md).
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TypeGuard
 
 from nats.aio.client import Client
-from nats.aio.subscription import Subscription
+from nats.aio.msg import Msg
 from pydantic import JsonValue
 
 from ackwire.bus import subjects
 from ackwire.bus.connect import connect_nats
+from ackwire.bus.following import Following
 from ackwire.bus.models import Delivery, PresenceChange, Receipt, TopicEventBody
 from ackwire.bus.receipts import Receipts
 from ackwire.bus.session_queue import SessionQueue
@@ -130,38 +130,26 @@ class Publisher:
         as long as it takes: bound it (`async with asyncio.timeout(…)`)."""
         return await self._receipts.first(self._producer, message_id)
 
-    def receipts(self) -> AsyncIterator[Receipt]:
-        """Every receipt of this producer's messages from now on."""
-        return self._receipts.follow(self._producer)
+    async def receipts(self) -> Following[Receipt]:
+        """Every receipt of this producer's messages stored from the return on:
+        `async for receipt in following`, then `await following.close()`."""
+        return await self._receipts.follow(self._producer)
 
     async def presence(self, user: str) -> UserPresence:
         """Whether `user` is online now, and on which sessions."""
         return await user_presence(self._nc, user)
 
-    async def presence_changes(self) -> PresenceChanges:
+    async def presence_changes(self) -> Following[PresenceChange]:
         """Every presence change from the return on: sessions joining and leaving, and
         gateways gone without goodbye (all they held is offline). The same events that
         clients read on the topics `presence.<user>` and `presence.gateways`."""
         sub = await self._nc.subscribe(subjects.LIVE_PRESENCE_SUBJECTS)
         await self._nc.flush()  # following once this returns
-        return PresenceChanges(sub)
+        return Following(sub, _presence_change)
 
 
-class PresenceChanges:
-    """`async for change in changes`; `await changes.close()` when done."""
-
-    def __init__(self, sub: Subscription) -> None:
-        self._sub = sub
-
-    def __aiter__(self) -> PresenceChanges:
-        return self
-
-    async def __anext__(self) -> PresenceChange:
-        msg = await self._sub.messages.__anext__()
-        return PresenceChange.model_validate(TopicEventBody.model_validate_json(msg.data).data)
-
-    async def close(self) -> None:
-        await self._sub.unsubscribe()
+def _presence_change(msg: Msg) -> PresenceChange:
+    return PresenceChange.model_validate(TopicEventBody.model_validate_json(msg.data).data)
 
 
 def _resumable(found: Lookup) -> TypeGuard[Found]:
@@ -169,9 +157,9 @@ def _resumable(found: Lookup) -> TypeGuard[Found]:
 
 
 __all__ = [
+    "Following",
     "NoRecipientError",
     "PresenceChange",
-    "PresenceChanges",
     "Publisher",
     "Receipt",
     "Sent",

@@ -131,3 +131,19 @@ async def test_a_receipt_is_never_issued_for_a_message_nobody_acked(
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(1.5):
             await publisher.receipt(sent.id)
+
+
+async def test_a_producer_follows_the_receipts_of_its_messages(
+    gateway: Gateway, publisher: Publisher, make_token: MakeToken
+) -> None:
+    receipts = await publisher.receipts()
+    ws, _ = await welcomed(gateway.url, make_token("ida"))
+    sent = [await publisher.send({"n": n}, user="ida") for n in range(3)]
+    delivers = [await next_deliver(ws) for _ in sent]
+    await send(ws, Ack(upto=delivers[-1].seq))
+    async with asyncio.timeout(5):
+        got = [await anext(receipts) for _ in sent]
+    assert sorted(r.message_id for r in got) == sorted(s.id for s in sent)
+    assert {r.outcome for r in got} == {"delivered"}
+    await receipts.close()
+    await ws.close()
