@@ -57,10 +57,11 @@ def make_token() -> Callable[..., str]:
 
 
 @pytest.fixture(autouse=True)
-def no_process_left_behind() -> Iterator[None]:
-    """A test that fails halfway must not leave its service processes running."""
+async def no_process_left_behind() -> AsyncIterator[None]:
+    """A test that fails halfway must not leave its service processes running (nor their
+    pipes to be collected after its event loop closed)."""
     yield
-    AckwireProcess.kill_leftovers()
+    await AckwireProcess.kill_leftovers()
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import signal
 import sys
 from typing import Any, ClassVar
 
+from ackwire.lifecycle import cancel_and_wait
+
 WAIT_S = 30.0
 
 
@@ -48,12 +50,16 @@ class AckwireProcess:
         return started
 
     @classmethod
-    def kill_leftovers(cls) -> None:
-        """SIGKILL every process a test started and did not stop (a failed test)."""
+    async def kill_leftovers(cls) -> None:
+        """SIGKILL every process a test started and did not stop (a failed test), and
+        reap it while the test's event loop still runs."""
         for leftover in cls.started:
             if leftover.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(leftover.pid, signal.SIGKILL)
+                    leftover.process.kill()
+                await leftover.process.wait()
+            for reader in leftover._readers:
+                await cancel_and_wait(reader)
         cls.started.clear()
 
     @property

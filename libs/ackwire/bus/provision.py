@@ -20,6 +20,8 @@ from ackwire.bus import subjects
 from ackwire.bus.topics import EVENTS_KEPT_PER_TOPIC
 from ackwire.settings import Settings
 
+_MARKER_TTL_MIN_S = 60.0
+
 #: JetStream's "stream name already in use with a different configuration".
 _STREAM_NAME_IN_USE = 10058
 
@@ -35,8 +37,10 @@ class BucketSpec:
 
     @property
     def marker_ttl_s(self) -> float | None:
-        """How long an expiry marker stays (JetStream's minimum is one second)."""
-        return None if self.ttl_s is None else max(self.ttl_s, 1.0)
+        """How long an expiry marker stays. At least a minute: a watcher whose consumer
+        is being recreated (its server died) must still find the marker when it resumes,
+        or it would never learn that the entry expired."""
+        return None if self.ttl_s is None else max(self.ttl_s, _MARKER_TTL_MIN_S)
 
 
 def buckets(settings: Settings) -> list[BucketSpec]:
