@@ -2,37 +2,16 @@
 real NATS: to every session of a user, to one session, acked like job results."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-import nats
 import pytest
 
-from ackwire.bus.embedded import EmbeddedNats
-from ackwire.bus.provision import provision
 from ackwire.gateway.server import Gateway
 from ackwire.publisher import NoRecipientError, Publisher
-from ackwire.settings import Settings
 from ackwire.wire.frames import Ack, Bye
 from support.client import closed_with, next_deliver, resumed, send, welcomed
 
 MakeToken = Callable[..., str]
-
-
-@pytest.fixture
-async def publisher(nats_server: EmbeddedNats, settings: Settings) -> AsyncIterator[Publisher]:
-    nc = await nats.connect(nats_server.url)
-    await provision(nc.jetstream(), settings)
-    yield Publisher(nc)
-    await nc.close()
-
-
-@pytest.fixture
-async def two_gateways(settings: Settings) -> AsyncIterator[tuple[Gateway, Gateway]]:
-    async with (
-        Gateway(settings, name="gw-1", host="127.0.0.1", port=0) as gw1,
-        Gateway(settings, name="gw-2", host="127.0.0.1", port=0) as gw2,
-    ):
-        yield gw1, gw2
 
 
 async def test_a_message_to_a_user_reaches_each_of_their_sessions_on_two_gateways(

@@ -37,16 +37,6 @@ MakeToken = Callable[..., str]
 
 
 @pytest.fixture
-async def two_gateways(settings: Settings) -> AsyncIterator[tuple[Gateway, Gateway]]:
-    tuned = settings.model_copy(update={"lease_heartbeat_s": 0.5})
-    async with (
-        Gateway(tuned, name="gw-1", host="127.0.0.1", port=0) as gw1,
-        Gateway(tuned, name="gw-2", host="127.0.0.1", port=0) as gw2,
-    ):
-        yield gw1, gw2
-
-
-@pytest.fixture
 async def bus(nats_server: EmbeddedNats) -> AsyncIterator[tuple[Client, SessionQueue]]:
     nc = await nats.connect(nats_server.url)
     yield nc, SessionQueue(nc, nc.jetstream())

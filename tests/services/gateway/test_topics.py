@@ -40,17 +40,6 @@ async def store(nats_server: EmbeddedNats, settings: Settings) -> AsyncIterator[
     await nc.close()
 
 
-@pytest.fixture
-async def two_gateways(
-    settings: Settings, store: TopicStore
-) -> AsyncIterator[tuple[Gateway, Gateway]]:
-    async with (
-        Gateway(settings, name="gw-1", host="127.0.0.1", port=0) as gw1,
-        Gateway(settings, name="gw-2", host="127.0.0.1", port=0) as gw2,
-    ):
-        yield gw1, gw2
-
-
 async def subscribe(ws: ClientConnection, topic: str, ref: str = "s-1") -> None:
     await send(ws, Subscribe(ref=ref, topic=topic))
     answer = await receive(ws)

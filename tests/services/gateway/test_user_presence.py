@@ -2,38 +2,15 @@
 happen (join, leave; a takeover moves a session and is not a leave)."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-import nats
-import pytest
-
-from ackwire.bus.embedded import EmbeddedNats
 from ackwire.bus.models import PresenceChange
-from ackwire.bus.provision import provision
 from ackwire.gateway.server import Gateway
 from ackwire.publisher import Publisher
-from ackwire.settings import Settings
 from ackwire.wire.frames import Event, Subscribe, Subscribed
 from support.client import closed_with, receive, resumed, send, welcomed
 
 MakeToken = Callable[..., str]
-
-
-@pytest.fixture
-async def publisher(nats_server: EmbeddedNats, settings: Settings) -> AsyncIterator[Publisher]:
-    nc = await nats.connect(nats_server.url)
-    await provision(nc.jetstream(), settings)
-    yield Publisher(nc)
-    await nc.close()
-
-
-@pytest.fixture
-async def two_gateways(settings: Settings) -> AsyncIterator[tuple[Gateway, Gateway]]:
-    async with (
-        Gateway(settings, name="gw-1", host="127.0.0.1", port=0) as gw1,
-        Gateway(settings, name="gw-2", host="127.0.0.1", port=0) as gw2,
-    ):
-        yield gw1, gw2
 
 
 async def test_a_backend_asks_whether_a_user_is_online_and_where(
