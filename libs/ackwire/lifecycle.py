@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 import structlog
@@ -92,3 +93,24 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
         await asyncio.wait({task}, timeout=_RECANCEL_S)
     if not task.cancelled():
         task.result()  # raises what the task raised, as awaiting it would
+
+
+class BackgroundTasks:
+    """Tasks a component starts and does not await where it starts them: kept referenced
+    until done (asyncio holds only weak references), and ended with the component."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None], *, name: str | None = None) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def finish(self) -> None:
+        """Wait until every task has ended on its own."""
+        await asyncio.gather(*self._tasks)
+
+    async def cancel(self) -> None:
+        for task in list(self._tasks):
+            await cancel_and_wait(task)

@@ -78,72 +78,88 @@ def buckets(settings: Settings) -> list[BucketSpec]:
 def streams(settings: Settings) -> list[StreamConfig]:
     """Every stream of the suite (other than the buckets'), as this deployment configures it."""
     return [
-        StreamConfig(
-            name=subjects.SESSIONS_STREAM,
-            description="ackwire: every session's queue of messages owed, until acked",
-            subjects=[subjects.SESSION_SUBJECTS],
-            retention=RetentionPolicy.LIMITS,
+        _stream(
+            subjects.SESSIONS_STREAM,
+            subjects.SESSION_SUBJECTS,
+            "every session's queue of messages owed, until acked",
+            settings,
             # A safety net: the scheduler expires a message (with a receipt) at the
             # retention; the store drops what no scheduler got to a little later.
             max_age=settings.retention_s * 1.25,
-            storage=StorageType.FILE,
-            num_replicas=settings.replicas,
-            allow_direct=True,  # backlog reads in batches, from any replica
-            duplicate_window=_dedupe_window(settings),  # a retried publish is stored once
-            republish=RePublish(src=subjects.SESSION_SUBJECTS, dest=subjects.LIVE_SUBJECTS),
+            live=subjects.LIVE_SUBJECTS,
         ),
-        StreamConfig(
-            name=subjects.TOPICS_STREAM,
-            description="ackwire: topic events, the last ones of each topic",
-            subjects=[subjects.TOPIC_SUBJECTS],
-            retention=RetentionPolicy.LIMITS,
-            max_age=settings.retention_s,
+        _stream(
+            subjects.TOPICS_STREAM,
+            subjects.TOPIC_SUBJECTS,
+            "topic events, the last ones of each topic",
+            settings,
+            live=subjects.LIVE_TOPIC_SUBJECTS,
             max_msgs_per_subject=EVENTS_KEPT_PER_TOPIC,
-            storage=StorageType.FILE,
-            num_replicas=settings.replicas,
-            allow_direct=True,
-            duplicate_window=_dedupe_window(settings),
-            republish=RePublish(src=subjects.TOPIC_SUBJECTS, dest=subjects.LIVE_TOPIC_SUBJECTS),
         ),
-        StreamConfig(
-            name=subjects.RECEIPTS_STREAM,
-            description="ackwire: receipts for producers (delivered, expired undelivered)",
-            subjects=[subjects.RECEIPT_SUBJECTS],
-            retention=RetentionPolicy.LIMITS,
-            max_age=settings.retention_s,
-            storage=StorageType.FILE,
-            num_replicas=settings.replicas,
-            duplicate_window=_dedupe_window(settings),
+        _stream(
+            subjects.RECEIPTS_STREAM,
+            subjects.RECEIPT_SUBJECTS,
+            "receipts for producers (delivered, expired undelivered)",
+            settings,
         ),
-        _work_queue(
-            subjects.JOBS_STREAM, subjects.JOB_SUBMITTED, "jobs stored, until terminal", settings
+        _stream(
+            subjects.JOBS_STREAM,
+            subjects.JOB_SUBMITTED,
+            "jobs stored, until terminal",
+            settings,
+            retention=RetentionPolicy.WORK_QUEUE,
         ),
-        _work_queue(
-            subjects.JOB_EVENTS_STREAM, subjects.JOB_EVENTS, "nodes' attempt reports", settings
+        _stream(
+            subjects.JOB_EVENTS_STREAM,
+            subjects.JOB_EVENTS,
+            "nodes' attempt reports",
+            settings,
+            retention=RetentionPolicy.WORK_QUEUE,
         ),
-        _work_queue(
-            subjects.WORK_STREAM, subjects.WORK_SUBJECTS, "work for nodes, by kind", settings
+        _stream(
+            subjects.WORK_STREAM,
+            subjects.WORK_SUBJECTS,
+            "work for nodes, by kind",
+            settings,
+            retention=RetentionPolicy.WORK_QUEUE,
         ),
     ]
+
+
+def _stream(
+    name: str,
+    subject: str,
+    what: str,
+    settings: Settings,
+    *,
+    retention: RetentionPolicy = RetentionPolicy.LIMITS,
+    max_age: float | None = None,
+    live: str | None = None,
+    max_msgs_per_subject: int = -1,
+) -> StreamConfig:
+    """A stream of the suite, retention-bounded, with a duplicate window so a publish
+    retried after a lost answer is stored once. With `live`, it republishes each stored
+    message there (with the previous sequence of its subject) and serves reads in
+    batches from any replica."""
+    return StreamConfig(
+        name=name,
+        description=f"ackwire: {what}",
+        subjects=[subject],
+        retention=retention,
+        max_age=settings.retention_s if max_age is None else max_age,
+        max_msgs_per_subject=max_msgs_per_subject,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        allow_direct=True if live else None,
+        duplicate_window=_dedupe_window(settings),
+        republish=RePublish(src=subject, dest=live) if live else None,
+    )
 
 
 def _dedupe_window(settings: Settings) -> float:
     """Two minutes for a retried publish to be stored once, as long as JetStream allows
     (the window must fit within the stream's max age)."""
     return min(120.0, settings.retention_s)
-
-
-def _work_queue(name: str, subject: str, what: str, settings: Settings) -> StreamConfig:
-    return StreamConfig(
-        name=name,
-        description=f"ackwire: {what}",
-        subjects=[subject],
-        retention=RetentionPolicy.WORK_QUEUE,
-        max_age=settings.retention_s,
-        storage=StorageType.FILE,
-        num_replicas=settings.replicas,
-        duplicate_window=_dedupe_window(settings),
-    )
 
 
 class NoLeaderYetError(Exception):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import TypeGuard
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -33,7 +32,7 @@ from ackwire.bus.session_queue import SessionQueue
 from ackwire.bus.subjects import message_token, service_token, session_token
 from ackwire.bus.topics import TopicStore
 from ackwire.sessions.overview import UserPresence, user_presence
-from ackwire.sessions.record import Found, Lookup, SessionState
+from ackwire.sessions.record import addressable
 from ackwire.sessions.table import SessionTable
 from ackwire.sessions.users import UserSessions
 from ackwire.wire.topics import topic_name
@@ -52,12 +51,21 @@ class Sent:
     """The sessions it was stored for."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Stores:
+    topics: TopicStore
+    table: SessionTable
+    users: UserSessions
+
+
 class Publisher:
     def __init__(self, nc: Client, *, producer: str = "publisher") -> None:
         """`producer` names this service in receipts: `receipts()` follows its own."""
         self._nc = nc
         self._producer = service_token(producer)
         self._receipts = Receipts(nc)
+        self._queue = SessionQueue(nc, nc.jetstream())
+        self._stores: _Stores | None = None
         self._owns_connection = False
 
     @classmethod
@@ -78,8 +86,10 @@ class Publisher:
         """Publish an event to `topic`; with `snapshot`, it also becomes the topic's
         snapshot, sent first to every later subscriber. Returns the event's `seq` once
         stored. `event_id` makes a retried publish store the event once."""
-        store = await TopicStore.open(self._nc)
-        return await store.publish(topic_name(topic), data, snapshot=snapshot, event_id=event_id)
+        stores = await self._opened()
+        return await stores.topics.publish(
+            topic_name(topic), data, snapshot=snapshot, event_id=event_id
+        )
 
     async def send(
         self,
@@ -93,26 +103,24 @@ class Publisher:
         or for one `session`; returns once every copy is stored. Raises
         `NoRecipientError` when there is nobody to store it for. A retry with the same
         `message_id` (within two minutes) stores it once."""
-        js = self._nc.jetstream()
-        table = await SessionTable.open(js)
+        stores = await self._opened()
         if session is not None and user is None:
             candidates = [session_token(session)]
         elif user is not None and session is None:
-            candidates = await (await UserSessions.open(js)).of(user)
+            candidates = await stores.users.of(user)
         else:
             raise ValueError("send to exactly one of a user and a session")
         recipients: list[tuple[str, str]] = []
         for session_id in candidates:
-            found = await table.lookup(session_id)
-            if _resumable(found) and (user is None or found.record.user == user):
+            found = await stores.table.lookup(session_id)
+            if addressable(found) and (user is None or found.record.user == user):
                 recipients.append((session_id, found.record.user))
         if not recipients:
             who = f"user {user}" if user is not None else f"session {session}"
             raise NoRecipientError(f"{who} has no live or resumable session")
         message_id = message_token(message_id or "m-" + secrets.token_urlsafe(16))
-        queue = SessionQueue(self._nc, js)
         for session_id, owner in recipients:
-            await queue.put(
+            await self._queue.put(
                 Delivery(
                     id=message_id,
                     kind="message",
@@ -123,6 +131,17 @@ class Publisher:
                 )
             )
         return Sent(message_id, tuple(session_id for session_id, _ in recipients))
+
+    async def _opened(self) -> _Stores:
+        """The buckets this publisher uses, looked up once (each lookup asks the server)."""
+        if self._stores is None:
+            js = self._nc.jetstream()
+            self._stores = _Stores(
+                topics=await TopicStore.open(self._nc),
+                table=await SessionTable.open(js),
+                users=await UserSessions.open(js),
+            )
+        return self._stores
 
     async def receipt(self, message_id: str) -> Receipt:
         """The first receipt of a message sent by this producer: `delivered` once a client
@@ -150,10 +169,6 @@ class Publisher:
 
 def _presence_change(msg: Msg) -> PresenceChange:
     return PresenceChange.model_validate(TopicEventBody.model_validate_json(msg.data).data)
-
-
-def _resumable(found: Lookup) -> TypeGuard[Found]:
-    return isinstance(found, Found) and found.record.state is not SessionState.ENDED
 
 
 __all__ = [

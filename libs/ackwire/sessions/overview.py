@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from ackwire.bus import subjects
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.sessions.gateways import GatewayDirectory
-from ackwire.sessions.record import Found, SessionState
+from ackwire.sessions.record import Found, SessionState, addressable
 from ackwire.sessions.table import SessionTable
 from ackwire.sessions.users import UserSessions
 
@@ -97,7 +97,7 @@ async def user_presence(nc: Client, user: str) -> UserPresence:
         sessions = []
         for session_id in await (await UserSessions.open(js)).of(user):
             found = await table.lookup(session_id)
-            if not isinstance(found, Found) or found.record.state is SessionState.ENDED:
+            if not addressable(found):
                 continue
             sessions.append(
                 SessionPresence(

@@ -23,7 +23,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from ackwire.bus.models import BusModel
 from ackwire.bus.subjects import InvalidNameError, session_token
@@ -133,6 +133,12 @@ class Gone:
 
 Lookup = Found | Gone | None
 """`None`: no trace of the session at all."""
+
+
+def addressable(lookup: Lookup) -> TypeGuard[Found]:
+    """Whether messages may still be sent to the session: a record that is live or
+    detached (resumable), not ended."""
+    return isinstance(lookup, Found) and lookup.record.state is not SessionState.ENDED
 
 
 # -- verdicts --------------------------------------------------------------

@@ -183,6 +183,7 @@ class DeliveryPump:
             # Still in the store, so still owed: it comes again on the next connection.
             _log.warning("delivery.confirm_failed", seqs=list(confirm.released), error=str(exc))
             return
+        receipted: list[tuple[Delivery, int]] = []
         for seq in confirm.released:
             delivery = self._sent.pop(seq, None)
             if delivery is None:
@@ -197,7 +198,10 @@ class DeliveryPump:
                 trace_id=delivery.trace_id,
             )
             if delivery.receipt_to is not None:
-                await self._issue_receipt(delivery, seq)
+                receipted.append((delivery, seq))
+        # One batch of acks, its receipts stored side by side rather than one round trip
+        # after the other ahead of the next sends.
+        await asyncio.gather(*(self._issue_receipt(d, seq) for d, seq in receipted))
 
     async def _issue_receipt(self, delivery: Delivery, seq: int) -> None:
         try:

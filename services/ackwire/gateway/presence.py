@@ -13,8 +13,6 @@ the truth it points to.
 
 from __future__ import annotations
 
-import asyncio
-
 import stamina
 import structlog
 from nats.errors import Error as NatsError
@@ -23,7 +21,7 @@ from nats.js.errors import Error as JetStreamError
 from ackwire.bus import subjects
 from ackwire.bus.models import GatewayRecord, PresenceChange
 from ackwire.bus.topics import TopicStore, TopicStoreError
-from ackwire.lifecycle import cancel_and_wait
+from ackwire.lifecycle import BackgroundTasks
 
 _log = structlog.get_logger("ackwire.gateway")
 
@@ -35,7 +33,7 @@ class PresenceNotices:
     def __init__(self, store: TopicStore, gateway: str) -> None:
         self._store = store
         self._gateway = gateway
-        self._pending: set[asyncio.Task[None]] = set()
+        self._announcing = BackgroundTasks()
 
     async def joined(self, user: str, session_id: str) -> None:
         await self._publish(
@@ -55,9 +53,7 @@ class PresenceNotices:
         every session that gateway held: published with the store's answer awaited, and
         retried while a cluster elects leaders (a gateway's death may come with a
         server's)."""
-        task = asyncio.create_task(self._announce_gone(gone))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._announcing.spawn(self._announce_gone(gone))
 
     async def _announce_gone(self, gone: GatewayRecord) -> None:
         change = PresenceChange(change="gateway_gone", gateway=gone.name)
@@ -75,8 +71,7 @@ class PresenceNotices:
             _log.warning("presence.not_published", gateway_gone=gone.name, error=str(exc))
 
     async def stop(self) -> None:
-        for task in list(self._pending):
-            await cancel_and_wait(task)
+        await self._announcing.cancel()
 
     async def _publish(self, topic: str, change: PresenceChange) -> None:
         try:

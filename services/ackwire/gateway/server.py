@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from ackwire.gateway.connection import ClientConnection, GatewayContext
 from ackwire.gateway.presence import PresenceNotices
 from ackwire.gateway.sessions import HeldSessions
 from ackwire.gateway.topics import TopicHub
-from ackwire.lifecycle import cancel_and_wait
+from ackwire.lifecycle import BackgroundTasks
 from ackwire.probes import Probes
 from ackwire.sessions.gateways import GatewayDirectory
 from ackwire.sessions.table import SessionTable
@@ -66,7 +65,7 @@ class Gateway:
         self._incarnation = secrets.token_hex(8)
         self._sessions: HeldSessions | None = None
         self._lease: Lease | None = None
-        self._rechecks: set[asyncio.Task[None]] = set()
+        self._rechecks = BackgroundTasks()
 
     @property
     def name(self) -> str:
@@ -160,9 +159,7 @@ class Gateway:
         """Back on NATS after a loss: a takeover may have been missed meanwhile."""
         if self._sessions is None or self._draining:
             return
-        task = asyncio.create_task(self._sessions.refresh(), name="session recheck")
-        self._rechecks.add(task)
-        task.add_done_callback(self._rechecks.discard)
+        self._rechecks.spawn(self._sessions.refresh(), name="session recheck")
 
     async def drain(self) -> None:
         """Stop taking connections, close every client with 1001, then leave NATS."""
@@ -170,8 +167,7 @@ class Gateway:
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()  # every connection has recorded its detach
-        for task in list(self._rechecks):
-            await cancel_and_wait(task)
+        await self._rechecks.cancel()
         if self._sessions is not None:
             await self._sessions.stop()
         if self._lease is not None:

@@ -22,7 +22,7 @@ from nats.js.errors import Error as JetStreamError
 from websockets.exceptions import ConnectionClosed
 
 from ackwire.bus.topics import TopicEvent, TopicStore, TopicStoreError
-from ackwire.lifecycle import cancel_and_wait
+from ackwire.lifecycle import BackgroundTasks, cancel_and_wait
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.cursor import Emit, ReadFirst, TopicCursor
 from ackwire.wire.frames import (
@@ -214,7 +214,7 @@ class ConnectionTopics:
         self._members: dict[str, TopicMember] = {}
         self._restoring: list[TopicMember] = []
         self._dropped: tuple[str, ...] = ()
-        self._leaving: set[asyncio.Task[None]] = set()
+        self._leaving = BackgroundTasks()
 
     async def subscribe(self, frame: Subscribe) -> None:
         refusal = self._refusal(frame.topic)
@@ -262,7 +262,7 @@ class ConnectionTopics:
         for member in self._members.values():
             await self._hub.leave(member)
         self._members.clear()
-        await asyncio.gather(*self._leaving)  # failed members still leaving their feed
+        await self._leaving.finish()  # failed members still leaving their feed
 
     def _refusal(self, topic: str) -> tuple[ErrorCode, str] | None:
         try:
@@ -293,9 +293,7 @@ class ConnectionTopics:
         afresh (the session's record keeps it for a resume)."""
         if self._members.get(member.topic) is member:
             del self._members[member.topic]
-            task = asyncio.create_task(self._hub.leave(member))
-            self._leaving.add(task)
-            task.add_done_callback(self._leaving.discard)
+            self._leaving.spawn(self._hub.leave(member))
 
     async def _recorded(self, topics: tuple[str, ...], ref: str | None) -> bool:
         """Write the session's subscriptions (restored on a resume); `False` when the bus

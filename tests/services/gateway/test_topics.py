@@ -13,10 +13,13 @@ from ackwire.bus.embedded import EmbeddedNats
 from ackwire.bus.provision import provision
 from ackwire.bus.topics import TopicStore
 from ackwire.gateway.server import Gateway
+from ackwire.sessions.record import Found
+from ackwire.sessions.table import SessionTable
 from ackwire.settings import Settings
 from ackwire.wire import encode
 from ackwire.wire.codes import CloseCode, ErrorCode
 from ackwire.wire.frames import (
+    Bye,
     Error,
     Event,
     Hello,
@@ -24,7 +27,6 @@ from ackwire.wire.frames import (
     Subscribed,
     Unsubscribe,
     Unsubscribed,
-    Welcome,
 )
 from support.client import closed_with, receive, resumed, send, welcomed
 from support.logs import LogWatch
@@ -270,11 +272,22 @@ async def test_a_member_that_dies_during_a_fan_out_is_gone_and_the_others_get_ev
     assert not [e for e in logs.events if e["log_level"] in ("error", "exception")]
 
 
-async def test_the_welcome_of_a_fresh_session_restores_nothing(
-    gateway: Gateway, make_token: MakeToken
+async def test_a_session_that_did_not_resume_has_no_subscriptions(
+    nats_server: EmbeddedNats, gateway: Gateway, store: TopicStore, make_token: MakeToken
 ) -> None:
-    ws, welcome = await welcomed(gateway.url, make_token(topics=["a"]))
-    assert isinstance(welcome, Welcome)
-    await send(ws, Subscribe(ref="1", topic="a"))
-    assert await receive(ws) == Subscribed(ref="1", topic="a")
-    await ws.close()
+    token = make_token("tom", topics=["a"])
+    ws, welcome = await welcomed(gateway.url, token)
+    await subscribe(ws, "a")
+    await send(ws, Bye())
+    await closed_with(ws)
+    snapshot = await store.publish("a", {"x": 1}, snapshot=True)
+    fresh, again = await resumed(gateway.url, token, welcome)
+    assert (again.resumed, again.reason) == (False, "expired")
+    nc = await nats.connect(nats_server.url)
+    found = await (await SessionTable.open(nc.jetstream())).lookup(again.session_id)
+    await nc.close()
+    assert isinstance(found, Found)
+    assert found.record.topics == ()  # nothing to restore: the client subscribes again
+    await subscribe(fresh, "a")
+    assert (await next_event(fresh)).seq == snapshot  # and gets the snapshot then
+    await fresh.close()
