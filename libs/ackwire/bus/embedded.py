@@ -184,16 +184,26 @@ class EmbeddedNats(_Running):
             await process.wait()
 
 
+_CLUSTER_START_ATTEMPTS = 3
+
+
 class EmbeddedCluster(_Running):
     """Three JetStream servers routed to each other on loopback."""
 
     def __init__(self, store_dir: Path, *, size: int = 3, host: str = "127.0.0.1") -> None:
-        cluster_ports = [free_port(host) for _ in range(size)]
-        routes = [f"nats://{host}:{port}" for port in cluster_ports]
-        self.servers = [
+        self._store_dir = Path(store_dir)
+        self._size = size
+        self._host = host
+        self.servers = self._servers()
+
+    def _servers(self) -> list[EmbeddedNats]:
+        """Servers routed to each other, on route ports free when asked."""
+        cluster_ports = [free_port(self._host) for _ in range(self._size)]
+        routes = [f"nats://{self._host}:{port}" for port in cluster_ports]
+        return [
             EmbeddedNats(
-                Path(store_dir) / f"n{i + 1}",
-                host=host,
+                self._store_dir / f"n{i + 1}",
+                host=self._host,
                 name=f"n{i + 1}",
                 cluster_name="ackwire",
                 cluster_port=port,
@@ -208,8 +218,19 @@ class EmbeddedCluster(_Running):
         return ",".join(server.url for server in self.servers if server.pid is not None)
 
     async def start(self) -> None:
-        """Start every server, then wait until JetStream has a meta leader."""
-        await asyncio.gather(*(server.start() for server in self.servers))
+        """Start every server, then wait until JetStream has a meta leader. A route port
+        taken between choosing it and binding it means new ports and another try."""
+        for attempt in range(_CLUSTER_START_ATTEMPTS):
+            started = await asyncio.gather(
+                *(server.start() for server in self.servers), return_exceptions=True
+            )
+            failure = next((r for r in started if isinstance(r, BaseException)), None)
+            if failure is None:
+                break
+            await self.stop()
+            if attempt + 1 == _CLUSTER_START_ATTEMPTS:
+                raise failure
+            self.servers = self._servers()
         await self._await_meta_leader()
 
     async def stop(self) -> None:
