@@ -103,7 +103,10 @@ class BackgroundTasks:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, work: Coroutine[Any, Any, None], *, name: str | None = None) -> None:
-        task = asyncio.create_task(work, name=name)
+        self.adopt(asyncio.create_task(work, name=name))
+
+    def adopt(self, task: asyncio.Task[None]) -> None:
+        """Keep a task someone else started until it ends."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -12,16 +12,15 @@ from dataclasses import dataclass
 
 import jwt
 
+from ackwire.errors import InvalidTokenError
 from ackwire.settings import JwtAlgorithm, Settings
+
+__all__ = ["Identity", "InvalidTokenError", "TokenVerifier", "mint_token"]
 
 _SUB_MAX = 256
 _TOPIC_MAX = 256
 _TOPICS_MAX = 256
 _LEEWAY_S = 5
-
-
-class InvalidTokenError(Exception):
-    """The token is missing, malformed, badly signed or expired; the message says which."""
 
 
 @dataclass(frozen=True, slots=True)

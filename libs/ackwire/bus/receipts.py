@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ackwire.bus import subjects
+from ackwire.bus.boundary import bus_errors
 from ackwire.bus.following import Following
 from ackwire.bus.models import Delivery, Receipt
 
@@ -27,7 +28,7 @@ class Receipts:
     async def issue(
         self, delivery: Delivery, seq: int, outcome: Literal["delivered", "expired"]
     ) -> None:
-        """Store a receipt for `delivery` (which must name its producer)."""
+        """Store a receipt for `delivery` (which must name its producer). Raises `BusError`."""
         assert delivery.receipt_to is not None
         receipt = Receipt(
             message_id=delivery.id,
@@ -36,11 +37,12 @@ class Receipts:
             seq=seq,
             outcome=outcome,
         )
-        await self._js.publish(
-            subjects.receipt_subject(delivery.receipt_to, delivery.id, delivery.session_id),
-            receipt.to_bytes(),
-            headers={"Nats-Msg-Id": f"receipt/{delivery.session_id}/{delivery.id}"},
-        )
+        with bus_errors(f"storing the receipt of {delivery.id}"):
+            await self._js.publish(
+                subjects.receipt_subject(delivery.receipt_to, delivery.id, delivery.session_id),
+                receipt.to_bytes(),
+                headers={"Nats-Msg-Id": f"receipt/{delivery.session_id}/{delivery.id}"},
+            )
 
     async def first(self, producer: str, message_id: str) -> Receipt:
         """The first receipt for `message_id` (any session), stored before or after the

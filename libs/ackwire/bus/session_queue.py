@@ -22,12 +22,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from ackwire.bus import subjects
+from ackwire.bus.boundary import bus_errors
 from ackwire.bus.direct_get import read_batch
 from ackwire.bus.models import Delivery
+from ackwire.errors import StoreRejectedError
 
 _READ_TIMEOUT_S = 5.0
 
@@ -50,10 +52,6 @@ class StoreRead:
     """The read reached the end of the queue (else it stopped at its limit)."""
 
 
-class SessionQueueError(Exception):
-    """The store did not answer or did not confirm."""
-
-
 class SessionQueue:
     def __init__(self, nc: Client, js: JetStreamContext) -> None:
         self._nc = nc
@@ -64,12 +62,13 @@ class SessionQueue:
 
         The session and the delivery's `id` make the store's dedupe id: a put retried
         after a lost answer is stored once (and one message sent to two sessions of a
-        user is stored for each)."""
-        ack = await self._js.publish(
-            subjects.session_subject(delivery.session_id),
-            delivery.to_bytes(),
-            headers={"Nats-Msg-Id": f"{delivery.session_id}/{delivery.id}"},
-        )
+        user is stored for each). Raises `BusError`."""
+        with bus_errors(f"storing {delivery.id} for {delivery.session_id}"):
+            ack = await self._js.publish(
+                subjects.session_subject(delivery.session_id),
+                delivery.to_bytes(),
+                headers={"Nats-Msg-Id": f"{delivery.session_id}/{delivery.id}"},
+            )
         return ack.seq
 
     async def follow(
@@ -86,9 +85,10 @@ class SessionQueue:
             if stored is not None:
                 await on_message(stored)
 
-        return await self._nc.subscribe(
-            subjects.live_subject(session_id), cb=receive, pending_msgs_limit=pending_limit
-        )
+        with bus_errors(f"following {session_id}"):
+            return await self._nc.subscribe(
+                subjects.live_subject(session_id), cb=receive, pending_msgs_limit=pending_limit
+            )
 
     async def read(self, session_id: str, after: int, limit: int) -> StoreRead:
         """Up to `limit` stored messages of the session with `seq > after`, in order."""
@@ -97,12 +97,10 @@ class SessionQueue:
     async def read_subject(self, subject: str, after: int, limit: int) -> StoreRead:
         """Up to `limit` stored messages on `subject` (wildcards allowed) with `seq > after`,
         in order. `previous` is the message before in this read (or `after`)."""
-        try:
+        with bus_errors(f"reading {subject}"):
             batch = await read_batch(
                 self._nc, subjects.SESSIONS_STREAM, subject, after=after, limit=limit
             )
-        except TimeoutError as exc:
-            raise SessionQueueError(f"reading {subject} timed out") from exc
         messages: list[Stored] = []
         for msg in batch.messages:
             stored = _stored(msg, previous=messages[-1].seq if messages else after)
@@ -113,31 +111,40 @@ class SessionQueue:
     async def last_seq(self, session_id: str) -> int:
         """The seq of the session's newest stored message (0: none). Asked of the stream's
         leader, so a message stored a moment ago is not missed."""
-        try:
-            msg = await self._js.get_msg(
-                subjects.SESSIONS_STREAM, subject=subjects.session_subject(session_id)
-            )
-        except NotFoundError:
-            return 0
+        with bus_errors(f"asking for the last message of {session_id}"):
+            try:
+                msg = await self._js.get_msg(
+                    subjects.SESSIONS_STREAM, subject=subjects.session_subject(session_id)
+                )
+            except NotFoundError:
+                return 0
         return msg.seq or 0
 
-    async def confirm(self, session_id: str, *, upto: int | None, singles: tuple[int, ...]) -> None:
-        """Remove acked messages from the store; returns once the store confirmed it."""
-        try:
+    async def unfollow(self, subscription: Subscription) -> None:
+        with bus_errors("unsubscribing from a live feed"):
+            await subscription.unsubscribe()
+
+    async def confirm(
+        self, session_id: str, *, upto: int | None, singles: tuple[int, ...]
+    ) -> frozenset[int]:
+        """Remove acked messages from the store: each of `singles`, then every message up
+        to `upto`. Returns once the store confirmed it, with the singles that were gone
+        already. Raises `BusError`: then some, all or none of them may be gone."""
+        gone: set[int] = set()
+        with bus_errors(f"confirming acks for {session_id}"):
+            for seq in singles:
+                if not await self._delete(seq):
+                    gone.add(seq)
             if upto is not None:
                 await self._js.purge_stream(
                     subjects.SESSIONS_STREAM,
                     subject=subjects.session_subject(session_id),
                     seq=upto + 1,
                 )
-            for seq in singles:
-                await self._delete(seq)
-        except (TimeoutError, APIError) as exc:
-            raise SessionQueueError(
-                f"the store did not confirm acks for {session_id}: {exc}"
-            ) from exc
+        return frozenset(gone)
 
-    async def _delete(self, seq: int) -> None:
+    async def _delete(self, seq: int) -> bool:
+        """Remove one message; `False` if it was gone already."""
         # `jsm.delete_msg` always erases securely (slow); a plain delete is enough here.
         response = await self._nc.request(
             f"$JS.API.STREAM.MSG.DELETE.{subjects.SESSIONS_STREAM}",
@@ -145,11 +152,12 @@ class SessionQueue:
             timeout=_READ_TIMEOUT_S,
         )
         answer = json.loads(response.data)
-        if not answer.get("success"):
-            error = answer.get("error", {})
-            if error.get("err_code") in _ALREADY_GONE:
-                return  # already gone: acked twice, or purged meanwhile
-            raise SessionQueueError(f"deleting {seq}: {error.get('description', answer)}")
+        if answer.get("success"):
+            return True
+        error = answer.get("error", {})
+        if error.get("err_code") in _ALREADY_GONE:
+            return False  # acked twice, purged meanwhile, or expired
+        raise StoreRejectedError(f"deleting {seq}: {error.get('description', answer)}")
 
 
 #: What a delete of a message that is already gone answers: "no message found" (the

@@ -20,14 +20,12 @@ from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 from pydantic import ValidationError
 
 from ackwire.bus import subjects
+from ackwire.bus.boundary import bus_errors
+from ackwire.errors import SessionChangedError
 from ackwire.sessions.record import Found, Gone, Lookup, SessionRecord
 
 #: Header of a marker the server leaves where a message expired or was removed.
 _MARKER_REASON = "Nats-Marker-Reason"
-
-
-class SessionChangedError(Exception):
-    """The record changed since it was read: someone else wrote it first."""
 
 
 class SessionTable:
@@ -46,13 +44,14 @@ class SessionTable:
         latest revision (a stale one would only fail its compare-and-set, but a
         verdict of `unknown` from a lagging replica would be wrong)."""
         key = subjects.session_key(session_id)
-        try:
-            msg = await self._js.get_msg(
-                f"KV_{subjects.SESSIONS_BUCKET}",
-                subject=f"$KV.{subjects.SESSIONS_BUCKET}.{key}",
-            )
-        except NotFoundError:
-            return None
+        with bus_errors(f"looking up {session_id}"):
+            try:
+                msg = await self._js.get_msg(
+                    f"KV_{subjects.SESSIONS_BUCKET}",
+                    subject=f"$KV.{subjects.SESSIONS_BUCKET}.{key}",
+                )
+            except NotFoundError:
+                return None
         headers = msg.headers or {}
         if _MARKER_REASON in headers or headers.get(KV_OP) in (KV_DEL, KV_PURGE):
             return Gone()
@@ -63,18 +62,20 @@ class SessionTable:
         return Found(record, msg.seq or 0)
 
     async def create(self, record: SessionRecord) -> int:
-        """Store a new session's record; its revision."""
-        return await self._kv.create(subjects.session_key(record.session_id), record.to_bytes())
+        """Store a new session's record; its revision. Raises `BusError`."""
+        with bus_errors(f"creating {record.session_id}"):
+            return await self._kv.create(subjects.session_key(record.session_id), record.to_bytes())
 
     async def replace(self, record: SessionRecord, *, revision: int) -> int:
         """Write `record` over `revision`; its new revision. Raises `SessionChangedError` if
-        the record is no longer at `revision`."""
-        try:
-            return await self._kv.update(
-                subjects.session_key(record.session_id), record.to_bytes(), last=revision
-            )
-        except KeyWrongLastSequenceError as exc:
-            raise SessionChangedError(record.session_id) from exc
+        the record is no longer at `revision`, `BusError` if the store did not confirm."""
+        with bus_errors(f"writing {record.session_id}"):
+            try:
+                return await self._kv.update(
+                    subjects.session_key(record.session_id), record.to_bytes(), last=revision
+                )
+            except KeyWrongLastSequenceError as exc:
+                raise SessionChangedError(record.session_id) from exc
 
     async def every(self) -> AsyncIterator[Found]:
         """Every session record there is now (an operator's view; it reads them all)."""

@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from ackwire.bus import subjects
+from ackwire.bus.boundary import bus_errors
 
 
 class UserSessions:
@@ -27,10 +28,12 @@ class UserSessions:
         return cls(await js.key_value(subjects.USER_SESSIONS_BUCKET))
 
     async def keep(self, user: str, session_id: str) -> None:
-        await self._kv.put(subjects.user_session_key(user, session_id), b"")
+        with bus_errors(f"listing {session_id} under its user"):
+            await self._kv.put(subjects.user_session_key(user, session_id), b"")
 
     async def forget(self, user: str, session_id: str) -> None:
-        await self._kv.delete(subjects.user_session_key(user, session_id))
+        with bus_errors(f"unlisting {session_id}"):
+            await self._kv.delete(subjects.user_session_key(user, session_id))
 
     async def of(self, user: str) -> list[str]:
         """The ids of the user's sessions that may still be resumable."""

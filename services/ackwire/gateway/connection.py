@@ -1,13 +1,17 @@
 """One client connection: the handshake, then frames in and out.
 
-The rules live in `ackwire.wire.FrameGuard`; this module only moves frames
-between the socket, the guard and the bus, and carries out the verdicts.
+Every rule and every decision to close lives in `ackwire.wire.guard.ConnectionGuard`
+(sans I/O); this module only moves frames between the socket, the guard and the
+bus, and carries out the guard's verdicts. Whatever ends a connection (`bye`, a
+close by either side, a takeover, a drain, a client too slow, its token's `exp`,
+a bus failure), the acks it read are confirmed before it lets go of the session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -18,21 +22,16 @@ from websockets.exceptions import ConnectionClosed
 from ackwire.bus.nodes import NodeDirectory
 from ackwire.bus.receipts import Receipts
 from ackwire.bus.session_queue import SessionQueue
+from ackwire.errors import BusError, InvalidTokenError, ResumeRefusedError, SessionLostError
 from ackwire.gateway import metrics
 from ackwire.gateway.delivery import DeliveryPump
 from ackwire.gateway.jobs import JobIntake
 from ackwire.gateway.presence import PresenceNotices
-from ackwire.gateway.sessions import (
-    BUS_ERRORS,
-    HeldSessions,
-    Opened,
-    ResumeRefusedError,
-    SessionLostError,
-)
+from ackwire.gateway.sessions import HeldSessions, Opened
 from ackwire.gateway.topics import ConnectionTopics, TopicHub
 from ackwire.sessions.record import SessionState
 from ackwire.settings import Settings
-from ackwire.tokens import Identity, InvalidTokenError, TokenVerifier
+from ackwire.tokens import Identity, TokenVerifier
 from ackwire.wire import encode
 from ackwire.wire.codes import CloseCode
 from ackwire.wire.frames import (
@@ -48,10 +47,15 @@ from ackwire.wire.frames import (
     Unsubscribe,
     Welcome,
 )
-from ackwire.wire.guard import Close, FrameGuard, Reject
+from ackwire.wire.guard import Accept, Close, ConnectionGuard, Reject
 from ackwire.wire.rate import TokenBucket
 
 _log = structlog.get_logger("ackwire.gateway")
+
+#: How long a connection that ends waits for the store to confirm the acks it read.
+_CONFIRM_ON_CLOSE_S = 5.0
+#: The same while another connection waits to take the session over.
+_CONFIRM_ON_TAKEOVER_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +89,12 @@ class ClientConnection:
     def __init__(self, ws: ServerConnection, gateway: GatewayContext) -> None:
         self._ws = ws
         self._gateway = gateway
-        self._guard = FrameGuard()
+        self._guard = ConnectionGuard()
         self._connection_id = "c-" + secrets.token_hex(8)
         self._pump: DeliveryPump | None = None
-        self._identity: Identity | None = None
-        self._topics: ConnectionTopics | None = None
-        self._taken_over = False
-        self._ended = False
+        self._sent_before = 0
         self._closing: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
 
     # -- Holding: what the gateway's sessions see of this connection ---------
 
@@ -102,26 +104,26 @@ class ClientConnection:
 
     @property
     def sent_upto(self) -> int:
-        return 0 if self._pump is None else self._pump.highest_sent
+        return self._sent_before if self._pump is None else self._pump.highest_sent
 
     async def taken_over(self) -> int:
-        """Another connection resumed the session: stop delivering now, then close 4409."""
-        self._taken_over = True
+        """Another connection resumed the session: stop delivering and confirm the acks
+        read so far, then close 4409. Returns the highest seq sent."""
+        self._carry_out(self._guard.taken_over())
         if self._pump is not None:
-            await self._pump.stop()
-        self._closing = asyncio.create_task(
-            self._close(Close(CloseCode.SESSION_TAKEN_OVER, "session taken over"))
-        )
+            await self._pump.finish(within_s=_CONFIRM_ON_TAKEOVER_S)
         return self.sent_upto
 
-    def _too_slow(self) -> None:
-        """A topic's events piled up past the bound: close 4429 (the session stays
-        resumable, and a resume sends each topic's snapshot again)."""
-        if self._closing is None:
-            _log.warning("topic.subscriber_too_slow")
-            self._closing = asyncio.create_task(
-                self._close(Close(CloseCode.TOO_SLOW, "too slow: events piled up; resume"))
-            )
+    async def draining(self) -> None:
+        """The gateway drains: close 1001 once the acks read are confirmed."""
+        self._carry_out(self._guard.draining())
+        if self._closing is not None:
+            await self._closing
+
+    def resync(self) -> None:
+        """NATS came back: what the live feed carried meanwhile may be lost."""
+        if self._pump is not None:
+            self._pump.resync()
 
     # -- the connection's life -----------------------------------------------
 
@@ -131,47 +133,47 @@ class ClientConnection:
         )
         try:
             hello = await self._await_hello()
-            if hello is None:
-                return
-            identity = await self._authenticate(hello)
-            if identity is None:
-                return
-            await self._serve(hello, identity)
+            identity = None if hello is None else self._authenticate(hello)
+            if hello is not None and identity is not None:
+                await self._serve(hello, identity)
         except ConnectionClosed:
             pass  # the client went away; what it was owed stays owed
+        finally:
+            if self._closing is not None:
+                await self._closing
+            self._guard.socket_lost()
 
     async def _await_hello(self) -> Hello | None:
         try:
             async with asyncio.timeout(self._gateway.settings.hello_timeout_s):
                 data = await self._ws.recv()
         except TimeoutError:
-            await self._close(self._guard.hello_timed_out())
+            self._carry_out(self._guard.hello_timed_out())
             return None
         verdict = self._guard.receive_hello(data)
-        if isinstance(verdict, Close):
-            await self._close(verdict)
-            return None
-        return verdict
+        if isinstance(verdict, Hello):
+            return verdict
+        self._carry_out(verdict)
+        return None
 
-    async def _authenticate(self, hello: Hello) -> Identity | None:
+    def _authenticate(self, hello: Hello) -> Identity | None:
         try:
             return self._gateway.verifier.verify(hello.token)
         except InvalidTokenError as exc:
-            await self._close(self._guard.unauthorized(str(exc)))
+            self._carry_out(self._guard.unauthorized(str(exc)))
             return None
 
     async def _open(self, hello: Hello, identity: Identity) -> Opened | None:
-        self._identity = identity
         structlog.contextvars.bind_contextvars(user=identity.user)
         try:
             return await self._gateway.sessions.open(hello.resume, identity.user, self)
         except ResumeRefusedError as exc:
-            await self._close(Close(CloseCode.FORBIDDEN, str(exc)))
-        except SessionLostError as exc:
-            await self._close(Close(CloseCode.SESSION_TAKEN_OVER, str(exc)))
-        except BUS_ERRORS as exc:
-            _log.error("session.bus_unavailable", error=str(exc) or type(exc).__name__)
-            await self._close(Close(CloseCode.INTERNAL_ERROR, "bus unavailable; retry"))
+            self._carry_out(self._guard.refused(str(exc)))
+        except SessionLostError:
+            self._carry_out(self._guard.taken_over())
+        except BusError as exc:
+            _log.error("session.bus_unavailable", error=str(exc))
+            self._carry_out(self._guard.bus_failed("bus unavailable"))
         return None
 
     async def _serve(self, hello: Hello, identity: Identity) -> None:
@@ -179,37 +181,18 @@ class ClientConnection:
         if opened is None:
             return
         structlog.contextvars.bind_contextvars(session_id=opened.session_id)
-        self._guard.hello_accepted()
+        self._sent_before = opened.sent_before
         metrics.SESSIONS_OPENED.labels(outcome=opened.reason or "resumed").inc()
         metrics.CONNECTIONS.inc()
-        settings = self._gateway.settings
+        topics: ConnectionTopics | None = None
         try:
-            if self._taken_over:
+            if not self._guard.opened(sent_before=opened.sent_before):
                 return  # taken over before it began; 4409 is on its way
-            self._topics = ConnectionTopics(
-                self._gateway.topics,
-                self._send,
-                claims=identity.topics,
-                record=lambda topics: self._gateway.sessions.subscribed_to(self, topics),
-                buffer=settings.topic_buffer,
-                max_topics=settings.max_topics,
-                on_overflow=self._too_slow,
-            )
+            topics = self._topics(identity)
             # Followed before the welcome: an event published once the client has its
             # welcome reaches it, snapshot or not.
-            await self._topics.follow_restored(opened.topics)
-            await self._send(
-                Welcome(
-                    session_id=opened.session_id,
-                    resume_token=opened.resume_token,
-                    resumed=opened.resumed,
-                    reason=opened.reason,
-                    gateway=self._gateway.name,
-                    heartbeat_s=settings.heartbeat_s,
-                    max_frame_bytes=settings.max_frame_bytes,
-                    window=settings.window,
-                )
-            )
+            await topics.follow_restored(opened.topics)
+            await self._send(self._welcome(opened))
             await self._gateway.presence.joined(identity.user, opened.session_id)
             _log.info(
                 "session.opened",
@@ -217,98 +200,152 @@ class ClientConnection:
                 reason=opened.reason,
                 client=hello.client.name if hello.client else None,
             )
-            self._pump = DeliveryPump(
-                self._gateway.queue,
-                self._gateway.receipts,
-                opened.session_id,
-                self._send,
-                window=settings.window,
-                ack_wait=settings.ack_wait_s,
-                sent_before=opened.sent_before,
-            )
-            intake = JobIntake(
-                self._gateway.js,
-                self._gateway.nodes,
-                TokenBucket(rate=settings.submit_rate_per_s, burst=settings.submit_burst),
-                session_id=opened.session_id,
-                user=identity.user,
-            )
+            self._expire_at(identity.expires_at)
+            pump = self._new_pump(opened.session_id)
             try:
-                await self._pump.start()
-            except BUS_ERRORS as exc:
-                _log.error("session.bus_unavailable", error=str(exc) or type(exc).__name__)
-                await self._close(Close(CloseCode.INTERNAL_ERROR, "bus unavailable; retry"))
+                await pump.start()
+            except BusError as exc:
+                _log.error("session.bus_unavailable", error=str(exc))
+                self._carry_out(self._guard.bus_failed("bus unavailable"))
                 return
-            await self._topics.start_restored()
-            await self._read_frames(_Handlers(self._pump, intake, self._topics))
+            self._pump = pump
+            await topics.start_restored()
+            await self._read_frames(_Handlers(pump, self._intake(identity, opened), topics))
         finally:
             metrics.CONNECTIONS.dec()
-            await self._end(opened)
+            await self._end(opened, identity, topics)
 
-    async def _end(self, opened: Opened) -> None:
-        """Stop delivering; unless the session moved on, record that it is detached."""
-        if self._topics is not None:
-            await self._topics.leave_all()
+    def _topics(self, identity: Identity) -> ConnectionTopics:
+        settings = self._gateway.settings
+        return ConnectionTopics(
+            self._gateway.topics,
+            self._send,
+            claims=identity.topics,
+            record=lambda topics: self._gateway.sessions.subscribed_to(self, topics),
+            buffer=settings.topic_buffer,
+            max_topics=settings.max_topics,
+            on_overflow=lambda: self._carry_out(self._guard.too_slow()),
+        )
+
+    def _welcome(self, opened: Opened) -> Welcome:
+        settings = self._gateway.settings
+        return Welcome(
+            session_id=opened.session_id,
+            resume_token=opened.resume_token,
+            resumed=opened.resumed,
+            reason=opened.reason,
+            gateway=self._gateway.name,
+            heartbeat_s=settings.heartbeat_s,
+            max_frame_bytes=settings.max_frame_bytes,
+            window=settings.window,
+        )
+
+    def _new_pump(self, session_id: str) -> DeliveryPump:
+        settings = self._gateway.settings
+        return DeliveryPump(
+            self._gateway.queue,
+            self._gateway.receipts,
+            session_id,
+            self._send,
+            window=settings.window,
+            ack_wait=settings.ack_wait_s,
+            retention_s=settings.retention_s,
+            seen_before=self._guard.was_sent_before,
+            sent_before=self._sent_before,
+            on_failed=lambda _exc: self._carry_out(self._guard.bus_failed("deliveries failed")),
+        )
+
+    def _intake(self, identity: Identity, opened: Opened) -> JobIntake:
+        settings = self._gateway.settings
+        return JobIntake(
+            self._gateway.js,
+            self._gateway.nodes,
+            TokenBucket(rate=settings.submit_rate_per_s, burst=settings.submit_burst),
+            session_id=opened.session_id,
+            user=identity.user,
+        )
+
+    def _expire_at(self, expires_at: float) -> None:
+        """A connection lives no longer than its token."""
+        delay = max(0.0, expires_at - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(
+            delay, lambda: self._carry_out(self._guard.token_expired())
+        )
+
+    async def _end(
+        self, opened: Opened, identity: Identity, topics: ConnectionTopics | None
+    ) -> None:
+        """Confirm what was acked, then, unless the session moved on or ended, record
+        that it is detached."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if topics is not None:
+            await topics.leave_all()
         if self._pump is not None:
-            await self._pump.stop()
-        if self._closing is not None:
-            await self._closing
-        if not (self._taken_over or self._ended):
-            try:
-                await self._gateway.sessions.let_go(self, SessionState.DETACHED)
-            except BUS_ERRORS as exc:
-                _log.warning("session.detach_failed", error=str(exc) or type(exc).__name__)
-        if not self._taken_over and self._identity is not None:  # moved on: not a leave
-            await self._gateway.presence.left(self._identity.user, opened.session_id)
+            await self._pump.finish(within_s=_CONFIRM_ON_CLOSE_S)
+        close = self._guard.close_decided
+        moved_on = close is not None and close.code is CloseCode.SESSION_TAKEN_OVER
+        ended = close is not None and close.code is CloseCode.NORMAL
+        if not (moved_on or ended):
+            await self._gateway.sessions.detach(self)
+        if not moved_on:
+            await self._gateway.presence.left(identity.user, opened.session_id)
         _log.info("session.connection_ended", close_code=self._ws.close_code)
 
     async def _read_frames(self, handlers: _Handlers) -> None:
         async for data in self._ws:
             verdict = self._guard.receive(data)
-            if isinstance(verdict, Close):
-                await self._close(verdict)
-                return
-            if isinstance(verdict, Reject):
-                metrics.BAD_FRAMES.inc()
-                await self._send(verdict.error)
-                continue
-            if not await self._handle(verdict.frame, handlers):
-                return
+            match verdict:
+                case Close():
+                    self._carry_out(verdict)
+                case Reject(error=error):
+                    metrics.BAD_FRAMES.inc()
+                    await self._send(error)
+                case Accept(frame=frame):
+                    await self._handle(frame, handlers)
 
-    async def _handle(self, frame: ClientFrame, handlers: _Handlers) -> bool:
-        """Act on one accepted frame; `False` when the connection is over."""
+    async def _handle(self, frame: ClientFrame, handlers: _Handlers) -> None:
         match frame:
+            case Ack():
+                handlers.pump.acked(frame)
             case Ping():
                 await self._send(Pong())
             case Bye():
-                await self._close(await self._bye(handlers.pump))
-                return False
-            case Ack():
-                handlers.pump.acked(frame)
+                await self._bye(handlers.pump)
             case Submit():
                 await self._send(await handlers.intake.submit(frame))
             case Subscribe():
                 await handlers.topics.subscribe(frame)
             case Unsubscribe():
                 await handlers.topics.unsubscribe(frame)
-        return True
 
-    async def _bye(self, pump: DeliveryPump) -> Close:
-        """End the session for good; what it is still owed stays stored, undelivered."""
-        await pump.stop()
+    async def _bye(self, pump: DeliveryPump) -> None:
+        """End the session for good, once the acks read before the `bye` are confirmed;
+        what it is still owed stays stored, undelivered."""
+        await pump.finish(within_s=_CONFIRM_ON_CLOSE_S)
         try:
             await self._gateway.sessions.let_go(self, SessionState.ENDED)
-        except BUS_ERRORS as exc:
-            _log.error("session.end_failed", error=str(exc) or type(exc).__name__)
-            return Close(CloseCode.INTERNAL_ERROR, "could not end the session; retry")
-        self._ended = True
+        except BusError as exc:
+            _log.error("session.end_failed", error=str(exc))
+            self._carry_out(self._guard.bus_failed("could not end the session"))
+            return
         _log.info("session.ended")
-        return Close(CloseCode.NORMAL, "bye")
+        self._carry_out(self._guard.ended())
 
     async def _send(self, frame: Frame) -> None:
-        await self._ws.send(encode(frame))
+        if self._guard.may_send:  # once a close is decided, nothing more goes out
+            await self._ws.send(encode(frame))
 
-    async def _close(self, close: Close) -> None:
+    def _carry_out(self, close: Close | None) -> None:
+        """Close as decided (`None`: a close was decided already): once the acks read
+        are confirmed, so that a client resuming at once finds them gone."""
+        if close is None or self._closing is not None:
+            return
         metrics.CLOSES.labels(code=str(close.code.value)).inc()
         _log.info("connection.closing", close_code=close.code.value, reason=close.reason)
+        self._closing = asyncio.create_task(self._close(close), name="close")
+
+    async def _close(self, close: Close) -> None:
+        if self._pump is not None:
+            await self._pump.finish(within_s=_CONFIRM_ON_CLOSE_S)
         await self._ws.close(close.code, close.reason)

@@ -1,39 +1,53 @@
 """Moving a session's owed messages to its client, and the client's acks back to the store.
 
 `DeliveryWindow` (sans I/O) decides; the pump only carries out its actions:
-it follows the session's live subject, reads the backlog, sends `deliver`
+it follows the session's live subject, reads the store, sends `deliver`
 frames, and turns acks into confirmed removals from the store. A message is
 logged and counted as delivered only after the store confirmed the removal
-that the client's ack asked for.
+that the client's ack asked for, and every message such a removal took gets
+its `delivery.delivered` line, its count and its receipt.
+
+Reads and confirmations run beside the sends (one of each at a time, as the
+window asks). A confirmation is never cancelled halfway: stopping the pump
+stops the sends at once, and `finish` waits, bounded, for the acks already read
+to be confirmed, so a client's `ack` followed by `bye` (or a close, a takeover,
+a drain) is never lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import stamina
 import structlog
 from nats.aio.subscription import Subscription
-from nats.errors import Error as NatsError
-from nats.js.errors import Error as JetStreamError
 from websockets.exceptions import ConnectionClosed
 
 from ackwire.bus.models import Delivery
 from ackwire.bus.receipts import Receipts
-from ackwire.bus.session_queue import SessionQueue, SessionQueueError, Stored
+from ackwire.bus.session_queue import SessionQueue, Stored
+from ackwire.errors import BusError
 from ackwire.gateway import metrics
-from ackwire.lifecycle import cancel_and_wait
+from ackwire.lifecycle import BackgroundTasks, cancel_and_wait
 from ackwire.wire.frames import Ack, Deliver
 from ackwire.wire.window import ConfirmAcks, DeliveryWindow, FetchBacklog, Send
 
 _log = structlog.get_logger("ackwire.gateway")
 
-_BUS_ERRORS = (NatsError, JetStreamError, TimeoutError)
 _RECEIPT_TIMEOUT_S = 5.0
+#: A message this close to its retention may be expired by the sweeper at any moment:
+#: it is removed on its own, so the store's answer tells whose removal took it.
+_EXPIRY_MARGIN = timedelta(minutes=1)
 
 SendFrame = Callable[[Deliver], Awaitable[None]]
+Failed = Callable[[BaseException], None]
+
+#: Confirmations still running when their connection stopped waiting (kept referenced).
+_unfinished = BackgroundTasks()
 
 
 class DeliveryPump:
@@ -48,6 +62,9 @@ class DeliveryPump:
         *,
         window: int,
         ack_wait: float,
+        retention_s: float,
+        on_failed: Failed,
+        seen_before: Callable[[int], bool] = lambda _seq: False,
         sent_before: int = 0,
     ) -> None:
         self._queue = queue
@@ -56,46 +73,33 @@ class DeliveryPump:
         self._send = send
         self._window: DeliveryWindow[Delivery] = DeliveryWindow(size=window, ack_wait=ack_wait)
         self._batch = self._window.max_unsent // 2
+        self._retention = timedelta(seconds=retention_s)
+        self._on_failed = on_failed
         self._wake = asyncio.Event()
         self._live: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sent: dict[int, Delivery] = {}
-        # A resumed session's messages up to here may have reached an earlier connection.
-        self._sent_before = sent_before
-        self._highest_sent = 0
-        self._stopped = False
+        self._reading: asyncio.Task[None] | None = None
+        self._confirming: asyncio.Task[None] | None = None
+        # Whether a message may have reached the client before (its send is a redelivery),
+        # and how far earlier connections of the session had sent.
+        self._seen_before = seen_before
+        self._highest_sent = sent_before
 
     @property
     def highest_sent(self) -> int:
+        """The highest seq sent to this session's client, by this or an earlier connection."""
         return self._highest_sent
 
     async def start(self) -> None:
-        """Follow the live feed first, then read the backlog: nothing falls in between."""
+        """Follow the live feed, then read the store from the start: nothing falls in
+        between. Raises `BusError` when the live feed cannot be followed."""
         # Past this many unread live messages NATS drops them (a slow consumer); the
         # window sees the gap in the chain and reads the rest from the store.
         self._live = await self._queue.follow(
             self._session_id, self._on_live, pending_limit=self._window.max_unsent
         )
-        await self._read_backlog(after=0)
-        if self._stopped:  # stopped while starting (the session was taken over)
-            await self._unsubscribe()
-            return
-        self._task = asyncio.create_task(self._run(), name=f"deliveries {self._session_id}")
-
-    async def stop(self) -> None:
-        """Stop sending at once. Idempotent, and safe while `start` is still running."""
-        self._stopped = True
-        await cancel_and_wait(self._task)
-        await self._unsubscribe()
-        # Anything sent and not acked stays in the store: it is owed, not delivered.
-
-    async def _unsubscribe(self) -> None:
-        live, self._live = self._live, None
-        if live is not None:
-            try:
-                await live.unsubscribe()
-            except NatsError as exc:
-                _log.debug("delivery.unsubscribe_failed", error=str(exc))
+        self._window.resync()
+        self._task = self._spawn(self._pump(), "deliveries")
 
     def acked(self, ack: Ack) -> None:
         if ack.seq is not None:
@@ -103,6 +107,63 @@ class DeliveryPump:
         if ack.upto is not None:
             self._window.ack_upto(ack.upto)
         self._wake.set()
+
+    def resync(self) -> None:
+        """The live feed may have lost messages (NATS reconnected): read the store again."""
+        self._window.resync()
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop sending at once; a confirmation in flight goes on. Idempotent."""
+        await cancel_and_wait(self._task)
+        await cancel_and_wait(self._reading)
+        live, self._live = self._live, None
+        if live is not None:
+            with contextlib.suppress(BusError):
+                await self._queue.unfollow(live)
+        # Anything sent and not acked stays in the store: it is owed, not delivered.
+
+    async def finish(self, *, within_s: float) -> None:
+        """Stop sending, then confirm every ack read so far, waiting at most `within_s`.
+        What is not confirmed by then stays owed (and is confirmed in the background if
+        the store answers late)."""
+        await self.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while (remaining := deadline - loop.time()) > 0:
+            if self._confirming is not None and not self._confirming.done():
+                await asyncio.wait({self._confirming}, timeout=remaining)
+                continue
+            if not self._window.unconfirmed:
+                return
+            retry_at = self._window.confirm_retry_at
+            if retry_at > loop.time():  # the last attempt failed: back off, within the bound
+                await asyncio.sleep(min(retry_at - loop.time(), remaining))
+                continue
+            confirm = self._window.confirmation()
+            if confirm is None:
+                break
+            self._confirming = self._spawn(self._confirm(confirm), "confirm")
+        if self._confirming is not None and not self._confirming.done():
+            _unfinished.adopt(self._confirming)
+        _log.warning("delivery.acks_unconfirmed", acks=self._window.unconfirmed)
+
+    # -- inside --------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name=f"{what} {self._session_id}")
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, ConnectionClosed):
+            # A bug or an error nobody translated: the connection must not live on
+            # half-alive, with nothing delivered.
+            _log.error("delivery.failed", error=repr(exc), exc_info=exc)
+            self._on_failed(exc)
 
     async def _on_live(self, stored: Stored) -> None:
         self._offer(stored)
@@ -113,30 +174,8 @@ class DeliveryPump:
             stored.seq,
             stored.delivery,
             previous=stored.previous,
-            redelivered=stored.seq <= self._sent_before,
+            redelivered=self._seen_before(stored.seq),
         )
-
-    async def _read_backlog(self, after: int) -> None:
-        try:
-            read = await self._queue.read(self._session_id, after=after, limit=self._batch)
-        except SessionQueueError as exc:
-            _log.warning("delivery.backlog_unreadable", error=str(exc))
-            self._window.fetch_failed()
-            return
-        for stored in read.messages:
-            self._offer(stored)
-        if read.complete:
-            self._window.read_complete()
-        else:
-            self._window.more_in_store(after=read.messages[-1].seq if read.messages else after)
-
-    async def _run(self) -> None:
-        try:
-            await self._pump()
-        except ConnectionClosed:
-            # The socket failed under a send: the connection is over, and what was sent
-            # and not acked stays owed. The connection's handler unregisters it.
-            _log.info("delivery.connection_lost", unacked=len(self._sent))
 
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
@@ -147,21 +186,38 @@ class DeliveryPump:
                     case Send():
                         await self._deliver(action)
                     case ConfirmAcks():
-                        await self._confirm(action)
-                    case FetchBacklog(after=after):
-                        await self._read_backlog(after)
-                        self._wake.set()
+                        self._confirming = self._spawn(self._confirm(action), "confirm")
+                    case FetchBacklog():
+                        self._reading = self._spawn(self._read(action), "read")
             deadline = self._window.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - loop.time())
             # Not `asyncio.wait_for`: on 3.11 it swallows a cancellation that arrives
             # as the event fires, and a stopped pump would then wait here for ever.
-            with contextlib.suppress(TimeoutError):  # on a timeout, a redelivery is due
+            with contextlib.suppress(TimeoutError):  # on a timeout, something is due
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
 
+    async def _read(self, fetch: FetchBacklog) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            read = await self._queue.read(self._session_id, after=fetch.after, limit=self._batch)
+            # A replica may answer a read behind the stream's leader: only the leader
+            # can say the read saw the end of the queue.
+            leader_last = await self._queue.last_seq(self._session_id) if read.complete else None
+        except BusError as exc:
+            _log.warning("delivery.store_unreadable", error=str(exc))
+            self._window.fetch_failed(fetch, loop.time())
+        else:
+            for stored in read.messages:
+                self._offer(stored)
+            last = read.messages[-1].seq if read.messages else fetch.after
+            self._window.read_done(
+                fetch, loop.time(), last=last, complete=read.complete, leader_last=leader_last
+            )
+        self._wake.set()
+
     async def _deliver(self, send: Send[Delivery]) -> None:
         delivery = send.message
-        self._sent[send.seq] = delivery
         self._highest_sent = max(self._highest_sent, send.seq)
         await self._send(
             Deliver(
@@ -176,46 +232,51 @@ class DeliveryPump:
         if send.redelivered:
             metrics.REDELIVERIES.inc()
 
-    async def _confirm(self, confirm: ConfirmAcks) -> None:
+    async def _confirm(self, confirm: ConfirmAcks[Delivery]) -> None:
+        # Messages old enough for the sweeper to expire are removed one by one, ahead of
+        # the purge: an "already gone" answer then means the sweeper expired it first.
+        cutoff = datetime.now(UTC) - self._retention + _EXPIRY_MARGIN
+        old = {seq for seq, d in confirm.released if d.created_at <= cutoff}
         try:
-            await self._queue.confirm(self._session_id, upto=confirm.upto, singles=confirm.singles)
-        except SessionQueueError as exc:
-            # Still in the store, so still owed: it comes again on the next connection.
-            _log.warning("delivery.confirm_failed", seqs=list(confirm.released), error=str(exc))
-            return
-        receipted: list[tuple[Delivery, int]] = []
-        for seq in confirm.released:
-            delivery = self._sent.pop(seq, None)
-            if delivery is None:
-                continue  # acked before this connection sent it (a resumed client)
-            metrics.DELIVERED.labels(kind=delivery.kind).inc()
-            _log.info(
-                "delivery.delivered",
-                seq=seq,
-                id=delivery.id,
-                kind=delivery.kind,
-                job_id=delivery.job_id,
-                trace_id=delivery.trace_id,
+            gone = await self._queue.confirm(
+                self._session_id, upto=confirm.upto, singles=(*sorted(old), *confirm.singles)
             )
+        except BusError as exc:
+            # Still stored, and acked: confirmed again after a back-off.
+            _log.warning("delivery.confirm_failed", seqs=list(confirm.seqs), error=str(exc))
+            self._window.confirm_failed(confirm, asyncio.get_running_loop().time())
+            self._wake.set()
+            return
+        self._window.confirmed(confirm)
+        self._wake.set()
+        receipted: list[tuple[Delivery, int]] = []
+        for seq, delivery in confirm.released:
+            context = {"seq": seq, "id": delivery.id, "kind": delivery.kind}
+            context |= {"job_id": delivery.job_id, "trace_id": delivery.trace_id}
+            if seq in old and seq in gone:
+                _log.warning("delivery.expired_before_ack", **context)
+                continue  # its producer was told `expired`
+            metrics.DELIVERED.labels(kind=delivery.kind).inc()
+            _log.info("delivery.delivered", **context)
             if delivery.receipt_to is not None:
                 receipted.append((delivery, seq))
         # One batch of acks, its receipts stored side by side rather than one round trip
-        # after the other ahead of the next sends.
+        # after the other.
         await asyncio.gather(*(self._issue_receipt(d, seq) for d, seq in receipted))
 
     async def _issue_receipt(self, delivery: Delivery, seq: int) -> None:
         try:
             async for attempt in stamina.retry_context(
-                on=_BUS_ERRORS, attempts=3, timeout=_RECEIPT_TIMEOUT_S
+                on=BusError, attempts=3, timeout=_RECEIPT_TIMEOUT_S
             ):
                 with attempt:
                     await self._receipts.issue(delivery, seq, "delivered")
-        except _BUS_ERRORS as exc:
+        except BusError as exc:
             # Delivered all the same (the store confirmed the ack); only its producer
             # does not hear of it.
             _log.error(
                 "delivery.receipt_lost",
                 id=delivery.id,
                 receipt_to=delivery.receipt_to,
-                error=str(exc) or type(exc).__name__,
+                error=str(exc),
             )

@@ -159,11 +159,14 @@ class Gateway:
         """Back on NATS after a loss: a takeover may have been missed meanwhile."""
         if self._sessions is None or self._draining:
             return
+        self._sessions.resync()
         self._rechecks.spawn(self._sessions.refresh(), name="session recheck")
 
     async def drain(self) -> None:
         """Stop taking connections, close every client with 1001, then leave NATS."""
         self._draining = True
+        if self._sessions is not None:
+            await self._sessions.drain()  # 1001 to each client, once its acks are confirmed
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()  # every connection has recorded its detach

@@ -22,16 +22,22 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
-from nats.js.errors import Error as JetStreamError
 from pydantic import ValidationError
 
 from ackwire.bus import subjects
+from ackwire.bus.boundary import bus_errors
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.bus.subjects import new_session_id
+from ackwire.errors import (
+    BusError,
+    BusUnavailableError,
+    ResumeRefusedError,
+    SessionChangedError,
+    SessionLostError,
+)
 from ackwire.gateway import metrics
-from ackwire.lifecycle import cancel_and_wait
+from ackwire.lifecycle import BackgroundTasks, cancel_and_wait
 from ackwire.sessions.gateways import GatewayDirectory
 from ackwire.sessions.record import (
     Found,
@@ -47,13 +53,12 @@ from ackwire.sessions.record import (
     lookup_key,
     new_resume_token,
 )
-from ackwire.sessions.table import SessionChangedError, SessionTable
+from ackwire.sessions.table import SessionTable
 from ackwire.sessions.users import UserSessions
 from ackwire.wire.frames import ResumeRequest
 
 _log = structlog.get_logger("ackwire.gateway")
 
-BUS_ERRORS = (NatsError, JetStreamError, TimeoutError)
 _RELEASE_TIMEOUT_S = 2.0
 _CLAIM_ATTEMPTS = 3
 _REFRESH_BATCH = 256
@@ -73,13 +78,11 @@ class Holding(Protocol):
     async def taken_over(self) -> int:
         """Stop delivering at once, close 4409; the highest seq sent."""
 
+    async def draining(self) -> None:
+        """Close 1001 once the acks read are confirmed."""
 
-class ResumeRefusedError(Exception):
-    """Close 4403: not this client's session to resume."""
-
-
-class SessionLostError(Exception):
-    """Close 4409: another connection claimed the session first."""
+    def resync(self) -> None:
+        """NATS is back: read the store again, the live feed may have lost messages."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +130,11 @@ class HeldSessions:
         self._incarnation = incarnation
         self._ttl = timedelta(seconds=ttl_s)
         self._held: dict[str, _Hold] = {}
+        # Connections that ended while the store could not record their detach: retried
+        # at every refresh, so a session does not look online for a TTL.
+        self._undetached: dict[str, _Hold] = {}
         self._release_sub: Subscription | None = None
+        self._releasing = BackgroundTasks()
         self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -138,11 +145,22 @@ class HeldSessions:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._refresher)
+        await self._releasing.finish()
         if self._release_sub is not None:
             try:
-                await self._release_sub.unsubscribe()
-            except NatsError as exc:
+                with bus_errors("unsubscribing from release requests"):
+                    await self._release_sub.unsubscribe()
+            except BusError as exc:
                 _log.debug("sessions.unsubscribe_failed", error=str(exc))
+
+    async def drain(self) -> None:
+        """Close every connection 1001, each once the acks it read are confirmed."""
+        await asyncio.gather(*(hold.connection.draining() for hold in list(self._held.values())))
+
+    def resync(self) -> None:
+        """NATS is back: every connection reads its session's store again."""
+        for hold in list(self._held.values()):
+            hold.connection.resync()
 
     # -- a connection's life -------------------------------------------------
 
@@ -177,9 +195,22 @@ class HeldSessions:
         hold = self._held.pop(connection.connection_id, None)
         if hold is None:
             return  # taken over: no longer ours to change
-        sent_upto = connection.sent_upto
+        await self._let_go(hold, state, connection.sent_upto)
+
+    async def detach(self, connection: Holding) -> None:
+        """The connection ended: record the session detached. When the store cannot say
+        so now, the next refreshes try again."""
+        hold = self._held.get(connection.connection_id)
+        try:
+            await self.let_go(connection, SessionState.DETACHED)
+        except BusError as exc:
+            _log.warning("session.detach_failed", error=str(exc))
+            if hold is not None:
+                self._undetached[connection.connection_id] = hold
+
+    async def _let_go(self, hold: _Hold, state: SessionState, sent_upto: int) -> None:
         session = hold.record
-        async for attempt in stamina.retry_context(on=BUS_ERRORS, attempts=5, timeout=10.0):
+        async for attempt in stamina.retry_context(on=BusError, attempts=5, timeout=10.0):
             with attempt:
                 ours = await self._write_while_ours(
                     hold, lambda record: record.let_go(state, sent_upto=sent_upto, now=_now())
@@ -208,6 +239,13 @@ class HeldSessions:
         for start in range(0, len(holds), _REFRESH_BATCH):
             batch = holds[start : start + _REFRESH_BATCH]
             await asyncio.gather(*(self._refresh_one(hold) for hold in batch))
+        for connection_id, hold in list(self._undetached.items()):
+            try:
+                await self._let_go(hold, SessionState.DETACHED, hold.connection.sent_upto)
+            except BusError as exc:
+                _log.warning("session.detach_failed", error=str(exc))
+            else:
+                del self._undetached[connection_id]
 
     # -- internals -----------------------------------------------------------
 
@@ -247,7 +285,7 @@ class HeldSessions:
                     await self._queue.last_seq(record.session_id) if released is None else released
                 )
                 sent_before = max(sent_before, sent)
-        except BUS_ERRORS:
+        except BusError:
             await self._abandon(hold)
             raise
         await self._index(record)
@@ -270,8 +308,8 @@ class HeldSessions:
         """List the session under its user. Best effort: the next refresh lists it again."""
         try:
             await self._users.keep(record.user, record.session_id)
-        except BUS_ERRORS as exc:
-            _log.warning("session.not_indexed", error=str(exc) or type(exc).__name__)
+        except BusError as exc:
+            _log.warning("session.not_indexed", error=str(exc))
 
     async def _abandon(self, hold: _Hold) -> None:
         """The connection got the session but cannot be welcomed (the bus failed): give the
@@ -282,10 +320,10 @@ class HeldSessions:
                 hold,
                 lambda record: record.let_go(SessionState.DETACHED, sent_upto=0, now=_now()),
             )
-        except BUS_ERRORS as exc:
+        except BusError as exc:
             # Still marked live on this gateway; whoever resumes next asks it to let go,
             # and it answers that it holds nothing.
-            _log.warning("session.abandon_failed", error=str(exc) or type(exc).__name__)
+            _log.warning("session.abandon_failed", error=str(exc))
 
     async def _ask_to_release(self, before: SessionRecord) -> int | None:
         """Have the previous holder stop and close 4409; the highest seq it had sent, or
@@ -298,15 +336,19 @@ class HeldSessions:
             claimed_by=self._gateway,
         )
         try:
-            reply = await self._nc.request(
-                subjects.release_subject(before.gateway),
-                request.to_bytes(),
-                timeout=_RELEASE_TIMEOUT_S,
-            )
+            try:
+                with bus_errors(f"asking {before.gateway} to release"):
+                    reply = await self._nc.request(
+                        subjects.release_subject(before.gateway),
+                        request.to_bytes(),
+                        timeout=_RELEASE_TIMEOUT_S,
+                    )
+            except BusUnavailableError as exc:
+                if isinstance(exc.__cause__, NoRespondersError):
+                    return None  # it died, and its lease has not lapsed yet
+                raise
             released = Released.model_validate_json(reply.data)
-        except NoRespondersError:
-            return None  # it died, and its lease has not lapsed yet
-        except (NatsError, TimeoutError, ValidationError) as exc:
+        except (BusError, ValidationError) as exc:
             # Cut off: it cannot deliver without NATS, and learns of the loss when its
             # next compare-and-set fails.
             _log.warning(
@@ -320,6 +362,10 @@ class HeldSessions:
         return released.sent_upto if released.released else None
 
     async def _on_release(self, msg: Msg) -> None:
+        # Answered side by side: one slow takeover must not hold up the others.
+        self._releasing.spawn(self._release(msg), name="release")
+
+    async def _release(self, msg: Msg) -> None:
         try:
             request = ReleaseRequest.model_validate_json(msg.data)
         except ValidationError as exc:
@@ -335,7 +381,13 @@ class HeldSessions:
                 connection_id=request.connection_id,
                 claimed_by=request.claimed_by,
             )
-        await msg.respond(Released(released=hold is not None, sent_upto=sent_upto).to_bytes())
+        try:
+            with bus_errors("answering a release request"):
+                await msg.respond(
+                    Released(released=hold is not None, sent_upto=sent_upto).to_bytes()
+                )
+        except BusError as exc:  # the claimant learns it from our record, or our lease
+            _log.warning("session.release_unanswered", error=str(exc))
 
     async def _keep_fresh(self) -> None:
         # A record not rewritten within the TTL expires: four refreshes per TTL.
@@ -350,14 +402,17 @@ class HeldSessions:
             # Retried for a while: a refresh right after a reconnect may meet a cluster
             # still electing leaders, and the next one is a quarter of a TTL away.
             async for attempt in stamina.retry_context(
-                on=BUS_ERRORS, attempts=None, timeout=_REFRESH_RETRY_S
+                on=BusError, attempts=None, timeout=_REFRESH_RETRY_S
             ):
                 with attempt:
                     ours = await self._write_while_ours(
-                        hold, lambda record: record.model_copy(update={"sent_upto": sent_upto})
+                        hold,
+                        lambda record: record.model_copy(
+                            update={"sent_upto": max(record.sent_upto, sent_upto)}
+                        ),
                     )
-        except BUS_ERRORS as exc:
-            _log.warning("session.refresh_failed", error=str(exc) or type(exc).__name__)
+        except BusError as exc:
+            _log.warning("session.refresh_failed", error=str(exc))
             return
         if ours:
             await self._index(hold.record)

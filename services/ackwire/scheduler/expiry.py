@@ -15,17 +15,15 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from nats.errors import Error as NatsError
-from nats.js.errors import Error as JetStreamError
 
 from ackwire.bus import subjects
 from ackwire.bus.receipts import Receipts
-from ackwire.bus.session_queue import SessionQueue, SessionQueueError
+from ackwire.bus.session_queue import SessionQueue
+from ackwire.errors import BusError
 
 _log = structlog.get_logger("ackwire.scheduler")
 
 _READ_BATCH = 256
-_BUS_ERRORS = (NatsError, JetStreamError, TimeoutError, SessionQueueError)
 
 
 class ExpirySweeper:
@@ -69,6 +67,6 @@ class ExpirySweeper:
         while True:
             try:
                 await self.sweep()
-            except _BUS_ERRORS as exc:
+            except BusError as exc:
                 _log.warning("expiry.sweep_failed", error=str(exc) or type(exc).__name__)
             await asyncio.sleep(self.every_s)

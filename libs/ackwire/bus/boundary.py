@@ -1,0 +1,34 @@
+"""Where nats-py's exceptions become ackwire's (`ackwire.errors`), once.
+
+Every module that calls NATS wraps the call in `bus_errors(...)`, so what a bus
+call raises is a `BusError` (or a `ConflictError` the module raises itself),
+whatever went wrong underneath: a refused connection, no responders, a request
+that timed out, nats-py's outbound buffer filling during a reconnect, or an
+error answer from JetStream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from nats.errors import Error as NatsError
+from nats.js.errors import APIError
+from nats.js.errors import Error as JetStreamError
+
+from ackwire.errors import BusUnavailableError, StoreRejectedError
+
+_SERVICE_UNAVAILABLE = 503
+
+
+@contextmanager
+def bus_errors(doing: str) -> Iterator[None]:
+    """Translate what a NATS call inside raises; `doing` names it for the message."""
+    try:
+        yield
+    except APIError as exc:
+        if exc.code == _SERVICE_UNAVAILABLE:  # JetStream is there but not answering
+            raise BusUnavailableError(f"{doing}: {exc.description or exc}") from exc
+        raise StoreRejectedError(f"{doing}: {exc.description or exc}") from exc
+    except (NatsError, JetStreamError, TimeoutError, OSError) as exc:
+        raise BusUnavailableError(f"{doing}: {str(exc) or type(exc).__name__}") from exc
