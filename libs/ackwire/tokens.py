@@ -24,6 +24,10 @@ class InvalidTokenError(Exception):
     """The token is missing, malformed, badly signed or expired; the message says which."""
 
 
+class OtherUserTokenError(InvalidTokenError):
+    """A valid token, but for another user than the connection it was meant to refresh."""
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Who a verified token speaks for."""
@@ -70,6 +74,16 @@ class TokenVerifier:
         ):
             raise InvalidTokenError("claim `topics` must be a list of topic patterns")
         return Identity(user=sub, topics=tuple(topics), expires_at=float(claims["exp"]))
+
+    def verify_refresh(self, token: str, current: Identity) -> Identity:
+        """The identity a `refresh` token proves for a connection now holding `current`.
+
+        Raises `InvalidTokenError` as `verify` does, or `OtherUserTokenError` when the
+        token names another `sub`: a connection's user never changes."""
+        renewed = self.verify(token)
+        if renewed.user != current.user:
+            raise OtherUserTokenError("token names another `sub` than this connection's user")
+        return renewed
 
 
 def mint_token(

@@ -10,7 +10,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ackwire.settings import JwtAlgorithm, Settings
-from ackwire.tokens import InvalidTokenError, TokenVerifier, mint_token
+from ackwire.tokens import (
+    Identity,
+    InvalidTokenError,
+    OtherUserTokenError,
+    TokenVerifier,
+    mint_token,
+)
 from support.auth import TEST_SECRET
 
 
@@ -25,6 +31,54 @@ def test_a_minted_token_verifies_with_its_claims() -> None:
 def test_no_topics_claim_means_no_topic() -> None:
     verifier = TokenVerifier(Settings(jwt_secret=TEST_SECRET))
     assert verifier.verify(mint_token(TEST_SECRET, "bob")).topics == ()
+
+
+#: An `exp` for tokens made when tests are collected: the suite runs for minutes, and a token
+#: meant to fail for another reason must not expire first.
+LATER = int(time.time()) + 86400
+
+
+def _alice_connected(verifier: TokenVerifier) -> Identity:
+    return verifier.verify(mint_token(TEST_SECRET, "alice", topics=["chat.*"], ttl_s=60))
+
+
+def test_a_refresh_for_the_same_user_gives_the_new_identity() -> None:
+    verifier = TokenVerifier(Settings(jwt_secret=TEST_SECRET))
+    current = _alice_connected(verifier)
+    renewed = verifier.verify_refresh(
+        mint_token(TEST_SECRET, "alice", topics=["news.>"], ttl_s=7200), current
+    )
+    assert renewed.user == "alice"
+    assert renewed.topics == ("news.>",)  # the new token's claim, not the old one's
+    assert renewed.expires_at >= current.expires_at + 7200 - 60
+
+
+def test_a_refresh_naming_another_user_is_refused_saying_so() -> None:
+    verifier = TokenVerifier(Settings(jwt_secret=TEST_SECRET))
+    with pytest.raises(OtherUserTokenError, match="another `sub`"):
+        verifier.verify_refresh(mint_token(TEST_SECRET, "bob"), _alice_connected(verifier))
+
+
+@pytest.mark.parametrize(
+    ("token", "says"),
+    [
+        ("", "missing token"),
+        ("not-a-jwt", "invalid token"),
+        (jwt.encode({"sub": "alice", "exp": int(time.time()) - 60}, TEST_SECRET), "expired"),
+        (
+            jwt.encode(
+                {"sub": "alice", "exp": LATER},
+                "another-secret-that-is-long-enough-for-hs256",
+            ),
+            "invalid token",
+        ),
+    ],
+)
+def test_a_refresh_with_a_bad_or_expired_token_is_refused_saying_why(token: str, says: str) -> None:
+    verifier = TokenVerifier(Settings(jwt_secret=TEST_SECRET))
+    with pytest.raises(InvalidTokenError, match=says) as refused:
+        verifier.verify_refresh(token, _alice_connected(verifier))
+    assert not isinstance(refused.value, OtherUserTokenError)
 
 
 def _hs256_signed_with(secret: bytes, claims: dict[str, object]) -> str:
