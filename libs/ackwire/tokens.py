@@ -2,7 +2,9 @@
 
 HS256 with the deployment's secret by default; RS256/ES256 with a configured
 public key. The gateway verifies, `ackwire token` mints (HS256 only: a
-deployment on public keys mints with its own identity provider).
+deployment on public keys mints with its own identity provider). With
+`ACKWIRE_JWT_AUDIENCE` / `ACKWIRE_JWT_ISSUER` set, a token must also carry that
+`aud` / `iss`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class TokenVerifier:
             self._key = settings.jwt_public_key
         else:
             raise ValueError(f"ACKWIRE_JWT_PUBLIC_KEY is required for {self._algorithm}")
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
 
     def verify(self, token: str) -> Identity:
         """The identity a token proves; raises `InvalidTokenError` saying why not."""
@@ -58,9 +62,21 @@ class TokenVerifier:
                 algorithms=[self._algorithm.value],
                 options={"require": ["sub", "exp"]},
                 leeway=_LEEWAY_S,
+                audience=self._audience,
+                issuer=self._issuer,
             )
         except jwt.ExpiredSignatureError as exc:
             raise InvalidTokenError("token expired") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise InvalidTokenError(
+                "token's `aud` is not this deployment's audience"
+                if self._audience
+                else "token carries an `aud` claim; this deployment expects none"
+            ) from exc
+        except jwt.InvalidIssuerError as exc:
+            raise InvalidTokenError("token's `iss` is not this deployment's issuer") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise InvalidTokenError(f"token has no `{exc.claim}` claim") from exc
         except jwt.InvalidTokenError as exc:
             raise InvalidTokenError(f"invalid token: {exc}") from exc
         sub = claims["sub"]
@@ -87,11 +103,21 @@ class TokenVerifier:
 
 
 def mint_token(
-    secret: str, sub: str, *, topics: list[str] | None = None, ttl_s: float = 3600.0
+    secret: str,
+    sub: str,
+    *,
+    topics: list[str] | None = None,
+    ttl_s: float = 3600.0,
+    audience: str | None = None,
+    issuer: str | None = None,
 ) -> str:
-    """An HS256 token for `sub`, valid for `ttl_s` seconds."""
+    """An HS256 token for `sub`, valid for `ttl_s` seconds, with `aud` and `iss` if given."""
     now = int(time.time())
     claims: dict[str, object] = {"sub": sub, "iat": now, "exp": now + int(ttl_s)}
     if topics:
         claims["topics"] = topics
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
     return jwt.encode(claims, secret, algorithm="HS256")

@@ -128,3 +128,67 @@ def test_public_key_algorithms_verify_and_refuse_hs256(
 def test_a_public_key_algorithm_without_a_key_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="ACKWIRE_JWT_PUBLIC_KEY"):
         TokenVerifier(Settings(jwt_algorithm=JwtAlgorithm.RS256))
+
+
+AUDIENCE = "ackwire-test"
+ISSUER = "https://id.example.test"
+
+
+def _claims(**extra: object) -> dict[str, object]:
+    return {"sub": "alice", "exp": LATER, **extra}
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        _claims(aud=AUDIENCE, iss=ISSUER),
+        _claims(aud=["another-service", AUDIENCE], iss=ISSUER),  # one of several audiences
+    ],
+)
+def test_a_configured_audience_and_issuer_accept_matching_tokens(
+    claims: dict[str, object],
+) -> None:
+    verifier = TokenVerifier(
+        Settings(jwt_secret=TEST_SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER)
+    )
+    assert verifier.verify(jwt.encode(claims, TEST_SECRET)).user == "alice"
+
+
+@pytest.mark.parametrize(
+    ("claims", "says"),
+    [
+        (_claims(iss=ISSUER), "token has no `aud` claim"),
+        (_claims(aud="another-service", iss=ISSUER), "`aud` is not this deployment's audience"),
+        (_claims(aud=["a", "b"], iss=ISSUER), "`aud` is not this deployment's audience"),
+        (_claims(aud=7, iss=ISSUER), "`aud` is not this deployment's audience"),
+        (_claims(aud=AUDIENCE), "token has no `iss` claim"),
+        (_claims(aud=AUDIENCE, iss="https://evil.test"), "`iss` is not this deployment's issuer"),
+    ],
+)
+def test_a_configured_audience_and_issuer_refuse_other_tokens_saying_which(
+    claims: dict[str, object], says: str
+) -> None:
+    verifier = TokenVerifier(
+        Settings(jwt_secret=TEST_SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER)
+    )
+    with pytest.raises(InvalidTokenError, match=says):
+        verifier.verify(jwt.encode(claims, TEST_SECRET))
+
+
+def test_unconfigured_a_token_meant_for_an_audience_is_refused_and_any_issuer_accepted() -> None:
+    verifier = TokenVerifier(Settings(jwt_secret=TEST_SECRET))
+    assert verifier.verify(jwt.encode(_claims(iss=ISSUER), TEST_SECRET)).user == "alice"
+    with pytest.raises(InvalidTokenError, match="expects none"):
+        verifier.verify(jwt.encode(_claims(aud=AUDIENCE), TEST_SECRET))
+
+
+def test_a_minted_token_carries_the_audience_and_issuer_asked_for() -> None:
+    token = mint_token(TEST_SECRET, "alice", audience=AUDIENCE, issuer=ISSUER)
+    claims = jwt.decode(token, TEST_SECRET, algorithms=["HS256"], audience=AUDIENCE)
+    assert (claims["aud"], claims["iss"]) == (AUDIENCE, ISSUER)
+    assert "aud" not in jwt.decode(mint_token(TEST_SECRET, "alice"), TEST_SECRET, ["HS256"])
+
+
+def test_an_empty_audience_setting_is_a_bad_setting() -> None:
+    with pytest.raises(ValueError, match="jwt_audience"):
+        Settings(jwt_audience="")

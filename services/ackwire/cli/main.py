@@ -66,6 +66,8 @@ def _add_driving_commands(commands: argparse._SubParsersAction[argparse.Argument
         "--topics", action="append", default=[], help="a topic pattern the user may subscribe to"
     )
     token.add_argument("--ttl", type=_positive, default=3600, help="seconds until it expires")
+    token.add_argument("--aud", help="the `aud` claim (default: ACKWIRE_JWT_AUDIENCE)")
+    token.add_argument("--iss", help="the `iss` claim (default: ACKWIRE_JWT_ISSUER)")
 
     publish = commands.add_parser("publish", help="publish a topic event")
     publish.add_argument("--topic", required=True)
@@ -210,7 +212,15 @@ def _print_token(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     secret = settings.jwt_secret.get_secret_value()
-    print(mint_token(secret, args.sub, topics=args.topics, ttl_s=args.ttl))
+    token = mint_token(
+        secret,
+        args.sub,
+        topics=args.topics,
+        ttl_s=args.ttl,
+        audience=args.aud or settings.jwt_audience,
+        issuer=args.iss or settings.jwt_issuer,
+    )
+    print(token)
     return 0
 
 
