@@ -9,6 +9,7 @@ deployment on public keys mints with its own identity provider). With
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,31 @@ class InvalidTokenError(Exception):
 
 class OtherUserTokenError(InvalidTokenError):
     """A valid token, but for another user than the connection it was meant to refresh."""
+
+
+class DevelopmentSecretError(ValueError):
+    """A gateway would listen beyond loopback with the public development secret."""
+
+
+def refuse_development_secret_beyond_loopback(settings: Settings, host: str) -> None:
+    """Raise `DevelopmentSecretError` if clients on other machines could reach a gateway
+    whose tokens anyone can mint. On loopback the development secret is only warned of."""
+    if settings.uses_development_secret and not is_loopback(host):
+        raise DevelopmentSecretError(
+            f"refusing to listen on {host or 'every address'} with the development secret "
+            "(anyone can mint tokens with it); set ACKWIRE_JWT_SECRET, or listen on 127.0.0.1"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host`: 127.0.0.0/8, ::1 or localhost. A wildcard
+    (0.0.0.0, ::, the empty host) is every address; other names are not resolved."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)

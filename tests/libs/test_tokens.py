@@ -9,13 +9,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ackwire.settings import JwtAlgorithm, Settings
+from ackwire.settings import DEVELOPMENT_SECRET, JwtAlgorithm, Settings
 from ackwire.tokens import (
+    DevelopmentSecretError,
     Identity,
     InvalidTokenError,
     OtherUserTokenError,
     TokenVerifier,
+    is_loopback,
     mint_token,
+    refuse_development_secret_beyond_loopback,
 )
 from support.auth import TEST_SECRET
 
@@ -192,3 +195,30 @@ def test_a_minted_token_carries_the_audience_and_issuer_asked_for() -> None:
 def test_an_empty_audience_setting_is_a_bad_setting() -> None:
     with pytest.raises(ValueError, match="jwt_audience"):
         Settings(jwt_audience="")
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("localhost", True),
+        ("LocalHost", True),
+        ("0.0.0.0", False),  # every address
+        ("::", False),
+        ("", False),
+        ("10.0.0.7", False),
+        ("gateway.example.test", False),  # a name is not resolved: it may be anything
+    ],
+)
+def test_loopback_is_127_0_0_0_8_ipv6_1_and_localhost(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_the_development_secret_is_refused_beyond_loopback_only() -> None:
+    development = Settings(jwt_secret=DEVELOPMENT_SECRET)
+    refuse_development_secret_beyond_loopback(development, "127.0.0.1")
+    with pytest.raises(DevelopmentSecretError, match=r"0\.0\.0\.0.*ACKWIRE_JWT_SECRET"):
+        refuse_development_secret_beyond_loopback(development, "0.0.0.0")
+    refuse_development_secret_beyond_loopback(Settings(jwt_secret=TEST_SECRET), "0.0.0.0")

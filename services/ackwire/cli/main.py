@@ -14,7 +14,11 @@ from pydantic import JsonValue, ValidationError
 from ackwire.bus.subjects import InvalidNameError
 from ackwire.logs import configure_logging
 from ackwire.settings import JwtAlgorithm, Settings
-from ackwire.tokens import mint_token
+from ackwire.tokens import (
+    DevelopmentSecretError,
+    mint_token,
+    refuse_development_secret_beyond_loopback,
+)
 from ackwire.wire.topics import BadTopicError
 
 DEMO_KIND_NAMES = "echo,sleep,fail,translate"
@@ -123,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, settings)
     except (InvalidNameError, BadTopicError) as exc:
         parser.exit(2, f"ackwire: {exc}\n")
+    except DevelopmentSecretError as exc:
+        parser.exit(2, f"ackwire {args.command}: {exc}\n")
     except OSError as exc:  # a port taken, a directory not writable: say it in one line
         print(f"ackwire {args.command}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -150,6 +156,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _up(args: argparse.Namespace, settings: Settings) -> int:
     from ackwire.cli.up import StackOptions, run_stack
 
+    # Before anything starts: the gateways it would spawn would each refuse.
+    refuse_development_secret_beyond_loopback(settings, args.host)
     options = StackOptions(
         host=args.host,
         port=args.port,
