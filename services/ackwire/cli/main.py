@@ -235,7 +235,7 @@ def _print_token(args: argparse.Namespace, settings: Settings) -> int:
 def _publish(args: argparse.Namespace, settings: Settings) -> int:
     from ackwire.cli import publishing
     from ackwire.cli.bus import NatsUnreachableError
-    from ackwire.publisher import NoRecipientError
+    from ackwire.publisher import FrameTooLargeError, NoRecipientError
 
     try:
         if args.command == "publish":
@@ -251,6 +251,9 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
     except (NatsUnreachableError, NoRecipientError) as exc:
         print(f"ackwire {args.command}: {exc}", file=sys.stderr)
         return 1
+    except FrameTooLargeError as exc:  # bad input: no client could ever receive it
+        print(f"ackwire {args.command}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
