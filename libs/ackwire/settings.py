@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     jwt_algorithm: JwtAlgorithm = JwtAlgorithm.HS256
     jwt_public_key: str | None = None
     """PEM text of the public key that verifies RS256/ES256 tokens."""
+    jwt_audience: Annotated[str, Field(min_length=1)] | None = None
+    """When set, a token must carry this `aud`; unset, a token carrying any `aud` is refused
+    (RFC 7519 4.1.3: it was meant for someone else)."""
+    jwt_issuer: Annotated[str, Field(min_length=1)] | None = None
+    """When set, a token must carry this `iss`."""
 
     heartbeat_s: Seconds = 15.0
     hello_timeout_s: Seconds = 10.0

@@ -11,6 +11,9 @@ from pydantic import Field, JsonValue
 
 from ackwire.bus.models import BusModel, utc_now
 
+#: A job's one terminal delivery (kind `result` or `error`) has the id `<job_id>:result`.
+TERMINAL_SUFFIX = ":result"
+
 
 def new_job_id(session_id: str, idempotency_key: str | None) -> str:
     """A job id; the same for the same idempotency key in the same session, for ever."""

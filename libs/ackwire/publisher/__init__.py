@@ -12,6 +12,10 @@ session's queue and delivered under the same ack rules as job results, with
 the returned id as the `deliver` frame's `id`. A FastStream app passes its
 broker's NATS connection: `Publisher(broker.connection)` once the broker
 is connected (see docs/backends.md).
+
+Neither may be larger than clients accept: a message or event whose frame
+would exceed `max_frame_bytes` (the gateways' `ACKWIRE_MAX_FRAME_BYTES`) is
+refused with `FrameTooLargeError`, and nothing is stored.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from ackwire.sessions.overview import UserPresence, user_presence
 from ackwire.sessions.record import addressable
 from ackwire.sessions.table import SessionTable
 from ackwire.sessions.users import UserSessions
+from ackwire.settings import Settings
+from ackwire.wire.bounds import FrameTooLargeError, refuse_oversized_deliver, refuse_oversized_event
 from ackwire.wire.topics import topic_name
 
 
@@ -59,9 +65,15 @@ class _Stores:
 
 
 class Publisher:
-    def __init__(self, nc: Client, *, producer: str = "publisher") -> None:
-        """`producer` names this service in receipts: `receipts()` follows its own."""
+    def __init__(
+        self, nc: Client, *, producer: str = "publisher", max_frame_bytes: int | None = None
+    ) -> None:
+        """`producer` names this service in receipts: `receipts()` follows its own.
+        `max_frame_bytes` is the gateways' limit (default: `ACKWIRE_MAX_FRAME_BYTES`)."""
         self._nc = nc
+        self._max_frame_bytes = (
+            Settings().max_frame_bytes if max_frame_bytes is None else max_frame_bytes
+        )
         self._producer = service_token(producer)
         self._receipts = Receipts(nc)
         self._queue = SessionQueue(nc, nc.jetstream())
@@ -69,10 +81,20 @@ class Publisher:
         self._owns_connection = False
 
     @classmethod
-    async def connect(cls, servers: str | list[str], *, producer: str = "publisher") -> Publisher:
+    async def connect(
+        cls,
+        servers: str | list[str],
+        *,
+        producer: str = "publisher",
+        max_frame_bytes: int | None = None,
+    ) -> Publisher:
         """A publisher on a connection of its own (closed by `close`)."""
         urls = [url.strip() for url in servers.split(",")] if isinstance(servers, str) else servers
-        publisher = cls(await connect_nats(urls, name=f"ackwire-{producer}"), producer=producer)
+        publisher = cls(
+            await connect_nats(urls, name=f"ackwire-{producer}"),
+            producer=producer,
+            max_frame_bytes=max_frame_bytes,
+        )
         publisher._owns_connection = True
         return publisher
 
@@ -85,11 +107,12 @@ class Publisher:
     ) -> int:
         """Publish an event to `topic`; with `snapshot`, it also becomes the topic's
         snapshot, sent first to every later subscriber. Returns the event's `seq` once
-        stored. `event_id` makes a retried publish store the event once."""
+        stored. `event_id` makes a retried publish store the event once. Raises
+        `FrameTooLargeError` when its `event` frame would exceed `max_frame_bytes`."""
+        name = topic_name(topic)
+        refuse_oversized_event(self._max_frame_bytes, topic=name, data=data)
         stores = await self._opened()
-        return await stores.topics.publish(
-            topic_name(topic), data, snapshot=snapshot, event_id=event_id
-        )
+        return await stores.topics.publish(name, data, snapshot=snapshot, event_id=event_id)
 
     async def send(
         self,
@@ -101,8 +124,13 @@ class Publisher:
     ) -> Sent:
         """Store a message (kind `message`) for every live or resumable session of `user`,
         or for one `session`; returns once every copy is stored. Raises
-        `NoRecipientError` when there is nobody to store it for. A retry with the same
+        `NoRecipientError` when there is nobody to store it for, `FrameTooLargeError`
+        when its `deliver` frame would exceed `max_frame_bytes`. A retry with the same
         `message_id` (within two minutes) stores it once."""
+        message_id = message_token(message_id or "m-" + secrets.token_urlsafe(16))
+        refuse_oversized_deliver(
+            self._max_frame_bytes, delivery_id=message_id, kind="message", data=data
+        )
         stores = await self._opened()
         if session is not None and user is None:
             candidates = [session_token(session)]
@@ -118,7 +146,6 @@ class Publisher:
         if not recipients:
             who = f"user {user}" if user is not None else f"session {session}"
             raise NoRecipientError(f"{who} has no live or resumable session")
-        message_id = message_token(message_id or "m-" + secrets.token_urlsafe(16))
         for session_id, owner in recipients:
             await self._queue.put(
                 Delivery(
@@ -173,6 +200,7 @@ def _presence_change(msg: Msg) -> PresenceChange:
 
 __all__ = [
     "Following",
+    "FrameTooLargeError",
     "NoRecipientError",
     "PresenceChange",
     "Publisher",

@@ -47,6 +47,9 @@ class ErrorCode(StrEnum):
     """Too many submits; try again later."""
     UNAVAILABLE = "unavailable"
     """The gateway could not confirm the request was stored or served; retrying is safe."""
+    BAD_TOKEN = "bad_token"  # noqa: S105 (an error code, not a secret)
+    """A `refresh` carried a token that is invalid, expired or names another `sub`; the
+    connection keeps its old token and deadline."""
     FORBIDDEN_TOPIC = "forbidden_topic"
     """The token's `topics` claim does not allow this topic."""
     TOO_MANY_TOPICS = "too_many_topics"

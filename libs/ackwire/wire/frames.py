@@ -38,9 +38,13 @@ class ClientInfo(Frame):
     version: Annotated[str, Field(max_length=NAME_MAX)] | None = None
 
 
+#: A JWT is a few hundred bytes; this bounds what a client may make the gateway verify.
+TOKEN_MAX = 8192
+
+
 class Hello(Frame):
     type: Literal["hello"] = "hello"
-    token: Annotated[str, Field(max_length=8192)]
+    token: Annotated[str, Field(max_length=TOKEN_MAX)]
     resume: ResumeRequest | None = None
     client: ClientInfo | None = None
 
@@ -79,6 +83,14 @@ class Unsubscribe(Frame):
     topic: Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
 
 
+class Refresh(Frame):
+    """A newer token for the same user, sent before the connection's token expires."""
+
+    type: Literal["refresh"] = "refresh"
+    ref: Annotated[str, Field(min_length=1, max_length=REF_MAX)]
+    token: Annotated[str, Field(max_length=TOKEN_MAX)]
+
+
 class Ping(Frame):
     type: Literal["ping"] = "ping"
 
@@ -88,7 +100,7 @@ class Bye(Frame):
 
 
 ClientFrame = Annotated[
-    Hello | Ack | Submit | Subscribe | Unsubscribe | Ping | Bye,
+    Hello | Ack | Submit | Subscribe | Unsubscribe | Refresh | Ping | Bye,
     Field(discriminator="type"),
 ]
 
@@ -136,6 +148,13 @@ class Unsubscribed(Frame):
     topic: str
 
 
+class Refreshed(Frame):
+    type: Literal["refreshed"] = "refreshed"
+    ref: str
+    exp: int
+    """The new token's `exp`, in seconds since the epoch: the connection's new deadline."""
+
+
 class Event(Frame):
     type: Literal["event"] = "event"
     topic: str
@@ -153,9 +172,11 @@ class Error(Frame):
     ref: str | None = None
     code: ErrorCode
     message: str
+    topic: str | None = None
+    """The topic the error concerns, when it concerns one."""
 
 
 ServerFrame = Annotated[
-    Welcome | Deliver | Accepted | Subscribed | Unsubscribed | Event | Pong | Error,
+    Welcome | Deliver | Accepted | Subscribed | Unsubscribed | Refreshed | Event | Pong | Error,
     Field(discriminator="type"),
 ]

@@ -14,7 +14,11 @@ from pydantic import JsonValue, ValidationError
 from ackwire.bus.subjects import InvalidNameError
 from ackwire.logs import configure_logging
 from ackwire.settings import JwtAlgorithm, Settings
-from ackwire.tokens import mint_token
+from ackwire.tokens import (
+    DevelopmentSecretError,
+    mint_token,
+    refuse_development_secret_beyond_loopback,
+)
 from ackwire.wire.topics import BadTopicError
 
 DEMO_KIND_NAMES = "echo,sleep,fail,translate"
@@ -66,6 +70,8 @@ def _add_driving_commands(commands: argparse._SubParsersAction[argparse.Argument
         "--topics", action="append", default=[], help="a topic pattern the user may subscribe to"
     )
     token.add_argument("--ttl", type=_positive, default=3600, help="seconds until it expires")
+    token.add_argument("--aud", help="the `aud` claim (default: ACKWIRE_JWT_AUDIENCE)")
+    token.add_argument("--iss", help="the `iss` claim (default: ACKWIRE_JWT_ISSUER)")
 
     publish = commands.add_parser("publish", help="publish a topic event")
     publish.add_argument("--topic", required=True)
@@ -121,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, settings)
     except (InvalidNameError, BadTopicError) as exc:
         parser.exit(2, f"ackwire: {exc}\n")
+    except DevelopmentSecretError as exc:
+        parser.exit(2, f"ackwire {args.command}: {exc}\n")
     except OSError as exc:  # a port taken, a directory not writable: say it in one line
         print(f"ackwire {args.command}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -148,6 +156,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _up(args: argparse.Namespace, settings: Settings) -> int:
     from ackwire.cli.up import StackOptions, run_stack
 
+    # Before anything starts: the gateways it would spawn would each refuse.
+    refuse_development_secret_beyond_loopback(settings, args.host)
     options = StackOptions(
         host=args.host,
         port=args.port,
@@ -210,14 +220,22 @@ def _print_token(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     secret = settings.jwt_secret.get_secret_value()
-    print(mint_token(secret, args.sub, topics=args.topics, ttl_s=args.ttl))
+    token = mint_token(
+        secret,
+        args.sub,
+        topics=args.topics,
+        ttl_s=args.ttl,
+        audience=args.aud or settings.jwt_audience,
+        issuer=args.iss or settings.jwt_issuer,
+    )
+    print(token)
     return 0
 
 
 def _publish(args: argparse.Namespace, settings: Settings) -> int:
     from ackwire.cli import publishing
     from ackwire.cli.bus import NatsUnreachableError
-    from ackwire.publisher import NoRecipientError
+    from ackwire.publisher import FrameTooLargeError, NoRecipientError
 
     try:
         if args.command == "publish":
@@ -233,6 +251,9 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
     except (NatsUnreachableError, NoRecipientError) as exc:
         print(f"ackwire {args.command}: {exc}", file=sys.stderr)
         return 1
+    except FrameTooLargeError as exc:  # bad input: no client could ever receive it
+        print(f"ackwire {args.command}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -13,7 +13,8 @@ async def publish(settings: Settings, topic: str, data: JsonValue, *, snapshot: 
     """The event's seq, once stored."""
     nc = await connect_briefly(settings)
     try:
-        return await Publisher(nc).publish(topic, data, snapshot=snapshot)
+        publisher = Publisher(nc, max_frame_bytes=settings.max_frame_bytes)
+        return await publisher.publish(topic, data, snapshot=snapshot)
     finally:
         await nc.close()
 
@@ -24,6 +25,7 @@ async def send(
     """The message's id, once stored for every addressed session."""
     nc = await connect_briefly(settings)
     try:
-        return (await Publisher(nc).send(data, user=user, session=session)).id
+        publisher = Publisher(nc, max_frame_bytes=settings.max_frame_bytes)
+        return (await publisher.send(data, user=user, session=session)).id
     finally:
         await nc.close()

@@ -33,15 +33,18 @@ from ackwire.sessions.record import SessionState
 from ackwire.settings import Settings
 from ackwire.tokens import Identity, TokenVerifier
 from ackwire.wire import encode
-from ackwire.wire.codes import CloseCode
+from ackwire.wire.codes import CloseCode, ErrorCode
 from ackwire.wire.frames import (
     Ack,
     Bye,
     ClientFrame,
+    Error,
     Frame,
     Hello,
     Ping,
     Pong,
+    Refresh,
+    Refreshed,
     Submit,
     Subscribe,
     Unsubscribe,
@@ -95,6 +98,7 @@ class ClientConnection:
         self._sent_before = 0
         self._closing: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self._identity = Identity(user="", topics=(), expires_at=0.0)  # set by the hello
 
     # -- Holding: what the gateway's sessions see of this connection ---------
 
@@ -164,6 +168,7 @@ class ClientConnection:
             return None
 
     async def _open(self, hello: Hello, identity: Identity) -> Opened | None:
+        self._identity = identity
         structlog.contextvars.bind_contextvars(user=identity.user)
         try:
             return await self._gateway.sessions.open(hello.resume, identity.user, self)
@@ -267,6 +272,8 @@ class ClientConnection:
 
     def _expire_at(self, expires_at: float) -> None:
         """A connection lives no longer than its token."""
+        if self._expiry is not None:
+            self._expiry.cancel()
         delay = max(0.0, expires_at - time.time())
         self._expiry = asyncio.get_running_loop().call_later(
             delay, lambda: self._carry_out(self._guard.token_expired())
@@ -318,6 +325,21 @@ class ClientConnection:
                 await handlers.topics.subscribe(frame)
             case Unsubscribe():
                 await handlers.topics.unsubscribe(frame)
+            case Refresh():
+                await self._refresh(frame, handlers.topics)
+
+    async def _refresh(self, frame: Refresh, topics: ConnectionTopics) -> None:
+        """A newer token: the connection's new deadline, and its `topics` claim at once.
+        A bad one changes nothing: the old token and its deadline stay."""
+        try:
+            identity = self._gateway.verifier.verify_refresh(frame.token, self._identity)
+        except InvalidTokenError as exc:
+            await self._send(Error(ref=frame.ref, code=ErrorCode.BAD_TOKEN, message=str(exc)))
+            return
+        self._identity = identity
+        self._expire_at(identity.expires_at)
+        await self._send(Refreshed(ref=frame.ref, exp=int(identity.expires_at)))
+        await topics.reclaim(identity.topics)
 
     async def _bye(self, pump: DeliveryPump) -> None:
         """End the session for good, once the acks read before the `bye` are confirmed;

@@ -31,7 +31,7 @@ from ackwire.sessions.gateways import GatewayDirectory
 from ackwire.sessions.table import SessionTable
 from ackwire.sessions.users import UserSessions
 from ackwire.settings import Settings
-from ackwire.tokens import TokenVerifier
+from ackwire.tokens import TokenVerifier, refuse_development_secret_beyond_loopback
 from ackwire.wire.frames import SUBPROTOCOL
 
 _log = structlog.get_logger("ackwire.gateway")
@@ -50,6 +50,7 @@ def select_subprotocol(
 
 class Gateway:
     def __init__(self, settings: Settings, *, name: str, host: str, port: int) -> None:
+        refuse_development_secret_beyond_loopback(settings, host)
         self._name = subjects.service_token(name)
         self._settings = settings
         self._host = host

@@ -258,6 +258,23 @@ class ConnectionTopics:
             member.start(None)
         self._restoring, self._dropped = [], ()
 
+    async def reclaim(self, claims: tuple[str, ...]) -> None:
+        """A refreshed token's `topics` claim applies at once: a subscription it no longer
+        allows ends, with an error naming the topic."""
+        self._claims = claims
+        dropped = [topic for topic in self._members if not allowed(claims, topic)]
+        for topic in dropped:
+            await self._hub.leave(self._members.pop(topic))
+            await self._send(
+                Error(
+                    code=ErrorCode.FORBIDDEN_TOPIC,
+                    topic=topic,
+                    message=f"subscription to {topic} ended: the new token does not allow it",
+                )
+            )
+        if dropped:
+            await self._recorded(tuple(self._members), None)
+
     async def leave_all(self) -> None:
         for member in self._members.values():
             await self._hub.leave(member)

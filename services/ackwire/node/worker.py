@@ -23,6 +23,7 @@ from pydantic import BaseModel, JsonValue, ValidationError
 
 from ackwire.bus import subjects
 from ackwire.jobs.messages import (
+    TERMINAL_SUFFIX,
     AttemptFailedEvent,
     AttemptProgressed,
     AttemptStarted,
@@ -32,10 +33,21 @@ from ackwire.jobs.messages import (
 from ackwire.lifecycle import cancel_and_wait
 from ackwire.nodekit import JobKind
 from ackwire.settings import Settings
+from ackwire.wire.bounds import refuse_oversized_deliver
 
 _FETCH_WAIT_S = 1.0
+#: A handler's exception may carry anything (a whole payload, a megabyte of stack).
+_FAILURE_MESSAGE_MAX = 500
 
 _log = structlog.get_logger("ackwire.node")
+
+
+def _failure_message(exc: Exception) -> str:
+    """Why an attempt failed, short enough to reach the client in an `error` delivery."""
+    message = str(exc) or type(exc).__name__
+    if len(message) > _FAILURE_MESSAGE_MAX:
+        return message[: _FAILURE_MESSAGE_MAX - 1] + "…"
+    return message
 
 
 class Attempt:
@@ -170,9 +182,18 @@ class Worker:
             log.info("job.attempt_started", kind=kind)
             try:
                 data = await self._kinds[kind](work.payload, attempt)
+                # Stored, a result no client accepts would never be delivered.
+                refuse_oversized_deliver(
+                    self._settings.max_frame_bytes,
+                    delivery_id=work.job_id + TERMINAL_SUFFIX,
+                    kind="result",
+                    job_id=work.job_id,
+                    data=data,
+                )
             except Exception as exc:
-                log.warning("job.attempt_failed", error=str(exc) or type(exc).__name__)
-                await attempt.report(AttemptFailedEvent, message=str(exc) or type(exc).__name__)
+                failure = _failure_message(exc)
+                log.warning("job.attempt_failed", error=failure)
+                await attempt.report(AttemptFailedEvent, message=failure)
                 await (msg.nak() if attempt.attempt < self._settings.max_attempts else msg.term())
                 return
             await attempt.report(AttemptSucceeded, data=data)

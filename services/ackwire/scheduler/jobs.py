@@ -54,6 +54,7 @@ from ackwire.jobs.ledger import (
     TimerFired,
 )
 from ackwire.jobs.messages import (
+    TERMINAL_SUFFIX,
     AttemptFailedEvent,
     AttemptProgressed,
     AttemptStarted,
@@ -64,9 +65,8 @@ from ackwire.jobs.messages import (
 from ackwire.settings import Settings
 
 _MAX_CAS_RETRIES = 10
-#: The scheduler's name in receipts, and the suffix of a job's terminal delivery id.
+#: The scheduler's name in receipts.
 PRODUCER = "scheduler"
-_TERMINAL_SUFFIX = ":result"
 #: A handler takes milliseconds; a message a dead replica had pulled comes back after this.
 _HANDLER_ACK_WAIT_S = 5.0
 _events: TypeAdapter[JobEvent] = TypeAdapter(JobEvent)
@@ -153,7 +153,7 @@ class JobSupervisor:
             _log.error("job.unreadable_receipt", error=str(exc))
             await msg.reject()
             return
-        job_id = receipt.message_id.removesuffix(_TERMINAL_SUFFIX)
+        job_id = receipt.message_id.removesuffix(TERMINAL_SUFFIX)
         log = _log.bind(job_id=job_id, session_id=receipt.session_id, outcome=receipt.outcome)
         outcome = await self._apply(job_id, ResultReceipted(receipt.outcome), log)
         if outcome is not None and outcome.record.receipt == receipt.outcome:
@@ -233,10 +233,10 @@ class JobSupervisor:
             delivery: Delivery | None = None
             match action:
                 case DeliverResult(data=data):
-                    delivery = _delivery(record, "result", data, record.job_id + _TERMINAL_SUFFIX)
+                    delivery = _delivery(record, "result", data, record.job_id + TERMINAL_SUFFIX)
                 case DeliverError(code=code, message=message):
                     data = {"code": code, "message": message}
-                    delivery = _delivery(record, "error", data, record.job_id + _TERMINAL_SUFFIX)
+                    delivery = _delivery(record, "error", data, record.job_id + TERMINAL_SUFFIX)
                 case DeliverProgress(percent=percent):
                     progress_id = f"{record.job_id}:progress:{report_seq}"
                     delivery = _delivery(record, "progress", {"percent": percent}, progress_id)

@@ -6,7 +6,18 @@ from hypothesis import strategies as st
 
 from ackwire.wire import BadFrame, encode, parse_client_frame, parse_server_frame
 from ackwire.wire.codes import ErrorCode
-from ackwire.wire.frames import Ack, Error, Hello, Ping, Submit, Welcome
+from ackwire.wire.frames import (
+    REF_MAX,
+    TOKEN_MAX,
+    Ack,
+    Error,
+    Hello,
+    Ping,
+    Refresh,
+    Refreshed,
+    Submit,
+    Welcome,
+)
 
 
 @pytest.mark.parametrize(
@@ -20,6 +31,9 @@ from ackwire.wire.frames import Ack, Error, Hello, Ping, Submit, Welcome
             '{"type": "submit", "ref": "c-1", "kind": "echo", "payload": {"a": [1, null]}}',
             Submit(ref="c-1", kind="echo", payload={"a": [1, None]}),
         ),
+        ('{"type": "refresh", "ref": "c-9", "token": "t"}', Refresh(ref="c-9", token="t")),
+        # An empty token is well formed: the verifier answers it (`bad_token`, "missing token").
+        ('{"type": "refresh", "ref": "c-9", "token": ""}', Refresh(ref="c-9", token="")),
     ],
 )
 def test_well_formed_frames_parse(data: str, expected: object) -> None:
@@ -52,6 +66,54 @@ def test_malformed_frames_are_bad_frames_that_say_why(
     result = parse_client_frame(data)
     assert isinstance(result, BadFrame)
     assert reason_contains in result.reason
+
+
+@pytest.mark.parametrize(
+    ("data", "reason_contains"),
+    [
+        ('{"type": "refresh", "ref": "c-9"}', "token"),
+        ('{"type": "refresh", "ref": "c-9", "token": 42}', "token"),
+        ('{"type": "refresh", "ref": "c-9", "token": null}', "token"),
+        ('{"type": "refresh", "ref": "c-9", "token": ["a"]}', "token"),
+        ('{"type": "refresh", "ref": "c-9", "token": "' + "x" * (TOKEN_MAX + 1) + '"}', "token"),
+    ],
+)
+def test_a_bad_refresh_is_a_bad_frame_that_echoes_its_ref(data: str, reason_contains: str) -> None:
+    result = parse_client_frame(data)
+    assert isinstance(result, BadFrame)
+    assert reason_contains in result.reason
+    assert result.ref == "c-9"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"type": "refresh", "token": "t"}',
+        '{"type": "refresh", "ref": "", "token": "t"}',
+        '{"type": "refresh", "ref": 9, "token": "t"}',
+        '{"type": "refresh", "ref": "' + "r" * (REF_MAX + 1) + '", "token": "t"}',
+    ],
+)
+def test_a_refresh_without_a_readable_ref_is_a_bad_frame_without_one(data: str) -> None:
+    result = parse_client_frame(data)
+    assert isinstance(result, BadFrame)
+    assert "ref" in result.reason
+    assert result.ref is None
+
+
+def test_refreshed_round_trips_with_an_integer_exp() -> None:
+    refreshed = Refreshed(ref="c-9", exp=1767225600)
+    text = encode(refreshed)
+    assert json.loads(text) == {"type": "refreshed", "ref": "c-9", "exp": 1767225600}
+    assert parse_server_frame(text) == refreshed
+    assert isinstance(
+        parse_server_frame('{"type": "refreshed", "ref": "c-9", "exp": 1.5}'), BadFrame
+    )
+
+
+def test_bad_token_is_a_stable_error_code() -> None:
+    error = Error(ref="c-9", code=ErrorCode.BAD_TOKEN, message="token expired")
+    assert json.loads(encode(error))["code"] == "bad_token"
 
 
 def test_a_bad_frame_keeps_a_readable_ref() -> None:
@@ -91,7 +153,11 @@ json_values = st.recursive(
     max_leaves=20,
 )
 frame_like = st.fixed_dictionaries(
-    {"type": st.sampled_from(["hello", "ack", "submit", "subscribe", "ping", "bye", "x"])},
+    {
+        "type": st.sampled_from(
+            ["hello", "ack", "submit", "subscribe", "refresh", "ping", "bye", "x"]
+        )
+    },
     optional={
         "seq": json_values,
         "upto": json_values,
@@ -109,7 +175,7 @@ frame_like = st.fixed_dictionaries(
 def test_any_bytes_or_text_parse_to_a_frame_or_a_bad_frame(data: bytes | str) -> None:
     result = parse_client_frame(data)
     assert isinstance(result, BadFrame) or result.type in {
-        "hello", "ack", "submit", "subscribe", "unsubscribe", "ping", "bye"
+        "hello", "ack", "submit", "subscribe", "unsubscribe", "refresh", "ping", "bye"
     }  # fmt: skip
 
 

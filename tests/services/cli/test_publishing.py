@@ -1,5 +1,6 @@
 """`ackwire publish` and `ackwire send`: one line out (the seq, the id) once stored."""
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -61,6 +62,24 @@ async def test_bad_input_is_one_line_and_no_traceback(
     stderr = "".join(process.stderr_text)
     assert says in stderr
     assert "Traceback" not in stderr
+    assert process.stdout_lines == []
+
+
+@pytest.mark.parametrize(
+    "args", [["send", "--user", "alice"], ["publish", "--topic", "pipeline.42"]]
+)
+async def test_data_larger_than_clients_accept_exits_2_in_one_line(
+    nats_server: EmbeddedNats, args: list[str]
+) -> None:
+    process = await AckwireProcess.start(
+        *args, "--data", json.dumps({"text": "x" * 2000}), "--nats-url", nats_server.url,
+        env={"ACKWIRE_MAX_FRAME_BYTES": "1024"},
+    )  # fmt: skip
+    assert await process.exit_code() == 2
+    [line] = process.stderr_text
+    assert line.startswith(f"ackwire {args[0]}: the ")
+    assert "too large" in line
+    assert "clients accept at most 1024 (max_frame_bytes)" in line
     assert process.stdout_lines == []
 
 

@@ -1,5 +1,6 @@
 """`ackwire token` prints a JWT and nothing else; bad input exits 2 with one short line."""
 
+import jwt
 import pytest
 
 from ackwire.settings import Settings
@@ -18,6 +19,28 @@ async def test_token_prints_only_a_verifiable_jwt() -> None:
     identity = TokenVerifier(Settings(jwt_secret=TEST_SECRET)).verify(process.stdout_lines[0])
     assert identity.user == "alice"
     assert identity.topics == ("pipeline.>", "chat.*")
+
+
+async def test_token_carries_the_deployments_audience_and_issuer_or_the_flags() -> None:
+    deployment = {
+        "ACKWIRE_JWT_SECRET": TEST_SECRET,
+        "ACKWIRE_JWT_AUDIENCE": "ackwire-prod",
+        "ACKWIRE_JWT_ISSUER": "https://id.example.test",
+    }
+    verifier = TokenVerifier(
+        Settings(jwt_secret=TEST_SECRET, jwt_audience="dev", jwt_issuer="https://dev.test")
+    )
+    by_flags = await AckwireProcess.start(
+        "token", "--sub", "alice", "--aud", "dev", "--iss", "https://dev.test", env=deployment
+    )
+    assert await by_flags.exit_code() == 0
+    assert verifier.verify(by_flags.stdout_lines[0]).user == "alice"
+    by_settings = await AckwireProcess.start("token", "--sub", "bob", env=deployment)
+    assert await by_settings.exit_code() == 0
+    claims = jwt.decode(
+        by_settings.stdout_lines[0], TEST_SECRET, algorithms=["HS256"], audience="ackwire-prod"
+    )
+    assert (claims["sub"], claims["iss"]) == ("bob", "https://id.example.test")
 
 
 @pytest.mark.parametrize(

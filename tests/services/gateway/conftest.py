@@ -26,5 +26,5 @@ async def two_gateways(settings: Settings) -> AsyncIterator[tuple[Gateway, Gatew
 async def publisher(nats_server: EmbeddedNats, settings: Settings) -> AsyncIterator[Publisher]:
     nc = await nats.connect(nats_server.url)
     await provision(nc.jetstream(), settings)
-    yield Publisher(nc)
+    yield Publisher(nc, max_frame_bytes=settings.max_frame_bytes)  # configured like its gateways
     await nc.close()

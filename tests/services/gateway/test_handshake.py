@@ -135,6 +135,26 @@ async def test_a_missing_bad_or_expired_token_closes_4401(
     assert reason in why
 
 
+async def test_a_gateway_with_an_audience_closes_4401_on_a_token_without_it(
+    settings: Settings,
+) -> None:
+    strict = settings.model_copy(update={"jwt_audience": "ackwire-test"})
+    async with Gateway(strict, name="gw-aud", host="127.0.0.1", port=0) as gateway:
+        for token, reason in [
+            (_token({"sub": "alice", "exp": LATER}), "no `aud` claim"),
+            (_token({"sub": "alice", "exp": LATER, "aud": "other"}), "not this deployment's"),
+        ]:
+            ws = await open_ws(gateway.url)
+            await send(ws, Hello(token=token))
+            code, why = await closed_with(ws)
+            assert code == CloseCode.UNAUTHORIZED
+            assert reason in why
+        ws, _ = await welcomed(
+            gateway.url, _token({"sub": "alice", "exp": LATER, "aud": "ackwire-test"})
+        )
+        await ws.close()
+
+
 async def test_an_unknown_session_is_not_resumed(gateway: Gateway, make_token: MakeToken) -> None:
     ws = await open_ws(gateway.url)
     resume = ResumeRequest(session_id="s-" + "a" * 22, resume_token="x" * 43, last_seq=3)

@@ -15,6 +15,7 @@ from ackwire.node.demo_kinds import DEMO_KINDS
 from ackwire.node.service import Node
 from ackwire.scheduler.service import Scheduler
 from ackwire.settings import Settings
+from ackwire.wire import encode
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.frames import Accepted, Ack, Deliver, Error, Submit
 from support.client import receive, send, welcomed
@@ -171,6 +172,50 @@ async def test_a_handler_that_raises_fails_each_attempt_then_the_job(
     assert "kaputt" in error.data["message"]  # type: ignore[index,operator]
     attempts = logs.named("job.attempt_failed", job_id=accepted.job_id)
     assert len(attempts) == stack.settings.max_attempts
+    await client.ws.close()
+
+
+def _frame_bytes(frame: Deliver | Submit) -> int:
+    return len(encode(frame).encode())
+
+
+async def test_a_result_larger_than_clients_accept_fails_the_attempts_saying_so(
+    stack: Stack, make_token: MakeToken, logs: LogWatch
+) -> None:
+    """An echo of the largest payload a client may submit: its `deliver` frame, with the
+    job id twice, is larger than `max_frame_bytes`, so no client could ever receive it."""
+    limit = stack.settings.max_frame_bytes
+    room = limit - _frame_bytes(Submit(ref="c-1", kind="echo", payload={"text": ""}))
+    submit = Submit(ref="c-1", kind="echo", payload={"text": "x" * room})
+    assert _frame_bytes(submit) == limit
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(submit)
+    assert isinstance(accepted, Accepted)
+    [error] = await client.until_terminal(accepted.job_id)
+    assert error.kind == "error"
+    assert error.data["code"] == "failed"  # type: ignore[index,call-overload]
+    message = error.data["message"]  # type: ignore[index,call-overload]
+    assert "the result is too large" in message
+    assert f"clients accept at most {limit} (max_frame_bytes)" in message
+    assert _frame_bytes(error) <= limit
+    attempts = logs.named("job.attempt_failed", job_id=accepted.job_id)
+    assert len(attempts) == stack.settings.max_attempts
+    await client.ws.close()
+
+
+async def test_a_huge_failure_message_is_cut_short_so_its_error_can_be_delivered(
+    stack: Stack, make_token: MakeToken
+) -> None:
+    limit = stack.settings.max_frame_bytes
+    room = limit - _frame_bytes(Submit(ref="c-1", kind="fail", payload={"message": ""}))
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(Submit(ref="c-1", kind="fail", payload={"message": "y" * room}))
+    assert isinstance(accepted, Accepted)
+    [error] = await client.until_terminal(accepted.job_id)
+    assert _frame_bytes(error) <= limit
+    message = error.data["message"]  # type: ignore[index,call-overload]
+    assert message.startswith("yyy")
+    assert message.endswith("…")
     await client.ws.close()
 
 
