@@ -79,7 +79,12 @@ class TopicMember:
         self._task = asyncio.create_task(self._run(ref), name=f"topic {self.topic}")
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+        """End the task. An exception it died of (a bug) is logged here, never raised into
+        the clean-up of its connection, which has other members to end."""
+        try:
+            await cancel_and_wait(self._task)
+        except Exception:
+            _log.exception("topic.member_crashed", topic=self.topic)
 
     async def _run(self, ref: str | None) -> None:
         try:
@@ -259,9 +264,11 @@ class ConnectionTopics:
         self._restoring, self._dropped = [], ()
 
     async def leave_all(self) -> None:
-        for member in self._members.values():
+        # Taken out first: a member failing meanwhile (`_failed`, from its own task) finds
+        # itself gone already, and is left here like the others.
+        members, self._members = list(self._members.values()), {}
+        for member in members:
             await self._hub.leave(member)
-        self._members.clear()
         await self._leaving.finish()  # failed members still leaving their feed
 
     def _refusal(self, topic: str) -> tuple[ErrorCode, str] | None:

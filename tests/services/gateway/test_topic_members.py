@@ -1,0 +1,135 @@
+"""Topics at the gateway, one connection's subscriptions at a time, over a real NATS: the
+`ConnectionTopics` and `TopicMember` of gateway/topics.py with a stand-in for the
+connection's WebSocket that records the frames sent and can hold or break a topic's
+sends (what a slow or broken socket does), so the order of events is the test's."""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from ackwire.bus.embedded import EmbeddedNats
+from ackwire.bus.provision import provision
+from ackwire.bus.topics import TopicStore
+from ackwire.gateway.topics import ConnectionTopics, TopicHub
+from ackwire.settings import Settings
+from ackwire.wire.codes import ErrorCode
+from ackwire.wire.frames import Error, Frame, Subscribe
+from support.logs import LogWatch
+
+WAIT_S = 5.0
+
+#: What the socket does with one frame before keeping it (hold it, raise).
+Behaviour = Callable[[Frame], Awaitable[None]]
+
+
+class Socket:
+    """Keeps every frame sent; `behaviour[ref]` runs first on the frames answering the
+    `subscribe` with that `ref` (the member's first frame carries it)."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.behaviour: dict[str, Behaviour] = {}
+        self.arrived = asyncio.Condition()
+
+    async def send(self, frame: Frame) -> None:
+        ref = getattr(frame, "ref", None)
+        if ref in self.behaviour:
+            await self.behaviour.pop(ref)(frame)
+        async with self.arrived:
+            self.frames.append(frame)
+            self.arrived.notify_all()
+
+    async def wait_for(self, found: Callable[[Frame], bool]) -> Frame:
+        async with asyncio.timeout(WAIT_S), self.arrived:
+            await self.arrived.wait_for(lambda: any(found(f) for f in self.frames))
+        return next(f for f in self.frames if found(f))
+
+
+@pytest.fixture
+async def bus(nats_server: EmbeddedNats, settings: Settings) -> AsyncIterator[Client]:
+    nc = await nats.connect(nats_server.url)
+    await provision(nc.jetstream(), settings)
+    yield nc
+    await nc.close()
+
+
+async def no_record(_topics: tuple[str, ...]) -> None:
+    pass
+
+
+def connection_topics(store: TopicStore, socket: Socket) -> ConnectionTopics:
+    return ConnectionTopics(
+        TopicHub(store, pending_limit=64),
+        socket.send,
+        claims=(">",),
+        record=no_record,
+        buffer=16,
+        max_topics=10,
+        on_overflow=lambda: None,
+    )
+
+
+def member_tasks() -> list[asyncio.Task[object]]:
+    """The members' tasks still running (each is named `topic <topic>`)."""
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("topic ") and not t.done()]
+
+
+async def test_leaving_every_topic_while_another_member_fails_ends_every_member(
+    nats_server: EmbeddedNats, bus: Client
+) -> None:
+    """A member that fails (its store went away) while the connection leaves its topics
+    drops itself from the connection's subscriptions: leaving goes on, over all of them."""
+    store_nc = await nats.connect(nats_server.url)
+    store = await TopicStore.open(store_nc)
+    await store.publish("b", {"state": 1}, snapshot=True)  # b reads the store after its first send
+    socket = Socket()
+    b_released = asyncio.Event()
+
+    async def a_held_until_left(_frame: Frame) -> None:
+        try:
+            await asyncio.Event().wait()  # a slow socket: `a` waits here until it is left
+        except asyncio.CancelledError:
+            b_released.set()  # while `a` is being left, `b` fails
+            await socket.wait_for(lambda f: isinstance(f, Error) and f.ref == "b")
+            raise
+
+    async def b_held(_frame: Frame) -> None:
+        await b_released.wait()
+
+    socket.behaviour = {"a": a_held_until_left, "b": b_held}
+    topics = connection_topics(store, socket)
+    await topics.subscribe(Subscribe(ref="a", topic="a"))
+    await topics.subscribe(Subscribe(ref="b", topic="b"))
+    await store_nc.close()  # the bus is gone: b's next read fails
+    async with asyncio.timeout(WAIT_S):
+        await topics.leave_all()
+    failed = await socket.wait_for(lambda f: isinstance(f, Error) and f.ref == "b")
+    assert isinstance(failed, Error)
+    assert failed.code == ErrorCode.UNAVAILABLE
+    assert member_tasks() == []
+
+
+async def test_leaving_every_topic_ends_every_member_even_after_one_crashed(
+    bus: Client, logs: LogWatch
+) -> None:
+    """A member whose task died of an unexpected exception (a bug) is left like the others,
+    and its exception is logged, not raised into the connection's clean-up."""
+    store = await TopicStore.open(bus)
+    socket = Socket()
+
+    async def broken(_frame: Frame) -> None:
+        raise RuntimeError("the socket broke")
+
+    socket.behaviour = {"c": broken}
+    topics = connection_topics(store, socket)
+    await topics.subscribe(Subscribe(ref="c", topic="c"))
+    await topics.subscribe(Subscribe(ref="d", topic="d"))
+    await socket.wait_for(lambda f: getattr(f, "ref", None) == "d")  # d is live
+    async with asyncio.timeout(WAIT_S):
+        await topics.leave_all()
+    assert member_tasks() == []
+    crashed = logs.named("topic.member_crashed", topic="c")
+    assert [e["log_level"] for e in crashed] == ["error"]
