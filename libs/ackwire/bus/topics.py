@@ -7,8 +7,9 @@ leave the older one in place. A subscriber reads the snapshot, then the events
 after its `seq` from the store, then follows the live subject: no gap, no
 overlap (`ackwire.wire.cursor`).
 
-The stream keeps the last 1,000 events of each topic: enough to bridge a
-snapshot and the live feed. Events are fan-out, not owed: nothing acks them.
+The stream keeps the last `ACKWIRE_TOPIC_EVENTS_KEPT` events of each topic (1,000
+by default): what bridges a snapshot and the live feed. Events are fan-out, not
+owed: nothing acks them.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from ackwire.bus import subjects
 from ackwire.bus.direct_get import read_batch
 from ackwire.bus.models import TopicEventBody, TopicSnapshot
 
-#: Events kept per topic, to bridge a snapshot and the live feed.
-EVENTS_KEPT_PER_TOPIC = 1000
 _SNAPSHOT_CAS_ATTEMPTS = 5
 
 _log = structlog.get_logger("ackwire.bus")
