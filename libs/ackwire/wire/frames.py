@@ -148,11 +148,23 @@ class Pong(Frame):
     type: Literal["pong"] = "pong"
 
 
+class TopicGap(Frame):
+    """(extension) The topic's events with `after < seq < before` that the store no longer
+    holds: some may never reach the client."""
+
+    after: int
+    before: int
+
+
 class Error(Frame):
     type: Literal["error"] = "error"
     ref: str | None = None
     code: ErrorCode
     message: str
+    topic: str | None = None
+    """The topic the error concerns, if any."""
+    gap: TopicGap | None = None
+    """With `topic_gap`: which events are lost."""
 
 
 ServerFrame = Annotated[
