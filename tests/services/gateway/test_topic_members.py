@@ -12,11 +12,11 @@ from nats.aio.client import Client
 
 from ackwire.bus.embedded import EmbeddedNats
 from ackwire.bus.provision import provision
-from ackwire.bus.topics import TopicStore
-from ackwire.gateway.topics import ConnectionTopics, TopicHub
+from ackwire.bus.topics import TopicEvent, TopicStore
+from ackwire.gateway.topics import ConnectionTopics, TopicHub, TopicMember
 from ackwire.settings import Settings
 from ackwire.wire.codes import ErrorCode
-from ackwire.wire.frames import Error, Frame, Subscribe
+from ackwire.wire.frames import Error, Event, Frame, Subscribe, Subscribed, TopicGap
 from support.logs import LogWatch
 
 WAIT_S = 5.0
@@ -133,3 +133,79 @@ async def test_leaving_every_topic_ends_every_member_even_after_one_crashed(
     assert member_tasks() == []
     crashed = logs.named("topic.member_crashed", topic="c")
     assert [e["log_level"] for e in crashed] == ["error"]
+
+
+async def following(store: TopicStore, topic: str) -> asyncio.Queue[TopicEvent]:
+    """The topic's live events, as a feed gets them (to hand the member some, not all)."""
+    live: asyncio.Queue[TopicEvent] = asyncio.Queue()
+    await store.follow(topic, live.put, pending_limit=64)
+    return live
+
+
+async def next_live(live: asyncio.Queue[TopicEvent]) -> TopicEvent:
+    async with asyncio.timeout(WAIT_S):
+        return await live.get()
+
+
+def member(store: TopicStore, socket: Socket, topic: str) -> TopicMember:
+    return TopicMember(
+        topic, store, socket.send, buffer=16, on_overflow=lambda: None, on_failed=lambda _: None
+    )
+
+
+def events_sent(socket: Socket) -> list[tuple[int, bool]]:
+    return [(f.seq, f.snapshot) for f in socket.frames if isinstance(f, Event)]
+
+
+async def test_a_first_live_event_lost_without_a_snapshot_is_read_from_the_store(
+    bus: Client,
+) -> None:
+    store = await TopicStore.open(bus)
+    await store.publish("t", {"n": 0})  # before the subscribe: not the client's
+    live = await following(store, "t")
+    socket = Socket()
+    joined = member(store, socket, "t")
+    joined.start()
+    joined.release("s")
+    await socket.wait_for(lambda f: isinstance(f, Subscribed))
+    first = await store.publish("t", {"n": 1})
+    second = await store.publish("t", {"n": 2})
+    lost, arrived = await next_live(live), await next_live(live)
+    assert (lost.seq, arrived.seq) == (first, second)
+    joined.offer(arrived)  # the feed lost the first
+    await socket.wait_for(lambda f: isinstance(f, Event) and f.seq == second)
+    assert events_sent(socket) == [(first, False), (second, False)]
+    await joined.stop()
+
+
+async def test_a_live_gap_the_store_no_longer_holds_is_told_then_a_newer_snapshot_restores(
+    bus: Client, settings: Settings
+) -> None:
+    await provision(bus.jetstream(), settings.model_copy(update={"topic_events_kept": 3}))
+    store = await TopicStore.open(bus)
+    live = await following(store, "t")
+    socket = Socket()
+    joined = member(store, socket, "t")
+    joined.start()
+    joined.release("s")
+    await socket.wait_for(lambda f: isinstance(f, Subscribed))
+    e1 = await store.publish("t", {"n": 1})
+    joined.offer(await next_live(live))
+    await socket.wait_for(lambda f: isinstance(f, Event) and f.seq == e1)
+    # Five events the feed loses; the store keeps the last three, the snapshot first.
+    missed = [await store.publish("t", {"n": n}, snapshot=n == 4) for n in range(2, 7)]
+    arrived = [await next_live(live) for _ in missed]
+    joined.offer(arrived[-1])  # the last one: its previous is missing
+    await socket.wait_for(lambda f: isinstance(f, Event) and f.seq == missed[-1])
+    told = [(f.code, f.topic, f.gap) for f in socket.frames if isinstance(f, Error)]
+    assert told == [(ErrorCode.TOPIC_GAP, "t", TopicGap(after=e1, before=missed[2]))], (
+        "the events the store no longer holds were skipped silently"
+    )
+    # Then the snapshot that covers the hole, again, and the events after it.
+    assert events_sent(socket) == [
+        (e1, False),
+        (missed[2], True),
+        (missed[3], False),
+        (missed[4], False),
+    ]
+    await joined.stop()
