@@ -135,6 +135,7 @@ class TopicMember:
                         ref=await self._released,
                         code=ErrorCode.UNAVAILABLE,
                         message=f"topic {self.topic} could not be read; subscribe again",
+                        topic=self.topic,
                     )
                 )
             self._on_failed(self)  # no longer subscribed: its connection lets it go
@@ -282,19 +283,19 @@ class ConnectionTopics:
         refusal = self._refusal(frame.topic)
         if refusal is not None:
             code, message = refusal
-            await self._send(Error(ref=frame.ref, code=code, message=message))
+            await self._send(Error(ref=frame.ref, code=code, message=message, topic=frame.topic))
             return
         if frame.topic in self._members:
             await self._send(Subscribed(ref=frame.ref, topic=frame.topic))
             return
-        if await self._recorded((*self._members, frame.topic), frame.ref):
+        if await self._recorded((*self._members, frame.topic), frame):
             (await self._follow(frame.topic)).release(frame.ref)
 
     async def unsubscribe(self, frame: Unsubscribe) -> None:
         member = self._members.pop(frame.topic, None)
         if member is not None:
             await self._hub.leave(member)
-            if not await self._recorded(tuple(self._members), frame.ref):
+            if not await self._recorded(tuple(self._members), frame):
                 return
         await self._send(Unsubscribed(ref=frame.ref, topic=frame.topic))
 
@@ -314,6 +315,7 @@ class ConnectionTopics:
                 Error(
                     code=ErrorCode.FORBIDDEN_TOPIC,
                     message=f"subscription to {topic} dropped: the token no longer allows it",
+                    topic=topic,
                 )
             )
         if self._dropped:
@@ -362,18 +364,22 @@ class ConnectionTopics:
             del self._members[member.topic]
             self._leaving.spawn(self._hub.leave(member))
 
-    async def _recorded(self, topics: tuple[str, ...], ref: str | None) -> bool:
+    async def _recorded(
+        self, topics: tuple[str, ...], answering: Subscribe | Unsubscribe | None
+    ) -> bool:
         """Write the session's subscriptions (restored on a resume); `False` when the bus
-        could not confirm it (the client is told `unavailable`)."""
+        could not confirm it (the client is told `unavailable`, answering the frame that
+        changed them, if one did)."""
         try:
             await self._record(tuple(sorted(topics)))
         except RECORD_ERRORS as exc:
             _log.warning("topic.not_recorded", error=str(exc) or type(exc).__name__)
             await self._send(
                 Error(
-                    ref=ref,
+                    ref=answering.ref if answering else None,
                     code=ErrorCode.UNAVAILABLE,
                     message="the subscription could not be recorded; try again",
+                    topic=answering.topic if answering else None,
                 )
             )
             return False

@@ -82,7 +82,7 @@ async def test_who_may_subscribe_to_what(
         assert frame == Subscribed(ref="r-1", topic=topic)
     else:
         assert isinstance(frame, Error), frame
-        assert (frame.ref, frame.code) == ("r-1", answer)
+        assert (frame.ref, frame.code, frame.topic) == ("r-1", answer, topic)
     await ws.close()
 
 
@@ -222,7 +222,7 @@ async def test_a_restored_topic_the_new_token_does_not_allow_is_dropped(
     ws2, _ = await resumed(gw2.url, make_token("sam", topics=["y"]), welcome)
     dropped = await receive(ws2)
     assert isinstance(dropped, Error)
-    assert dropped.code == ErrorCode.FORBIDDEN_TOPIC
+    assert (dropped.code, dropped.topic) == (ErrorCode.FORBIDDEN_TOPIC, "x")
     assert "x" in dropped.message
     seq = await store.publish("y", {})
     await store.publish("x", {})
