@@ -147,10 +147,20 @@ async def next_live(live: asyncio.Queue[TopicEvent]) -> TopicEvent:
         return await live.get()
 
 
-def member(store: TopicStore, socket: Socket, topic: str) -> TopicMember:
-    return TopicMember(
+async def subscribed_member(
+    store: TopicStore, topic: str
+) -> tuple[TopicMember, Socket, asyncio.Queue[TopicEvent]]:
+    """A member of `topic` that has answered `subscribed`; its socket; the topic's live
+    events, for the test to hand it (as its feed would, or would not)."""
+    live = await following(store, topic)
+    socket = Socket()
+    member = TopicMember(
         topic, store, socket.send, buffer=16, on_overflow=lambda: None, on_failed=lambda _: None
     )
+    member.start()
+    member.release("s")
+    await socket.wait_for(lambda f: isinstance(f, Subscribed))
+    return member, socket, live
 
 
 def events_sent(socket: Socket) -> list[tuple[int, bool]]:
@@ -162,12 +172,7 @@ async def test_a_first_live_event_lost_without_a_snapshot_is_read_from_the_store
 ) -> None:
     store = await TopicStore.open(bus)
     await store.publish("t", {"n": 0})  # before the subscribe: not the client's
-    live = await following(store, "t")
-    socket = Socket()
-    joined = member(store, socket, "t")
-    joined.start()
-    joined.release("s")
-    await socket.wait_for(lambda f: isinstance(f, Subscribed))
+    joined, socket, live = await subscribed_member(store, "t")
     first = await store.publish("t", {"n": 1})
     second = await store.publish("t", {"n": 2})
     lost, arrived = await next_live(live), await next_live(live)
@@ -183,12 +188,7 @@ async def test_a_live_gap_the_store_no_longer_holds_is_told_then_a_newer_snapsho
 ) -> None:
     await provision(bus.jetstream(), settings.model_copy(update={"topic_events_kept": 3}))
     store = await TopicStore.open(bus)
-    live = await following(store, "t")
-    socket = Socket()
-    joined = member(store, socket, "t")
-    joined.start()
-    joined.release("s")
-    await socket.wait_for(lambda f: isinstance(f, Subscribed))
+    joined, socket, live = await subscribed_member(store, "t")
     e1 = await store.publish("t", {"n": 1})
     joined.offer(await next_live(live))
     await socket.wait_for(lambda f: isinstance(f, Event) and f.seq == e1)
