@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     """Events queued per subscription; a client that falls further behind is closed 4429."""
     max_topics: Annotated[int, Field(ge=1, le=10_000)] = 100
     """Subscriptions one session may hold."""
+    topic_events_kept: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    """Events the store keeps per topic (the oldest go first): what bridges a topic's
+    snapshot and the events after it."""
 
     session_ttl_s: Seconds = 3600.0
     retention_s: Seconds = 7 * 86400.0

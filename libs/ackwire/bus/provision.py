@@ -17,7 +17,6 @@ from nats.js.api import KeyValueConfig, RePublish, RetentionPolicy, StorageType,
 from nats.js.errors import BadRequestError, ServiceUnavailableError
 
 from ackwire.bus import subjects
-from ackwire.bus.topics import EVENTS_KEPT_PER_TOPIC
 from ackwire.settings import Settings
 
 _MARKER_TTL_MIN_S = 60.0
@@ -94,7 +93,7 @@ def streams(settings: Settings) -> list[StreamConfig]:
             "topic events, the last ones of each topic",
             settings,
             live=subjects.LIVE_TOPIC_SUBJECTS,
-            max_msgs_per_subject=EVENTS_KEPT_PER_TOPIC,
+            max_msgs_per_subject=settings.topic_events_kept,
         ),
         _stream(
             subjects.RECEIPTS_STREAM,

@@ -4,11 +4,15 @@ An event's stream sequence is its `seq`. Publishing an event as the topic's
 snapshot also writes `{seq, data}` to the snapshots bucket, by compare-and-set,
 and only if it is newer than the snapshot there: two publishers racing never
 leave the older one in place. A subscriber reads the snapshot, then the events
-after its `seq` from the store, then follows the live subject: no gap, no
-overlap (`ackwire.wire.cursor`).
+after its `seq` from the store, then follows the live subject: no overlap, and
+no gap it is not told of (`ackwire.wire.cursor`).
 
-The stream keeps the last 1,000 events of each topic: enough to bridge a
-snapshot and the live feed. Events are fan-out, not owed: nothing acks them.
+The stream keeps the last `ACKWIRE_TOPIC_EVENTS_KEPT` events of each topic (1,000
+by default), and events no older than `ACKWIRE_RETENTION_S`: what bridges a
+snapshot and the live feed. It forgets the oldest first (of a topic past its
+count; of the stream past the age), which is what lets a read tell whether
+anything between two events was forgotten. Events are fan-out, not owed:
+nothing acks them.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import JsonValue, ValidationError
 
@@ -30,8 +34,6 @@ from ackwire.bus import subjects
 from ackwire.bus.direct_get import read_batch
 from ackwire.bus.models import TopicEventBody, TopicSnapshot
 
-#: Events kept per topic, to bridge a snapshot and the live feed.
-EVENTS_KEPT_PER_TOPIC = 1000
 _SNAPSHOT_CAS_ATTEMPTS = 5
 
 _log = structlog.get_logger("ackwire.bus")
@@ -41,8 +43,9 @@ _log = structlog.get_logger("ackwire.bus")
 class TopicEvent:
     topic: str
     seq: int
-    previous: int
-    """The topic's event before this one (0: none known)."""
+    previous: int | None
+    """The topic's event before this one; `None` when not known: the store held none of
+    the topic's events before it (the topic's first, or the others were forgotten)."""
     data: JsonValue
 
 
@@ -97,25 +100,59 @@ class TopicStore:
             _log.error("topic.unreadable_snapshot", topic=topic, error=str(exc))
             return None
 
+    async def latest_seq(self, topic: str) -> int:
+        """Where `topic` stands now: the seq of its last stored event or, if the store
+        holds none, the stream's last seq. Every later event of it is newer."""
+        try:
+            last = await self._js.get_msg(
+                subjects.TOPICS_STREAM, subject=subjects.topic_subject(topic), direct=True
+            )
+        except NotFoundError:
+            return (await self._js.stream_info(subjects.TOPICS_STREAM)).state.last_seq
+        return last.seq or 0
+
     async def read(self, topic: str, *, after: int, limit: int) -> tuple[list[TopicEvent], bool]:
         """Up to `limit` stored events of `topic` after `after`, in order; and whether the
-        read reached the newest."""
+        read reached the newest. Each event's `previous` is the one before it in the
+        read; the first's is `after` when the store shows that it forgot nothing of
+        the topic between them, else `None` (events may be lost there)."""
+        subject = subjects.topic_subject(topic)
         try:
+            # From `after` itself: if the store still holds it, it forgot nothing after it.
             batch = await read_batch(
                 self._nc,
                 subjects.TOPICS_STREAM,
-                subjects.topic_subject(topic),
-                after=after,
-                limit=limit,
+                subject,
+                after=max(after - 1, 0),
+                limit=limit + 1,
             )
         except TimeoutError as exc:
             raise TopicStoreError(f"reading topic {topic} timed out") from exc
+        stored = [event for msg in batch.messages if (event := _event(topic, msg)) is not None]
+        if stored and stored[0].seq == after:
+            stored, previous = stored[1:], after
+        elif stored and await self._kept_everything_after(subject, after):
+            previous = after
+        else:
+            previous = None
+        complete = batch.complete and len(stored) <= limit
         events: list[TopicEvent] = []
-        for msg in batch.messages:
-            event = _event(topic, msg, previous=events[-1].seq if events else after)
-            if event is not None:
-                events.append(event)
-        return events, batch.complete
+        for event in stored[:limit]:
+            events.append(TopicEvent(topic, event.seq, previous, event.data))
+            previous = event.seq
+        return events, complete
+
+    async def _kept_everything_after(self, subject: str, after: int) -> bool:
+        """Whether the store forgot none of the subject's events after `after`, though it
+        does not hold `after` (an event of another topic, or one forgotten). It forgets
+        by age from the stream's start, and a topic's events past its count oldest
+        first: so it did not if nothing after `after` aged out and the topic holds
+        fewer events than it may (a topic at its count may have lost any before its
+        oldest held)."""
+        info = await self._js.stream_info(subjects.TOPICS_STREAM, subjects_filter=subject)
+        held = (info.state.subjects or {}).get(subject, 0)
+        most = info.config.max_msgs_per_subject
+        return info.state.first_seq <= after + 1 and (most is None or most < 0 or held < most)
 
     async def follow(
         self,
@@ -128,7 +165,7 @@ class TopicStore:
         NATS drops them; the chain of `previous` shows the gap)."""
 
         async def receive(msg: Msg) -> None:
-            event = _event(topic, msg)
+            event = _event(topic, msg, live=True)
             if event is not None:
                 await on_event(event)
 
@@ -157,13 +194,15 @@ class TopicStore:
         raise TopicStoreError(f"the snapshot of {topic} kept changing")
 
 
-def _event(topic: str, msg: Msg, previous: int | None = None) -> TopicEvent | None:
+def _event(topic: str, msg: Msg, *, live: bool = False) -> TopicEvent | None:
+    """The event a message holds. A live one's `previous` is in its headers (0: the store
+    held none of the topic's events when it stored it); a stored one's is the read's."""
     headers = msg.headers or {}
     try:
         seq = int(headers["Nats-Sequence"])
-        before = int(headers.get("Nats-Last-Sequence", "0")) if previous is None else previous
+        previous = int(headers.get("Nats-Last-Sequence", "0")) if live else 0
         body = TopicEventBody.model_validate_json(msg.data)
     except (KeyError, ValueError, ValidationError) as exc:
         _log.error("topic.unreadable_event", topic=topic, error=str(exc))
         return None
-    return TopicEvent(topic, seq, before, body.data)
+    return TopicEvent(topic, seq, previous or None, body.data)

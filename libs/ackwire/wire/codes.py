@@ -54,3 +54,6 @@ class ErrorCode(StrEnum):
     """The token's `topics` claim does not allow this topic."""
     TOO_MANY_TOPICS = "too_many_topics"
     """(extension) The session holds as many subscriptions as a session may."""
+    TOPIC_GAP = "topic_gap"
+    """(extension) Events of a subscribed topic were lost: the store no longer holds them
+    (`gap` says which). The subscription goes on."""

@@ -167,6 +167,14 @@ class Pong(Frame):
     type: Literal["pong"] = "pong"
 
 
+class TopicGap(Frame):
+    """(extension) The topic's events with `after < seq < before` that the store no longer
+    holds: some may never reach the client."""
+
+    after: int
+    before: int
+
+
 class Error(Frame):
     type: Literal["error"] = "error"
     ref: str | None = None
@@ -174,6 +182,8 @@ class Error(Frame):
     message: str
     topic: str | None = None
     """The topic the error concerns, when it concerns one."""
+    gap: TopicGap | None = None
+    """With `topic_gap`: which events are lost."""
 
 
 ServerFrame = Annotated[

@@ -3,10 +3,12 @@
 A `TopicFeed` follows one topic's live subject for every connection of this
 gateway subscribed to it. Each `TopicMember` (one connection's subscription)
 has its own bounded inbox and its own task: it sends the snapshot, the stored
-events after it, then the live ones, in order (`ackwire.wire.cursor`). The
-feed only puts events into inboxes, never waits: a slow or dead member can not
-delay the others. A member whose inbox is full has fallen too far behind; its
-connection is closed 4429 (the session stays resumable).
+events after it, then the live ones, in order (`ackwire.wire.cursor`). Events
+the store no longer holds are never skipped silently: the client gets a
+`topic_gap` error naming them, then the topic's snapshot if that covers them.
+The feed only puts events into inboxes, never waits: a slow or dead member can
+not delay the others. A member whose inbox is full has fallen too far behind;
+its connection is closed 4429 (the session stays resumable).
 """
 
 from __future__ import annotations
@@ -21,16 +23,18 @@ from nats.errors import Error as NatsError
 from nats.js.errors import Error as JetStreamError
 from websockets.exceptions import ConnectionClosed
 
+from ackwire.bus.models import TopicSnapshot
 from ackwire.bus.topics import TopicEvent, TopicStore, TopicStoreError
 from ackwire.lifecycle import BackgroundTasks, cancel_and_wait
 from ackwire.wire.codes import ErrorCode
-from ackwire.wire.cursor import Emit, ReadFirst, TopicCursor
+from ackwire.wire.cursor import Drop, Emit, Gap, ReadFirst, TopicCursor
 from ackwire.wire.frames import (
     Error,
     Event,
     Frame,
     Subscribe,
     Subscribed,
+    TopicGap,
     Unsubscribe,
     Unsubscribed,
 )
@@ -66,6 +70,8 @@ class TopicMember:
         self._on_overflow = on_overflow
         self._on_failed = on_failed
         self._task: asyncio.Task[None] | None = None
+        self._located = asyncio.Event()
+        self._released: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
 
     def offer(self, event: TopicEvent) -> None:
         """A live event, from the feed; never waits."""
@@ -74,26 +80,51 @@ class TopicMember:
         except asyncio.QueueFull:
             self._on_overflow()
 
-    def start(self, ref: str | None) -> None:
-        """Join: `subscribed` (for a `subscribe`, not a restore), snapshot, then events."""
-        self._task = asyncio.create_task(self._run(ref), name=f"topic {self.topic}")
+    def start(self) -> None:
+        """Once in the feed: find where the client's events start (the snapshot, or where
+        the topic stands now), then wait for `release`."""
+        self._task = asyncio.create_task(self._run(), name=f"topic {self.topic}")
+
+    async def located(self) -> None:
+        """Once the start is known (or could not be read: `release` tells the client)."""
+        await self._located.wait()
+
+    def release(self, ref: str | None) -> None:
+        """Send: `subscribed` (answering the `subscribe` of `ref`; none for a restore), the
+        snapshot, then the events."""
+        self._released.set_result(ref)
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-
-    async def _run(self, ref: str | None) -> None:
+        """End the task. An exception it died of (a bug) is logged here, never raised into
+        the clean-up of its connection, which has other members to end."""
         try:
+            await cancel_and_wait(self._task)
+        except Exception:
+            _log.exception("topic.member_crashed", topic=self.topic)
+
+    async def _run(self) -> None:
+        try:
+            try:
+                snapshot = await self._store.snapshot(self.topic)
+                # Read once the feed is followed, and before `subscribed` or a restore's
+                # `welcome`: without a snapshot, every event after where the topic stands
+                # now is the client's.
+                start = (
+                    snapshot.seq
+                    if snapshot is not None
+                    else await self._store.latest_seq(self.topic)
+                )
+            finally:
+                self._located.set()
+            cursor = TopicCursor(start)
+            ref = await self._released
             if ref is not None:
                 await self._send(Subscribed(ref=ref, topic=self.topic))
-            snapshot = await self._store.snapshot(self.topic)
-            cursor = TopicCursor(after=None if snapshot is None else snapshot.seq)
             if snapshot is not None:
-                await self._send(
-                    Event(topic=self.topic, seq=snapshot.seq, data=snapshot.data, snapshot=True)
-                )
-                await self._catch_up(cursor, before=None)
+                await self._send_snapshot(snapshot)
+                await self._catch_up(cursor, until=None)
             while True:
-                await self._emit_in_order(cursor, await self._inbox.get())
+                await self._offer(cursor, await self._inbox.get(), stored=False)
         except ConnectionClosed:
             pass  # the connection is over; it leaves every topic on its way out
         except _BUS_ERRORS as exc:
@@ -101,34 +132,66 @@ class TopicMember:
             with contextlib.suppress(ConnectionClosed):
                 await self._send(
                     Error(
-                        ref=ref,
+                        ref=await self._released,
                         code=ErrorCode.UNAVAILABLE,
                         message=f"topic {self.topic} could not be read; subscribe again",
+                        topic=self.topic,
                     )
                 )
             self._on_failed(self)  # no longer subscribed: its connection lets it go
 
-    async def _emit_in_order(self, cursor: TopicCursor, event: TopicEvent) -> None:
-        verdict = cursor.offer(event.seq, event.previous)
-        if isinstance(verdict, ReadFirst):  # live events were lost on the way: read them
-            await self._catch_up(cursor, before=event.seq)
-            cursor.skip_to(event.previous)  # what the store no longer has is gone
-            verdict = cursor.offer(event.seq, event.previous)
-        if isinstance(verdict, Emit):
-            await self._send(Event(topic=self.topic, seq=event.seq, data=event.data))
-
-    async def _catch_up(self, cursor: TopicCursor, *, before: int | None) -> None:
-        """Send the stored events after the cursor (and before `before`, if given)."""
+    async def _offer(self, cursor: TopicCursor, event: TopicEvent, *, stored: bool) -> None:
+        """Send `event` if it is the client's next, after what the cursor asks for first."""
         while True:
-            after = cursor.position or 0
-            events, complete = await self._store.read(self.topic, after=after, limit=_READ_BATCH)
+            verdict = cursor.offer(event.seq, event.previous, stored=stored)
+            if isinstance(verdict, Emit):
+                await self._send(Event(topic=self.topic, seq=event.seq, data=event.data))
+                return
+            if isinstance(verdict, Drop):
+                return
+            if isinstance(verdict, ReadFirst):  # live events were lost on the way: read them
+                await self._catch_up(cursor, until=event.seq)
+            else:
+                await self._tell_gap(cursor, verdict)
+
+    async def _catch_up(self, cursor: TopicCursor, *, until: int | None) -> None:
+        """Send the stored events after the cursor (up to and including `until`, if given:
+        the store's copy of a live event says best what came before it)."""
+        while True:
+            events, complete = await self._store.read(
+                self.topic, after=cursor.position, limit=_READ_BATCH
+            )
             for event in events:
-                if before is not None and event.seq >= before:
+                if until is not None and event.seq > until:
                     return
-                if isinstance(cursor.offer(event.seq, event.previous), Emit):
-                    await self._send(Event(topic=self.topic, seq=event.seq, data=event.data))
+                await self._offer(cursor, event, stored=True)
             if complete or not events:
                 return
+
+    async def _tell_gap(self, cursor: TopicCursor, gap: Gap) -> None:
+        """Tell the client which events it lost; then, if the topic's snapshot covers them
+        all, send it again: the client's state is whole again."""
+        _log.warning("topic.gap", topic=self.topic, after=gap.after, before=gap.before)
+        await self._send(
+            Error(
+                code=ErrorCode.TOPIC_GAP,
+                topic=self.topic,
+                gap=TopicGap(after=gap.after, before=gap.before),
+                message=(
+                    f"events of {self.topic} after seq {gap.after} and before {gap.before} "
+                    "are no longer stored: some may be lost"
+                ),
+            )
+        )
+        snapshot = await self._store.snapshot(self.topic)
+        if snapshot is not None and snapshot.seq >= cursor.position:
+            await self._send_snapshot(snapshot)
+            cursor.restore(snapshot.seq)
+
+    async def _send_snapshot(self, snapshot: TopicSnapshot) -> None:
+        await self._send(
+            Event(topic=self.topic, seq=snapshot.seq, data=snapshot.data, snapshot=True)
+        )
 
 
 class TopicFeed:
@@ -220,19 +283,19 @@ class ConnectionTopics:
         refusal = self._refusal(frame.topic)
         if refusal is not None:
             code, message = refusal
-            await self._send(Error(ref=frame.ref, code=code, message=message))
+            await self._send(Error(ref=frame.ref, code=code, message=message, topic=frame.topic))
             return
         if frame.topic in self._members:
             await self._send(Subscribed(ref=frame.ref, topic=frame.topic))
             return
-        if await self._recorded((*self._members, frame.topic), frame.ref):
-            (await self._follow(frame.topic)).start(frame.ref)
+        if await self._recorded((*self._members, frame.topic), frame):
+            (await self._follow(frame.topic)).release(frame.ref)
 
     async def unsubscribe(self, frame: Unsubscribe) -> None:
         member = self._members.pop(frame.topic, None)
         if member is not None:
             await self._hub.leave(member)
-            if not await self._recorded(tuple(self._members), frame.ref):
+            if not await self._recorded(tuple(self._members), frame):
                 return
         await self._send(Unsubscribed(ref=frame.ref, topic=frame.topic))
 
@@ -241,6 +304,8 @@ class ConnectionTopics:
         so no event published after the client has its `welcome` is missed."""
         self._dropped = tuple(topic for topic in topics if not allowed(self._claims, topic))
         self._restoring = [await self._follow(t) for t in topics if t not in self._dropped]
+        for member in self._restoring:
+            await member.located()
 
     async def start_restored(self) -> None:
         """After the `welcome`: each restored topic's snapshot again, then its events; a
@@ -250,12 +315,13 @@ class ConnectionTopics:
                 Error(
                     code=ErrorCode.FORBIDDEN_TOPIC,
                     message=f"subscription to {topic} dropped: the token no longer allows it",
+                    topic=topic,
                 )
             )
         if self._dropped:
             await self._recorded(tuple(self._members), None)
         for member in self._restoring:
-            member.start(None)
+            member.release(None)
         self._restoring, self._dropped = [], ()
 
     async def reclaim(self, claims: tuple[str, ...]) -> None:
@@ -276,9 +342,11 @@ class ConnectionTopics:
             await self._recorded(tuple(self._members), None)
 
     async def leave_all(self) -> None:
-        for member in self._members.values():
+        # Taken out first: a member failing meanwhile (`_failed`, from its own task) finds
+        # itself gone already, and is left here like the others.
+        members, self._members = list(self._members.values()), {}
+        for member in members:
             await self._hub.leave(member)
-        self._members.clear()
         await self._leaving.finish()  # failed members still leaving their feed
 
     def _refusal(self, topic: str) -> tuple[ErrorCode, str] | None:
@@ -303,6 +371,7 @@ class ConnectionTopics:
         )
         self._members[topic] = member
         await self._hub.join(member)
+        member.start()
         return member
 
     def _failed(self, member: TopicMember) -> None:
@@ -312,18 +381,22 @@ class ConnectionTopics:
             del self._members[member.topic]
             self._leaving.spawn(self._hub.leave(member))
 
-    async def _recorded(self, topics: tuple[str, ...], ref: str | None) -> bool:
+    async def _recorded(
+        self, topics: tuple[str, ...], answering: Subscribe | Unsubscribe | None
+    ) -> bool:
         """Write the session's subscriptions (restored on a resume); `False` when the bus
-        could not confirm it (the client is told `unavailable`)."""
+        could not confirm it (the client is told `unavailable`, answering the frame that
+        changed them, if one did)."""
         try:
             await self._record(tuple(sorted(topics)))
         except RECORD_ERRORS as exc:
             _log.warning("topic.not_recorded", error=str(exc) or type(exc).__name__)
             await self._send(
                 Error(
-                    ref=ref,
+                    ref=answering.ref if answering else None,
                     code=ErrorCode.UNAVAILABLE,
                     message="the subscription could not be recorded; try again",
+                    topic=answering.topic if answering else None,
                 )
             )
             return False

@@ -1,10 +1,9 @@
-"""Topic names, claim patterns, and a subscriber's cursor: no I/O."""
+"""Topic names and claim patterns: no I/O."""
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ackwire.wire.cursor import Drop, Emit, ReadFirst, TopicCursor
 from ackwire.wire.topics import BadTopicError, allowed, pattern_matches, topic_name
 
 
@@ -45,21 +44,3 @@ _tokens = st.lists(st.from_regex(r"[a-z0-9]{1,3}", fullmatch=True), min_size=1, 
 @given(topic=_tokens, claim=_tokens)
 def test_an_exact_claim_allows_exactly_its_topic(topic: list[str], claim: list[str]) -> None:
     assert allowed((".".join(claim),), ".".join(topic)) is (topic == claim)
-
-
-def test_the_cursor_emits_in_order_and_asks_for_what_is_missing() -> None:
-    cursor = TopicCursor(after=10)  # a snapshot at seq 10
-    assert cursor.offer(8, previous=5) == Drop()  # covered by the snapshot
-    assert cursor.offer(12, previous=10) == Emit()
-    assert cursor.offer(12, previous=10) == Drop()  # seen
-    assert cursor.offer(20, previous=15) == ReadFirst(after=12)  # 15 is missing
-    assert cursor.offer(15, previous=12) == Emit()
-    assert cursor.offer(20, previous=15) == Emit()
-
-
-def test_without_a_snapshot_the_first_event_starts_the_stream() -> None:
-    cursor = TopicCursor(after=None)
-    assert cursor.offer(40, previous=39) == Emit()
-    assert cursor.offer(41, previous=40) == Emit()
-    cursor.skip_to(45)
-    assert cursor.offer(47, previous=46) == ReadFirst(after=45)

@@ -25,6 +25,7 @@ from ackwire.wire.frames import (
     Hello,
     Subscribe,
     Subscribed,
+    TopicGap,
     Unsubscribe,
     Unsubscribed,
 )
@@ -81,7 +82,7 @@ async def test_who_may_subscribe_to_what(
         assert frame == Subscribed(ref="r-1", topic=topic)
     else:
         assert isinstance(frame, Error), frame
-        assert (frame.ref, frame.code) == ("r-1", answer)
+        assert (frame.ref, frame.code, frame.topic) == ("r-1", answer, topic)
     await ws.close()
 
 
@@ -146,6 +147,37 @@ async def test_a_subscriber_joining_during_a_burst_sees_no_gap_and_no_overlap(
     await ws.close()
 
 
+async def test_a_snapshot_older_than_the_store_keeps_is_followed_by_a_gap_not_silence(
+    nats_server: EmbeddedNats, settings: Settings, make_token: MakeToken
+) -> None:
+    """The store keeps the last few events of a topic; what followed an older snapshot is
+    gone. The client is told which events it lost, then gets the ones still stored."""
+    tuned = settings.model_copy(update={"topic_events_kept": 5})
+    nc = await nats.connect(nats_server.url)
+    await provision(nc.jetstream(), tuned)
+    store = await TopicStore.open(nc)
+    snap = await store.publish("board", {"v": 0}, snapshot=True)
+    seqs = []
+    for v in range(1, 11):
+        seqs.append(await store.publish("board", {"v": v}))
+        await store.publish("other", {"v": v})  # seqs are the stream's: shared by topics
+    kept = seqs[5:]  # the 5 the store keeps; the 5 right after the snapshot are gone
+    async with Gateway(tuned, name="gw-1", host="127.0.0.1", port=0) as gateway:
+        ws, _ = await welcomed(gateway.url, make_token(topics=["board"]))
+        await subscribe(ws, "board")
+        snapshot = await next_event(ws)
+        assert (snapshot.seq, snapshot.snapshot) == (snap, True)
+        told = await receive(ws)
+        assert isinstance(told, Error), f"the events after the snapshot were skipped: {told}"
+        assert (told.code, told.topic) == (ErrorCode.TOPIC_GAP, "board")
+        assert told.gap == TopicGap(after=snap, before=kept[0])
+        assert [(await next_event(ws)).seq for _ in kept] == kept
+        live = await store.publish("board", {"v": 11})
+        assert (await next_event(ws)).seq == live
+        await ws.close()
+    await nc.close()
+
+
 async def test_unsubscribe_stops_the_events(
     gateway: Gateway, store: TopicStore, make_token: MakeToken
 ) -> None:
@@ -190,7 +222,7 @@ async def test_a_restored_topic_the_new_token_does_not_allow_is_dropped(
     ws2, _ = await resumed(gw2.url, make_token("sam", topics=["y"]), welcome)
     dropped = await receive(ws2)
     assert isinstance(dropped, Error)
-    assert dropped.code == ErrorCode.FORBIDDEN_TOPIC
+    assert (dropped.code, dropped.topic) == (ErrorCode.FORBIDDEN_TOPIC, "x")
     assert "x" in dropped.message
     seq = await store.publish("y", {})
     await store.publish("x", {})
