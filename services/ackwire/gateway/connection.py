@@ -125,9 +125,21 @@ class ClientConnection:
             await self._closing
 
     def resync(self) -> None:
-        """NATS came back: what the live feed carried meanwhile may be lost."""
+        """NATS came back: nothing is sent until a refresh confirms the session is still
+        held here, and what the live feed carried meanwhile is read from the store."""
         if self._pump is not None:
+            self._pump.fence()
             self._pump.resync()
+
+    def held(self) -> None:
+        if self._pump is not None:
+            self._pump.unfence()
+
+    def hold_unconfirmed(self) -> None:
+        """In doubt and unable to find out: close 1011, so the client resumes where the
+        session is known to be held."""
+        if self._pump is not None and self._pump.fenced:
+            self._carry_out(self._guard.bus_failed("could not confirm the session is held"))
 
     # -- the connection's life -----------------------------------------------
 

@@ -76,6 +76,7 @@ class DeliveryPump:
         self._retention = timedelta(seconds=retention_s)
         self._on_failed = on_failed
         self._wake = asyncio.Event()
+        self._fenced = False
         self._live: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._reading: asyncio.Task[None] | None = None
@@ -112,6 +113,20 @@ class DeliveryPump:
         """The live feed may have lost messages (NATS reconnected): read the store again."""
         self._window.resync()
         self._wake.set()
+
+    def fence(self) -> None:
+        """Hold every send until `unfence`: whether the session is still held here is in
+        doubt (NATS came back, and another gateway may have taken it over meanwhile)."""
+        self._fenced = True
+
+    def unfence(self) -> None:
+        if self._fenced:
+            self._fenced = False
+            self._wake.set()
+
+    @property
+    def fenced(self) -> bool:
+        return self._fenced
 
     async def stop(self) -> None:
         """Stop sending at once; a confirmation in flight goes on. Idempotent."""
@@ -181,6 +196,9 @@ class DeliveryPump:
         loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
+            if self._fenced:
+                await self._wake.wait()
+                continue
             for action in self._window.poll(loop.time()):
                 match action:
                     case Send():

@@ -22,7 +22,6 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
 from pydantic import ValidationError
 
 from ackwire.bus import subjects
@@ -31,7 +30,6 @@ from ackwire.bus.session_queue import SessionQueue
 from ackwire.bus.subjects import new_session_id
 from ackwire.errors import (
     BusError,
-    BusUnavailableError,
     ResumeRefusedError,
     SessionChangedError,
     SessionLostError,
@@ -60,6 +58,10 @@ from ackwire.wire.frames import ResumeRequest
 _log = structlog.get_logger("ackwire.gateway")
 
 _RELEASE_TIMEOUT_S = 2.0
+#: How long a resume waits for a holder that is alive (its lease) but slow to let go.
+_RELEASE_PATIENCE_S = 15.0
+#: The status NATS answers a request with when no one is subscribed to its subject.
+_NO_RESPONDERS = "503"
 _CLAIM_ATTEMPTS = 3
 _REFRESH_BATCH = 256
 _REFRESH_RETRY_S = 30.0
@@ -82,7 +84,14 @@ class Holding(Protocol):
         """Close 1001 once the acks read are confirmed."""
 
     def resync(self) -> None:
-        """NATS is back: read the store again, the live feed may have lost messages."""
+        """NATS is back: hold deliveries until the session is known to be still held
+        here, and read the store again (the live feed may have lost messages)."""
+
+    def held(self) -> None:
+        """A refresh confirmed the session is still held here: deliver again."""
+
+    def hold_unconfirmed(self) -> None:
+        """A refresh could not tell whether the session is still held here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +247,12 @@ class HeldSessions:
         holds = list(self._held.values())
         for start in range(0, len(holds), _REFRESH_BATCH):
             batch = holds[start : start + _REFRESH_BATCH]
-            await asyncio.gather(*(self._refresh_one(hold) for hold in batch))
+            outcomes = await asyncio.gather(
+                *(self._refresh_one(hold) for hold in batch), return_exceptions=True
+            )
+            for outcome in outcomes:  # one session's bug must not stop the others' refresh
+                if isinstance(outcome, Exception):
+                    _log.error("session.refresh_crashed", error=repr(outcome), exc_info=outcome)
         for connection_id, hold in list(self._undetached.items()):
             try:
                 await self._let_go(hold, SessionState.DETACHED, hold.connection.sent_upto)
@@ -327,39 +341,59 @@ class HeldSessions:
 
     async def _ask_to_release(self, before: SessionRecord) -> int | None:
         """Have the previous holder stop and close 4409; the highest seq it had sent, or
-        `None` when it cannot say (it is dead, or did not answer)."""
-        if not self._gateways.alive(before.gateway, before.incarnation):
-            return None  # its gateway is gone, and took the connection with it
+        `None` when it cannot say (it is dead, or holds nothing any more).
+
+        A holder whose lease is alive but that does not answer in time is slow, not
+        dead: its answer is waited for until it comes or the lease lapses. Past
+        `_RELEASE_PATIENCE_S` the resume fails (`BusUnavailableError`), rather than
+        deliver beside a connection that may still be delivering."""
         request = ReleaseRequest(
             session_id=before.session_id,
             connection_id=before.connection_id,
             claimed_by=self._gateway,
         )
-        try:
+        with bus_errors(f"asking {before.gateway} to release"):
+            answers = await self._nc.subscribe(self._nc.new_inbox(), max_msgs=1)
             try:
-                with bus_errors(f"asking {before.gateway} to release"):
-                    reply = await self._nc.request(
-                        subjects.release_subject(before.gateway),
-                        request.to_bytes(),
-                        timeout=_RELEASE_TIMEOUT_S,
-                    )
-            except BusUnavailableError as exc:
-                if isinstance(exc.__cause__, NoRespondersError):
-                    return None  # it died, and its lease has not lapsed yet
-                raise
+                await self._nc.publish(
+                    subjects.release_subject(before.gateway),
+                    request.to_bytes(),
+                    reply=answers.subject,
+                )
+                reply = await self._await_release(answers, before)
+            finally:
+                await answers.unsubscribe()
+        if reply is None:
+            return None  # it died, or is cut off from NATS: see `_await_release`
+        try:
             released = Released.model_validate_json(reply.data)
-        except (BusError, ValidationError) as exc:
-            # Cut off: it cannot deliver without NATS, and learns of the loss when its
-            # next compare-and-set fails.
-            _log.warning(
-                "session.release_unanswered",
-                previous_gateway=before.gateway,
-                error=str(exc) or type(exc).__name__,
-            )
+        except ValidationError as exc:
+            _log.warning("session.bad_release_answer", error=str(exc))
             return None
         # Not held there any more: its connection ended just now, and what it had
         # sent is not on record (the detach lost its compare-and-set to ours).
         return released.sent_upto if released.released else None
+
+    async def _await_release(self, answers: Subscription, before: SessionRecord) -> Msg | None:
+        """The answer to a release request, waited for as long as the holder's lease is
+        alive (bounded by `_RELEASE_PATIENCE_S`); `None` when nobody is there to answer:
+        its lease lapsed, or NATS says nobody listens (it died, or is cut off from NATS;
+        cut off it delivers nothing, and once back it fences its deliveries until its
+        refresh finds the session gone)."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + _RELEASE_PATIENCE_S
+        while self._gateways.alive(before.gateway, before.incarnation):
+            try:
+                reply = await answers.next_msg(timeout=_RELEASE_TIMEOUT_S)
+            except TimeoutError:
+                if loop.time() >= give_up_at:
+                    raise
+                _log.info("session.release_waiting", previous_gateway=before.gateway)
+                continue
+            if (reply.headers or {}).get("Status") == _NO_RESPONDERS:
+                return None
+            return reply
+        return None
 
     async def _on_release(self, msg: Msg) -> None:
         # Answered side by side: one slow takeover must not hold up the others.
@@ -413,10 +447,12 @@ class HeldSessions:
                     )
         except BusError as exc:
             _log.warning("session.refresh_failed", error=str(exc))
+            hold.connection.hold_unconfirmed()
             return
         if ours:
+            hold.connection.held()
             await self._index(hold.record)
-        if not ours and self._held.pop(hold.connection.connection_id, None) is not None:
+        elif self._held.pop(hold.connection.connection_id, None) is not None:
             metrics.TAKEOVERS.inc()
             _log.info("session.lost", session_id=hold.record.session_id)
             await hold.connection.taken_over()

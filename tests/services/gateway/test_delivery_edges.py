@@ -9,6 +9,7 @@ from typing import Any
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.manager import JetStreamManager
@@ -17,9 +18,11 @@ from ackwire.bus import subjects
 from ackwire.bus.embedded import EmbeddedNats
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.gateway.server import Gateway
+from ackwire.gateway.sessions import HeldSessions
 from ackwire.publisher import Publisher
 from ackwire.sessions.record import Found, SessionState
 from ackwire.sessions.table import SessionTable
+from ackwire.settings import Settings
 from ackwire.wire.codes import CloseCode, ErrorCode
 from ackwire.wire.frames import (
     Ack,
@@ -258,3 +261,33 @@ async def test_a_bad_refresh_is_refused_and_the_old_token_stays(
     await send(ws, Ping())
     assert isinstance(await receive(ws), Pong)
     await ws.close()
+
+
+async def test_a_slow_holder_is_waited_for_not_delivered_beside(
+    settings: Settings, make_token: MakeToken, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hole 5: a release answered later than one request's timeout, by a gateway whose
+    lease is alive, is waited for: the old connection is closed 4409 before the new
+    one is welcomed, never both delivering at once."""
+    answer_release = HeldSessions._on_release
+
+    async def slowly(self: HeldSessions, msg: Msg) -> None:
+        await asyncio.sleep(3)  # longer than a release request waits (2 s)
+        await answer_release(self, msg)
+
+    monkeypatch.setattr(HeldSessions, "_on_release", slowly)
+    async with (
+        Gateway(settings, name="gw-1", host="127.0.0.1", port=0) as gw1,
+        Gateway(settings, name="gw-2", host="127.0.0.1", port=0) as gw2,
+    ):
+        token = make_token("kim")
+        ws, welcome = await welcomed(gw1.url, token)
+        taken = asyncio.create_task(closed_with(ws, timeout=15))
+        resume = asyncio.create_task(resumed(gw2.url, token, welcome))
+        done, _ = await asyncio.wait({taken, resume}, return_when=asyncio.FIRST_COMPLETED)
+        assert taken in done, "the new connection was welcomed while the old one was open"
+        assert taken.result()[0] == CloseCode.SESSION_TAKEN_OVER
+        async with asyncio.timeout(15):
+            ws2, again = await resume
+        assert again.resumed
+        await ws2.close()
