@@ -65,6 +65,7 @@ class Gateway:
         # A restart under the same name is another incarnation: it holds nothing yet.
         self._incarnation = secrets.token_hex(8)
         self._sessions: HeldSessions | None = None
+        self._topic_hub: TopicHub | None = None
         self._lease: Lease | None = None
         self._rechecks = BackgroundTasks()
 
@@ -105,6 +106,7 @@ class Gateway:
         gateways_kv = await js.key_value(subjects.GATEWAYS_BUCKET)
         await self._gateways.follow(gateways_kv)
         queue = SessionQueue(self._nc, js)
+        self._topic_hub = TopicHub(topics, pending_limit=4 * self._settings.topic_buffer)
         self._sessions = HeldSessions(
             self._nc,
             await SessionTable.open(js),
@@ -121,7 +123,7 @@ class Gateway:
             settings=self._settings,
             verifier=self._verifier,
             sessions=self._sessions,
-            topics=TopicHub(topics, pending_limit=4 * self._settings.topic_buffer),
+            topics=self._topic_hub,
             presence=self._presence,
             queue=queue,
             receipts=Receipts(self._nc),
@@ -161,6 +163,8 @@ class Gateway:
         if self._sessions is None or self._draining:
             return
         self._sessions.resync()
+        if self._topic_hub is not None:
+            self._topic_hub.resync()
         self._rechecks.spawn(self._sessions.refresh(), name="session recheck")
 
     async def drain(self) -> None:

@@ -50,6 +50,13 @@ RECORD_ERRORS = (NatsError, JetStreamError, TimeoutError)
 SendFrame = Callable[[Frame], Awaitable[None]]
 
 
+class _Resync:
+    """In a member's inbox: read the store from the member's place before going on."""
+
+
+_RESYNC = _Resync()
+
+
 class TopicMember:
     """One connection's subscription to one topic."""
 
@@ -66,7 +73,7 @@ class TopicMember:
         self.topic = topic
         self._store = store
         self._send = send
-        self._inbox: asyncio.Queue[TopicEvent] = asyncio.Queue(maxsize=buffer)
+        self._inbox: asyncio.Queue[TopicEvent | _Resync] = asyncio.Queue(maxsize=buffer)
         self._on_overflow = on_overflow
         self._on_failed = on_failed
         self._task: asyncio.Task[None] | None = None
@@ -79,6 +86,12 @@ class TopicMember:
             self._inbox.put_nowait(event)
         except asyncio.QueueFull:
             self._on_overflow()
+
+    def resync(self) -> None:
+        """NATS came back: events published meanwhile are read from the store. (A full
+        inbox is behind anyway; the events in it show any gap.)"""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._inbox.put_nowait(_RESYNC)
 
     def start(self) -> None:
         """Once in the feed: find where the client's events start (the snapshot, or where
@@ -124,7 +137,11 @@ class TopicMember:
                 await self._send_snapshot(snapshot)
                 await self._catch_up(cursor, until=None)
             while True:
-                await self._offer(cursor, await self._inbox.get(), stored=False)
+                event = await self._inbox.get()
+                if isinstance(event, _Resync):
+                    await self._catch_up(cursor, until=None)
+                else:
+                    await self._offer(cursor, event, stored=False)
         except ConnectionClosed:
             pass  # the connection is over; it leaves every topic on its way out
         except _BUS_ERRORS as exc:
@@ -232,6 +249,12 @@ class TopicHub:
                 )
                 self._feeds[member.topic] = feed
             feed.members.add(member)
+
+    def resync(self) -> None:
+        """NATS came back: every member reads what it may have missed from the store."""
+        for feed in self._feeds.values():
+            for member in feed.members:
+                member.resync()
 
     async def leave(self, member: TopicMember) -> None:
         await member.stop()
