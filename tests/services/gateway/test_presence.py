@@ -4,19 +4,25 @@ is unregistered at once, a draining gateway leaves nothing live behind."""
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import nats
 import pytest
+import stamina
 from nats.js.errors import KeyNotFoundError
 
 from ackwire.bus import subjects
 from ackwire.bus.embedded import EmbeddedNats
+from ackwire.errors import BusUnavailableError
 from ackwire.gateway.server import Gateway
 from ackwire.sessions.overview import SessionSummary, session_summaries
-from ackwire.sessions.record import SessionRecord, SessionState
+from ackwire.sessions.record import Found, SessionRecord, SessionState
+from ackwire.sessions.table import SessionTable
+from ackwire.settings import Settings
 from ackwire.wire.codes import CloseCode
 from ackwire.wire.frames import Hello
 from support.client import closed_with, open_ws, send, welcomed
+from support.logs import LogWatch
 
 
 async def summary_of(url: str, session_id: str) -> SessionSummary:
@@ -80,3 +86,37 @@ async def test_without_a_bus_that_confirms_there_is_no_welcome(
     code, reason = await closed_with(ws, timeout=15)
     assert code == CloseCode.INTERNAL_ERROR
     assert "bus unavailable" in reason
+
+
+async def test_a_detach_the_store_did_not_take_is_retried(
+    settings: Settings,
+    make_token: Callable[..., str],
+    logs: LogWatch,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hole 9: a session whose detach failed must not look online until its TTL."""
+    write = SessionTable.replace
+    store_down = True
+
+    async def flaky(self: SessionTable, *args: Any, **kwargs: Any) -> int:
+        if store_down:
+            raise BusUnavailableError("the store is away")
+        return await write(self, *args, **kwargs)
+
+    stamina.set_testing(True, attempts=2)  # the detach's own retries, without their waits
+    try:
+        quick = settings.model_copy(update={"session_ttl_s": 2.0})  # a refresh every 0.5 s
+        async with Gateway(quick, name="gw-1", host="127.0.0.1", port=0) as gateway:
+            ws, welcome = await welcomed(gateway.url, make_token("jay"))
+            monkeypatch.setattr(SessionTable, "replace", flaky)
+            await ws.close()
+            await logs.wait_for("session.detach_failed")
+            store_down = False
+            await logs.wait_for("session.let_go", state="detached", timeout=5)
+            nc = await nats.connect(settings.nats_url)
+            found = await (await SessionTable.open(nc.jetstream())).lookup(welcome.session_id)
+            await nc.close()
+            assert isinstance(found, Found)
+            assert found.record.state is SessionState.DETACHED
+    finally:
+        stamina.set_testing(False)

@@ -12,7 +12,8 @@ from ackwire.publisher import Publisher
 from ackwire.scheduler.service import Scheduler
 from ackwire.sessions.overview import undelivered
 from ackwire.settings import Settings
-from support.client import next_deliver, welcomed
+from ackwire.wire.frames import Ack
+from support.client import next_deliver, send, welcomed
 from support.logs import LogWatch
 
 
@@ -35,6 +36,32 @@ async def test_an_unacked_message_expires_with_a_receipt(
             assert receipt.session_id == welcome.session_id
             await logs.wait_for("delivery.expired_undelivered", id=sent.id)
             assert [m async for m in undelivered(nc, welcome.session_id)] == []
+            await nc.close()
+            await ws.close()
+        finally:
+            await scheduler.drain()
+
+
+async def test_an_ack_after_the_message_expired_is_not_delivered(
+    nats_server: EmbeddedNats, settings: Settings, make_token: Callable[..., str], logs: LogWatch
+) -> None:
+    """Hole 9: the producer was told `expired`; a late ack must not make it `delivered`."""
+    brief = settings.model_copy(update={"retention_s": 1.0})
+    async with Gateway(brief, name="gw-1", host="127.0.0.1", port=0) as gateway:
+        scheduler = Scheduler(brief, name="scheduler-x", host="127.0.0.1")
+        await scheduler.start()
+        try:
+            ws, _ = await welcomed(gateway.url, make_token("ida"))
+            nc = await nats.connect(nats_server.url)
+            publisher = Publisher(nc)
+            sent = await publisher.send({"text": "acked too late"}, user="ida")
+            deliver = await next_deliver(ws)
+            async with asyncio.timeout(10):
+                assert (await publisher.receipt(sent.id)).outcome == "expired"
+            await send(ws, Ack(seq=deliver.seq))
+            await logs.wait_for("delivery.expired_before_ack", id=sent.id)
+            assert logs.named("delivery.delivered", id=sent.id) == []
+            assert (await publisher.receipt(sent.id)).outcome == "expired"  # and only that
             await nc.close()
             await ws.close()
         finally:
