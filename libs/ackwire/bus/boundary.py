@@ -9,8 +9,10 @@ error answer from JetStream.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
 
 from nats.errors import Error as NatsError
 from nats.js.errors import APIError
@@ -19,6 +21,9 @@ from nats.js.errors import Error as JetStreamError
 from ackwire.errors import BusUnavailableError, StoreRejectedError
 
 _SERVICE_UNAVAILABLE = 503
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @contextmanager
@@ -32,3 +37,19 @@ def bus_errors(doing: str) -> Iterator[None]:
         raise StoreRejectedError(f"{doing}: {exc.description or exc}") from exc
     except (NatsError, JetStreamError, TimeoutError, OSError) as exc:
         raise BusUnavailableError(f"{doing}: {str(exc) or type(exc).__name__}") from exc
+
+
+def translated(
+    doing: str,
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Coroutine[Any, Any, T]]]:
+    """`bus_errors` around a whole coroutine function (a method that only calls NATS)."""
+
+    def wrap(call: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        @functools.wraps(call)
+        async def translating(*args: P.args, **kwargs: P.kwargs) -> T:
+            with bus_errors(doing):
+                return await call(*args, **kwargs)
+
+        return translating
+
+    return wrap

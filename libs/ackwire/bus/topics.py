@@ -31,8 +31,10 @@ from nats.js.kv import KeyValue
 from pydantic import JsonValue, ValidationError
 
 from ackwire.bus import subjects
+from ackwire.bus.boundary import translated
 from ackwire.bus.direct_get import read_batch
 from ackwire.bus.models import TopicEventBody, TopicSnapshot
+from ackwire.errors import BusError
 
 _SNAPSHOT_CAS_ATTEMPTS = 5
 
@@ -49,8 +51,8 @@ class TopicEvent:
     data: JsonValue
 
 
-class TopicStoreError(Exception):
-    """The store did not answer in time."""
+class TopicStoreError(BusError):
+    """The store did not answer in time, or a snapshot kept changing under a write."""
 
 
 class TopicStore:
@@ -64,6 +66,7 @@ class TopicStore:
         js = nc.jetstream()
         return cls(nc, js, await js.key_value(subjects.SNAPSHOTS_BUCKET))
 
+    @translated("publishing a topic event")
     async def publish(
         self, topic: str, data: JsonValue, *, snapshot: bool = False, event_id: str | None = None
     ) -> int:
@@ -82,11 +85,13 @@ class TopicStore:
             )
         return ack.seq
 
+    @translated("announcing a topic event")
     async def announce(self, topic: str, data: JsonValue) -> None:
         """Publish an advisory event without waiting for the store's answer: the stream
         stores it all the same, unless no server can (then it is lost)."""
         await self._nc.publish(subjects.topic_subject(topic), TopicEventBody(data=data).to_bytes())
 
+    @translated("reading a topic's snapshot")
     async def snapshot(self, topic: str) -> TopicSnapshot | None:
         try:
             entry = await self._snapshots.get(subjects.snapshot_key(topic))
@@ -100,6 +105,7 @@ class TopicStore:
             _log.error("topic.unreadable_snapshot", topic=topic, error=str(exc))
             return None
 
+    @translated("asking where a topic stands")
     async def latest_seq(self, topic: str) -> int:
         """Where `topic` stands now: the seq of its last stored event or, if the store
         holds none, the stream's last seq. Every later event of it is newer."""
@@ -111,6 +117,7 @@ class TopicStore:
             return (await self._js.stream_info(subjects.TOPICS_STREAM)).state.last_seq
         return last.seq or 0
 
+    @translated("reading a topic")
     async def read(self, topic: str, *, after: int, limit: int) -> tuple[list[TopicEvent], bool]:
         """Up to `limit` stored events of `topic` after `after`, in order; and whether the
         read reached the newest. Each event's `previous` is the one before it in the
@@ -154,6 +161,7 @@ class TopicStore:
         most = info.config.max_msgs_per_subject
         return info.state.first_seq <= after + 1 and (most is None or most < 0 or held < most)
 
+    @translated("following a topic")
     async def follow(
         self,
         topic: str,

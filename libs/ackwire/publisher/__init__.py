@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from pydantic import JsonValue
 
 from ackwire.bus import subjects
+from ackwire.bus.boundary import translated
 from ackwire.bus.connect import connect_nats
 from ackwire.bus.following import Following
 from ackwire.bus.models import Delivery, PresenceChange, Receipt, TopicEventBody
@@ -98,10 +99,12 @@ class Publisher:
         publisher._owns_connection = True
         return publisher
 
+    @translated("closing the publisher")
     async def close(self) -> None:
         if self._owns_connection:
             await self._nc.drain()
 
+    @translated("publishing")
     async def publish(
         self, topic: str, data: JsonValue, *, snapshot: bool = False, event_id: str | None = None
     ) -> int:
@@ -114,6 +117,7 @@ class Publisher:
         stores = await self._opened()
         return await stores.topics.publish(name, data, snapshot=snapshot, event_id=event_id)
 
+    @translated("sending")
     async def send(
         self,
         data: JsonValue,
@@ -170,21 +174,25 @@ class Publisher:
             )
         return self._stores
 
+    @translated("awaiting a receipt")
     async def receipt(self, message_id: str) -> Receipt:
         """The first receipt of a message sent by this producer: `delivered` once a client
         acked it and the store confirmed, `expired` if its retention ended first. Waits
         as long as it takes: bound it (`async with asyncio.timeout(…)`)."""
         return await self._receipts.first(self._producer, message_id)
 
+    @translated("following receipts")
     async def receipts(self) -> Following[Receipt]:
         """Every receipt of this producer's messages stored from the return on:
         `async for receipt in following`, then `await following.close()`."""
         return await self._receipts.follow(self._producer)
 
+    @translated("reading presence")
     async def presence(self, user: str) -> UserPresence:
         """Whether `user` is online now, and on which sessions."""
         return await user_presence(self._nc, user)
 
+    @translated("following presence")
     async def presence_changes(self) -> Following[PresenceChange]:
         """Every presence change from the return on: sessions joining and leaving, and
         gateways gone without goodbye (all they held is offline). The same events that

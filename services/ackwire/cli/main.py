@@ -235,6 +235,7 @@ def _print_token(args: argparse.Namespace, settings: Settings) -> int:
 def _publish(args: argparse.Namespace, settings: Settings) -> int:
     from ackwire.cli import publishing
     from ackwire.cli.bus import NatsUnreachableError
+    from ackwire.errors import BusError
     from ackwire.publisher import FrameTooLargeError, NoRecipientError
 
     try:
@@ -248,7 +249,7 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
                 publishing.send(settings, args.data, user=args.user, session=args.session)
             )
             print(message_id)
-    except (NatsUnreachableError, NoRecipientError) as exc:
+    except (NatsUnreachableError, NoRecipientError, BusError) as exc:
         print(f"ackwire {args.command}: {exc}", file=sys.stderr)
         return 1
     except FrameTooLargeError as exc:  # bad input: no client could ever receive it

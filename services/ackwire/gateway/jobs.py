@@ -11,12 +11,12 @@ from functools import lru_cache
 import structlog
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import Error as JetStreamError
 
 from ackwire.bus import subjects
+from ackwire.bus.boundary import bus_errors
 from ackwire.bus.nodes import NodeDirectory
+from ackwire.errors import BusError
 from ackwire.jobs.messages import JobSubmitted, new_job_id
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.frames import Accepted, Error, Submit
@@ -65,13 +65,16 @@ class JobIntake:
         )
         log = _log.bind(job_id=job.job_id, trace_id=job.trace_id, kind=job.kind)
         try:
-            async with asyncio.timeout(_STORE_TIMEOUT_S):
-                await self._js.publish(
-                    subjects.JOB_SUBMITTED, job.to_bytes(), headers={"Nats-Msg-Id": job.job_id}
-                )
-        except (TimeoutError, NatsError, JetStreamError) as exc:
+            with bus_errors(f"storing job {job.job_id}"):
+                async with asyncio.timeout(_STORE_TIMEOUT_S):
+                    await self._js.publish(
+                        subjects.JOB_SUBMITTED,
+                        job.to_bytes(),
+                        headers={"Nats-Msg-Id": job.job_id},
+                    )
+        except BusError as exc:
             # Maybe stored, maybe not: the client may resubmit under its idempotency key.
-            log.warning("job.store_unconfirmed", error=str(exc) or type(exc).__name__)
+            log.warning("job.store_unconfirmed", error=str(exc))
             return _error(frame, ErrorCode.UNAVAILABLE, "the job store did not confirm; retry")
         log.info("job.accepted")
         return Accepted(ref=frame.ref, job_id=job.job_id)

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import stamina
 import structlog
-from nats.errors import Error as NatsError
-from nats.js.errors import Error as JetStreamError
 
 from ackwire.bus import subjects
 from ackwire.bus.models import GatewayRecord, PresenceChange
-from ackwire.bus.topics import TopicStore, TopicStoreError
+from ackwire.bus.topics import TopicStore
+from ackwire.errors import BusError
 from ackwire.lifecycle import BackgroundTasks
 
 _log = structlog.get_logger("ackwire.gateway")
 
-_BUS_ERRORS = (NatsError, JetStreamError, TimeoutError, TopicStoreError)
 _GONE_RETRY_S = 60.0
 
 
@@ -59,7 +57,7 @@ class PresenceNotices:
         change = PresenceChange(change="gateway_gone", gateway=gone.name)
         try:
             async for attempt in stamina.retry_context(
-                on=_BUS_ERRORS, attempts=None, timeout=_GONE_RETRY_S
+                on=BusError, attempts=None, timeout=_GONE_RETRY_S
             ):
                 with attempt:
                     await self._store.publish(
@@ -67,7 +65,7 @@ class PresenceNotices:
                         change.model_dump(mode="json"),
                         event_id=f"gone-{gone.name}-{gone.incarnation}",
                     )
-        except _BUS_ERRORS as exc:
+        except BusError as exc:
             _log.warning("presence.not_published", gateway_gone=gone.name, error=str(exc))
 
     async def stop(self) -> None:
@@ -76,7 +74,7 @@ class PresenceNotices:
     async def _publish(self, topic: str, change: PresenceChange) -> None:
         try:
             await self._store.announce(topic, change.model_dump(mode="json"))
-        except _BUS_ERRORS as exc:  # presence is advisory; the records are the truth
+        except BusError as exc:  # presence is advisory; the records are the truth
             _log.warning(
                 "presence.not_published", topic=topic, error=str(exc) or type(exc).__name__
             )

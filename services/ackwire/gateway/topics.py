@@ -19,12 +19,12 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from nats.aio.subscription import Subscription
-from nats.errors import Error as NatsError
-from nats.js.errors import Error as JetStreamError
 from websockets.exceptions import ConnectionClosed
 
+from ackwire.bus.boundary import bus_errors
 from ackwire.bus.models import TopicSnapshot
-from ackwire.bus.topics import TopicEvent, TopicStore, TopicStoreError
+from ackwire.bus.topics import TopicEvent, TopicStore
+from ackwire.errors import BusError
 from ackwire.lifecycle import BackgroundTasks, cancel_and_wait
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.cursor import Drop, Emit, Gap, ReadFirst, TopicCursor
@@ -43,9 +43,6 @@ from ackwire.wire.topics import BadTopicError, allowed, topic_name
 _log = structlog.get_logger("ackwire.gateway")
 
 _READ_BATCH = 256
-_BUS_ERRORS = (NatsError, TimeoutError, TopicStoreError)
-#: What writing the session's subscriptions to its record may raise.
-RECORD_ERRORS = (NatsError, JetStreamError, TimeoutError)
 
 SendFrame = Callable[[Frame], Awaitable[None]]
 
@@ -144,7 +141,7 @@ class TopicMember:
                     await self._offer(cursor, event, stored=False)
         except ConnectionClosed:
             pass  # the connection is over; it leaves every topic on its way out
-        except _BUS_ERRORS as exc:
+        except BusError as exc:
             _log.warning("topic.unreadable", topic=self.topic, error=str(exc) or type(exc).__name__)
             with contextlib.suppress(ConnectionClosed):
                 await self._send(
@@ -267,8 +264,9 @@ class TopicHub:
                 del self._feeds[member.topic]
                 if feed.subscription is not None:
                     try:
-                        await feed.subscription.unsubscribe()
-                    except NatsError as exc:
+                        with bus_errors(f"unfollowing {member.topic}"):
+                            await feed.subscription.unsubscribe()
+                    except BusError as exc:
                         _log.debug("topic.unsubscribe_failed", error=str(exc))
 
 
@@ -412,7 +410,7 @@ class ConnectionTopics:
         changed them, if one did)."""
         try:
             await self._record(tuple(sorted(topics)))
-        except RECORD_ERRORS as exc:
+        except BusError as exc:
             _log.warning("topic.not_recorded", error=str(exc) or type(exc).__name__)
             await self._send(
                 Error(
