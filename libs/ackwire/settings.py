@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     """Events queued per subscription; a client that falls further behind is closed 4429."""
     max_topics: Annotated[int, Field(ge=1, le=10_000)] = 100
     """Subscriptions one session may hold."""
+    subscribe_rate_per_s: Annotated[float, Field(gt=0)] = 5.0
+    """Subscribes and unsubscribes a connection may make per second, on average (each
+    writes the session's record); past it: `rate_limited`."""
+    subscribe_burst: Annotated[int, Field(ge=1)] = 50
     topic_events_kept: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     """Events the store keeps per topic (the oldest go first): what bridges a topic's
     snapshot and the events after it."""

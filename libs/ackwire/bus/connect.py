@@ -16,8 +16,9 @@ import nats
 import stamina
 import structlog
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
-from nats.errors import NoServersError
+from nats.errors import NoServersError, SlowConsumerError
 
 T = TypeVar("T")
 
@@ -27,19 +28,42 @@ UNREACHABLE = (OSError, TimeoutError, NoServersError)
 _log = structlog.get_logger("ackwire.bus")
 
 
+class Overflows:
+    """Who to tell when NATS drops messages of a subscription that fell behind (a slow
+    consumer): its follower reads what it missed from the store."""
+
+    def __init__(self) -> None:
+        self._followers: dict[Subscription, Callable[[], None]] = {}
+
+    def watch(self, subscription: Subscription, dropped: Callable[[], None]) -> None:
+        self._followers[subscription] = dropped
+
+    def forget(self, subscription: Subscription) -> None:
+        self._followers.pop(subscription, None)
+
+    def dropped(self, subscription: Subscription) -> None:
+        follower = self._followers.get(subscription)
+        if follower is not None:
+            follower()
+
+
 def client_options(
     servers: list[str],
     name: str,
     stopping: Callable[[], bool] = lambda: False,
     reconnected: Callable[[], None] = lambda: None,
+    overflows: Overflows | None = None,
 ) -> dict[str, Any]:
     """Options for `nats.connect` (and FastStream's `NatsBroker`) shared by every service.
 
     `stopping` tells a deliberate disconnect (the service drains) from a lost one;
-    `reconnected` runs each time the connection is back after a loss.
+    `reconnected` runs each time the connection is back after a loss; `overflows` hears
+    of every subscription whose messages NATS dropped.
     """
 
     async def on_error(exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError) and overflows is not None:
+            overflows.dropped(exc.sub)
         # A refused or lost socket is reported as `nats.unreachable` / `nats.disconnected`.
         log = _log.debug if isinstance(exc, UNREACHABLE) else _log.warning
         log("nats.error", error=str(exc) or type(exc).__name__)
@@ -102,9 +126,10 @@ async def connect_nats(
     name: str,
     stopping: Callable[[], bool] = lambda: False,
     reconnected: Callable[[], None] = lambda: None,
+    overflows: Overflows | None = None,
 ) -> Client:
     """A nats-py client, waiting for NATS as long as it takes."""
-    options = client_options(servers, name, stopping, reconnected)
+    options = client_options(servers, name, stopping, reconnected, overflows)
     nc = await until_connected(lambda: nats.connect(**options), servers)
     keep_reconnecting(nc)
     return nc

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from ackwire.bus import subjects
 from ackwire.bus.boundary import bus_errors
+from ackwire.bus.connect import Overflows
 from ackwire.bus.direct_get import read_batch
 from ackwire.bus.models import Delivery
 from ackwire.errors import StoreRejectedError
@@ -53,9 +54,12 @@ class StoreRead:
 
 
 class SessionQueue:
-    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+    def __init__(
+        self, nc: Client, js: JetStreamContext, overflows: Overflows | None = None
+    ) -> None:
         self._nc = nc
         self._js = js
+        self._overflows = overflows or Overflows()
 
     async def put(self, delivery: Delivery) -> int:
         """Store a message for its session; returns its `seq` once the store confirmed it.
@@ -77,8 +81,10 @@ class SessionQueue:
         on_message: Callable[[Stored], Awaitable[None]],
         *,
         pending_limit: int,
+        on_dropped: Callable[[], None] = lambda: None,
     ) -> Subscription:
-        """Receive the session's messages as they are stored (at most `pending_limit` unread)."""
+        """Receive the session's messages as they are stored (at most `pending_limit` unread;
+        past it NATS drops them, and `on_dropped` is told)."""
 
         async def receive(msg: Msg) -> None:
             stored = _stored(msg)
@@ -86,9 +92,11 @@ class SessionQueue:
                 await on_message(stored)
 
         with bus_errors(f"following {session_id}"):
-            return await self._nc.subscribe(
+            subscription = await self._nc.subscribe(
                 subjects.live_subject(session_id), cb=receive, pending_msgs_limit=pending_limit
             )
+        self._overflows.watch(subscription, on_dropped)
+        return subscription
 
     async def read(self, session_id: str, after: int, limit: int) -> StoreRead:
         """Up to `limit` stored messages of the session with `seq > after`, in order."""
@@ -121,6 +129,7 @@ class SessionQueue:
         return msg.seq or 0
 
     async def unfollow(self, subscription: Subscription) -> None:
+        self._overflows.forget(subscription)
         with bus_errors("unsubscribing from a live feed"):
             await subscription.unsubscribe()
 

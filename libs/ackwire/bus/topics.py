@@ -32,6 +32,7 @@ from pydantic import JsonValue, ValidationError
 
 from ackwire.bus import subjects
 from ackwire.bus.boundary import translated
+from ackwire.bus.connect import Overflows
 from ackwire.bus.direct_get import read_batch
 from ackwire.bus.models import TopicEventBody, TopicSnapshot
 from ackwire.errors import BusError
@@ -56,15 +57,22 @@ class TopicStoreError(BusError):
 
 
 class TopicStore:
-    def __init__(self, nc: Client, js: JetStreamContext, snapshots: KeyValue) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        snapshots: KeyValue,
+        overflows: Overflows | None = None,
+    ) -> None:
         self._nc = nc
         self._js = js
         self._snapshots = snapshots
+        self._overflows = overflows or Overflows()
 
     @classmethod
-    async def open(cls, nc: Client) -> TopicStore:
+    async def open(cls, nc: Client, overflows: Overflows | None = None) -> TopicStore:
         js = nc.jetstream()
-        return cls(nc, js, await js.key_value(subjects.SNAPSHOTS_BUCKET))
+        return cls(nc, js, await js.key_value(subjects.SNAPSHOTS_BUCKET), overflows)
 
     @translated("publishing a topic event")
     async def publish(
@@ -168,18 +176,24 @@ class TopicStore:
         on_event: Callable[[TopicEvent], Awaitable[None]],
         *,
         pending_limit: int,
+        on_dropped: Callable[[], None] = lambda: None,
     ) -> Subscription:
         """Receive the topic's events as they are stored (past `pending_limit` unread,
-        NATS drops them; the chain of `previous` shows the gap)."""
+        NATS drops them, and `on_dropped` is told)."""
 
         async def receive(msg: Msg) -> None:
             event = _event(topic, msg, live=True)
             if event is not None:
                 await on_event(event)
 
-        return await self._nc.subscribe(
+        subscription = await self._nc.subscribe(
             subjects.live_topic_subject(topic), cb=receive, pending_msgs_limit=pending_limit
         )
+        self._overflows.watch(subscription, on_dropped)
+        return subscription
+
+    def unwatch(self, subscription: Subscription) -> None:
+        self._overflows.forget(subscription)
 
     async def _keep_newer_snapshot(self, topic: str, snapshot: TopicSnapshot) -> None:
         key = subjects.snapshot_key(topic)

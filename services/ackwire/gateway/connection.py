@@ -242,6 +242,7 @@ class ClientConnection:
             buffer=settings.topic_buffer,
             max_topics=settings.max_topics,
             on_overflow=lambda: self._carry_out(self._guard.too_slow()),
+            rate=TokenBucket(rate=settings.subscribe_rate_per_s, burst=settings.subscribe_burst),
         )
 
     def _welcome(self, opened: Opened) -> Welcome:

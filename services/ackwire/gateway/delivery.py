@@ -94,10 +94,13 @@ class DeliveryPump:
     async def start(self) -> None:
         """Follow the live feed, then read the store from the start: nothing falls in
         between. Raises `BusError` when the live feed cannot be followed."""
-        # Past this many unread live messages NATS drops them (a slow consumer); the
-        # window sees the gap in the chain and reads the rest from the store.
+        # Past this many unread live messages NATS drops them (a slow consumer), and says
+        # so: the window reads the rest from the store.
         self._live = await self._queue.follow(
-            self._session_id, self._on_live, pending_limit=self._window.max_unsent
+            self._session_id,
+            self._on_live,
+            pending_limit=self._window.max_unsent,
+            on_dropped=self.resync,
         )
         self._window.resync()
         self._task = self._spawn(self._pump(), "deliveries")

@@ -13,7 +13,7 @@ from websockets.exceptions import NegotiationError
 from websockets.typing import Subprotocol
 
 from ackwire.bus import subjects
-from ackwire.bus.connect import connect_nats, leave_nats
+from ackwire.bus.connect import Overflows, connect_nats, leave_nats
 from ackwire.bus.lease import Lease
 from ackwire.bus.models import GatewayRecord
 from ackwire.bus.nodes import NodeDirectory
@@ -91,21 +91,23 @@ class Gateway:
         """Connect to NATS (waiting for it if need be), then listen."""
         if self._settings.uses_development_secret:
             _log.warning("auth.development_secret", hint="set ACKWIRE_JWT_SECRET")
+        overflows = Overflows()
         self._nc = await connect_nats(
             self._settings.nats_servers,
             name=self._name,
             stopping=lambda: self._draining,
             reconnected=self._recheck_sessions,
+            overflows=overflows,
         )
         js = self._nc.jetstream()
         await provision(js, self._settings)
         await self._nodes.follow(await js.key_value(subjects.NODES_BUCKET))
-        topics = await TopicStore.open(self._nc)
+        topics = await TopicStore.open(self._nc, overflows)
         self._presence = PresenceNotices(topics, self._name)
         self._gateways = GatewayDirectory(on_expired=self._presence.gateway_expired)
         gateways_kv = await js.key_value(subjects.GATEWAYS_BUCKET)
         await self._gateways.follow(gateways_kv)
-        queue = SessionQueue(self._nc, js)
+        queue = SessionQueue(self._nc, js, overflows)
         self._topic_hub = TopicHub(topics, pending_limit=4 * self._settings.topic_buffer)
         self._sessions = HeldSessions(
             self._nc,

@@ -38,6 +38,7 @@ from ackwire.wire.frames import (
     Unsubscribe,
     Unsubscribed,
 )
+from ackwire.wire.rate import TokenBucket
 from ackwire.wire.topics import BadTopicError, allowed, topic_name
 
 _log = structlog.get_logger("ackwire.gateway")
@@ -219,6 +220,11 @@ class TopicFeed:
         for member in list(self.members):
             member.offer(event)
 
+    def resync(self) -> None:
+        """Events may be lost on the way: every member reads them from the store."""
+        for member in list(self.members):
+            member.resync()
+
 
 class TopicHub:
     """Every topic followed at this gateway."""
@@ -242,7 +248,10 @@ class TopicHub:
             if feed is None:
                 feed = TopicFeed()
                 feed.subscription = await self._store.follow(
-                    member.topic, feed.deliver, pending_limit=self._pending_limit
+                    member.topic,
+                    feed.deliver,
+                    pending_limit=self._pending_limit,
+                    on_dropped=feed.resync,
                 )
                 self._feeds[member.topic] = feed
             feed.members.add(member)
@@ -250,8 +259,7 @@ class TopicHub:
     def resync(self) -> None:
         """NATS came back: every member reads what it may have missed from the store."""
         for feed in self._feeds.values():
-            for member in feed.members:
-                member.resync()
+            feed.resync()
 
     async def leave(self, member: TopicMember) -> None:
         await member.stop()
@@ -263,6 +271,7 @@ class TopicHub:
             if not feed.members:
                 del self._feeds[member.topic]
                 if feed.subscription is not None:
+                    self._store.unwatch(feed.subscription)
                     try:
                         with bus_errors(f"unfollowing {member.topic}"):
                             await feed.subscription.unsubscribe()
@@ -287,6 +296,7 @@ class ConnectionTopics:
         buffer: int,
         max_topics: int,
         on_overflow: Callable[[], None],
+        rate: TokenBucket,
     ) -> None:
         self._hub = hub
         self._send = send
@@ -295,13 +305,14 @@ class ConnectionTopics:
         self._buffer = buffer
         self._max_topics = max_topics
         self._on_overflow = on_overflow
+        self._rate = rate  # each subscribe and unsubscribe is a write of the session's record
         self._members: dict[str, TopicMember] = {}
         self._restoring: list[TopicMember] = []
         self._dropped: tuple[str, ...] = ()
         self._leaving = BackgroundTasks()
 
     async def subscribe(self, frame: Subscribe) -> None:
-        refusal = self._refusal(frame.topic)
+        refusal = self._refusal(frame.topic) or self._throttled()
         if refusal is not None:
             code, message = refusal
             await self._send(Error(ref=frame.ref, code=code, message=message, topic=frame.topic))
@@ -313,6 +324,11 @@ class ConnectionTopics:
             (await self._follow(frame.topic)).release(frame.ref)
 
     async def unsubscribe(self, frame: Unsubscribe) -> None:
+        refusal = self._throttled() if frame.topic in self._members else None
+        if refusal is not None:
+            code, message = refusal
+            await self._send(Error(ref=frame.ref, code=code, message=message, topic=frame.topic))
+            return
         member = self._members.pop(frame.topic, None)
         if member is not None:
             await self._hub.leave(member)
@@ -369,6 +385,12 @@ class ConnectionTopics:
         for member in members:
             await self._hub.leave(member)
         await self._leaving.finish()  # failed members still leaving their feed
+
+    def _throttled(self) -> tuple[ErrorCode, str] | None:
+        wait = self._rate.take(asyncio.get_running_loop().time())
+        if wait > 0:
+            return ErrorCode.RATE_LIMITED, f"too many subscription changes; retry in {wait:.1f} s"
+        return None
 
     def _refusal(self, topic: str) -> tuple[ErrorCode, str] | None:
         try:

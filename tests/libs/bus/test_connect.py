@@ -3,7 +3,7 @@
 import asyncio
 from pathlib import Path
 
-from ackwire.bus.connect import connect_nats
+from ackwire.bus.connect import Overflows, connect_nats
 from ackwire.bus.embedded import EmbeddedNats, free_port
 from support.logs import LogWatch
 
@@ -44,3 +44,25 @@ async def test_once_connected_a_client_rides_out_a_nats_restart(
     finally:
         await nc.close()
         await server.stop()
+
+
+async def test_a_subscription_nats_dropped_messages_of_is_told(nats_server: EmbeddedNats) -> None:
+    """A slow consumer loses messages silently in nats-py; its follower must hear of it
+    (and read the store), or the last message lost would wait for the next one."""
+    overflows = Overflows()
+    nc = await connect_nats([nats_server.url], name="slow", overflows=overflows)
+    told = asyncio.Event()
+    stuck = asyncio.Event()
+
+    async def never_done(_msg: object) -> None:
+        await stuck.wait()  # the callback keeps the subscription's queue from draining
+
+    sub = await nc.subscribe("busy", cb=never_done, pending_msgs_limit=1)
+    overflows.watch(sub, told.set)
+    for _ in range(5):
+        await nc.publish("busy", b"x")
+    await nc.flush()
+    await asyncio.wait_for(told.wait(), 5)
+    stuck.set()
+    overflows.forget(sub)
+    await nc.close()

@@ -17,6 +17,7 @@ from ackwire.gateway.topics import ConnectionTopics, TopicHub, TopicMember
 from ackwire.settings import Settings
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.frames import Error, Event, Frame, Subscribe, Subscribed, TopicGap
+from ackwire.wire.rate import TokenBucket
 from support.logs import LogWatch
 
 WAIT_S = 5.0
@@ -69,6 +70,7 @@ def connection_topics(store: TopicStore, socket: Socket) -> ConnectionTopics:
         buffer=16,
         max_topics=10,
         on_overflow=lambda: None,
+        rate=TokenBucket(rate=100, burst=100),
     )
 
 

@@ -86,6 +86,28 @@ async def test_who_may_subscribe_to_what(
     await ws.close()
 
 
+async def test_subscription_changes_are_throttled(
+    settings: Settings, make_token: MakeToken
+) -> None:
+    """Hole 10: each subscribe and unsubscribe writes the session's record; past the
+    budget a client is told `rate_limited`, and what it holds is unchanged."""
+    tight = settings.model_copy(update={"subscribe_rate_per_s": 0.01, "subscribe_burst": 2})
+    async with Gateway(tight, name="gw-tight", host="127.0.0.1", port=0) as gateway:
+        ws, _ = await welcomed(gateway.url, make_token(topics=["t.*"]))
+        for n in (1, 2):
+            await send(ws, Subscribe(ref=f"r-{n}", topic=f"t.{n}"))
+            assert await receive(ws) == Subscribed(ref=f"r-{n}", topic=f"t.{n}")
+        await send(ws, Subscribe(ref="r-3", topic="t.3"))
+        refused = await receive(ws)
+        assert isinstance(refused, Error)
+        assert (refused.ref, refused.code, refused.topic) == ("r-3", ErrorCode.RATE_LIMITED, "t.3")
+        await send(ws, Unsubscribe(ref="r-4", topic="t.1"))
+        refused = await receive(ws)
+        assert isinstance(refused, Error)
+        assert (refused.ref, refused.code) == ("r-4", ErrorCode.RATE_LIMITED)
+        await ws.close()
+
+
 async def test_subscribed_then_the_snapshot_then_live_events_in_order(
     gateway: Gateway, store: TopicStore, make_token: MakeToken
 ) -> None:
