@@ -133,8 +133,9 @@ class DeliveryPump:
 
     async def stop(self) -> None:
         """Stop sending at once; a confirmation in flight goes on. Idempotent."""
-        await cancel_and_wait(self._task)
-        await cancel_and_wait(self._reading)
+        for task in (self._task, self._reading):
+            with contextlib.suppress(Exception):  # a failure was reported as it happened
+                await cancel_and_wait(task)
         live, self._live = self._live, None
         if live is not None:
             with contextlib.suppress(BusError):

@@ -17,6 +17,7 @@ from nats.js.manager import JetStreamManager
 from ackwire.bus import subjects
 from ackwire.bus.embedded import EmbeddedNats
 from ackwire.bus.session_queue import SessionQueue
+from ackwire.gateway.delivery import DeliveryPump
 from ackwire.gateway.server import Gateway
 from ackwire.gateway.sessions import HeldSessions
 from ackwire.publisher import Publisher
@@ -184,6 +185,7 @@ async def test_a_bus_error_while_confirming_is_retried_not_fatal(
     await ws.close()
 
 
+@pytest.mark.parametrize("broken", ["confirming", "sending"])
 async def test_a_pump_that_fails_closes_1011_and_lets_go_of_the_session(
     gateway: Gateway,
     publisher: Publisher,
@@ -191,17 +193,22 @@ async def test_a_pump_that_fails_closes_1011_and_lets_go_of_the_session(
     monkeypatch: pytest.MonkeyPatch,
     logs: LogWatch,
     js: JetStreamContext,
+    broken: str,
 ) -> None:
     """Hole 7: nothing may leave a connection half-alive, open with nothing delivered."""
 
-    async def broken(*_args: object, **_kwargs: object) -> None:
-        raise RuntimeError("a bug in the confirmation")
+    async def bug(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError(f"a bug while {broken}")
 
-    monkeypatch.setattr(SessionQueue, "confirm", broken)
+    if broken == "confirming":
+        monkeypatch.setattr(SessionQueue, "confirm", bug)
+    else:
+        monkeypatch.setattr(DeliveryPump, "_deliver", bug)
     ws, welcome = await welcomed(gateway.url, make_token("eve"))
     await publisher.send({"n": 1}, session=welcome.session_id)
-    deliver = await next_deliver(ws)
-    await send(ws, Ack(seq=deliver.seq))
+    if broken == "confirming":
+        deliver = await next_deliver(ws)
+        await send(ws, Ack(seq=deliver.seq))
     assert (await closed_with(ws))[0] == CloseCode.INTERNAL_ERROR
     await logs.wait_for("session.let_go", state="detached")
     found = await (await SessionTable.open(js)).lookup(welcome.session_id)
