@@ -16,18 +16,24 @@ Everything that moves the connection from one phase to the next is a row of
   before it saw the close, and what it acked is confirmed before the connection
   lets go;
 - a `deliver` of a message the session sent before (on this or an earlier
-  connection) is flagged `redelivered` (`was_sent_before`).
+  connection) is flagged `redelivered` (`was_sent_before`);
+- which topics the connection may hold (`TopicAdmission`): what its token's
+  `topics` claim allows, at most `max_topics`, and at most so many changes a
+  second (each one writes the session's record).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from ackwire.errors import InternalError
 from ackwire.wire.codec import BadFrame, parse_client_frame
 from ackwire.wire.codes import CloseCode, ErrorCode
 from ackwire.wire.frames import Ack, ClientFrame, Error, Hello
+from ackwire.wire.rate import TokenBucket
+from ackwire.wire.topics import BadTopicError, allowed, topic_name
 
 #: docs/protocol.md, Transport: "after 10 bad frames in a row the gateway closes with 1008".
 MAX_BAD_FRAMES_IN_A_ROW = 10
@@ -235,6 +241,59 @@ class ConnectionGuard:
     def _expect(self, phase: Phase) -> None:
         if self._phase is not phase:
             raise InternalError(f"a frame arrived in phase {self._phase.value}, not {phase.value}")
+
+
+class TopicAdmission:
+    """Which subscriptions a connection may make and keep. Time is passed in."""
+
+    def __init__(self, claims: tuple[str, ...], *, max_topics: int, rate: TokenBucket) -> None:
+        self._claims = claims
+        self._max_topics = max_topics
+        self._rate = rate
+
+    def allows(self, topic: str) -> bool:
+        return allowed(self._claims, topic)
+
+    def reclaim(self, claims: tuple[str, ...]) -> None:
+        """A refreshed token's `topics` claim: it applies from now on."""
+        self._claims = claims
+
+    def subscribe(self, topic: str, held: Collection[str], now: float) -> Error | None:
+        """`None` when a `subscribe` to `topic` may go ahead, else why not (ref unset)."""
+        try:
+            topic_name(topic)
+        except BadTopicError as exc:
+            return self._refuse(ErrorCode.BAD_FRAME, str(exc), topic)
+        if not self.allows(topic):
+            return self._refuse(
+                ErrorCode.FORBIDDEN_TOPIC, f"the token's topics claim does not allow {topic}", topic
+            )
+        if topic in held:
+            return None  # nothing changes: answered `subscribed` again
+        if len(held) >= self._max_topics:
+            return self._refuse(
+                ErrorCode.TOO_MANY_TOPICS,
+                f"a session holds at most {self._max_topics} topics",
+                topic,
+            )
+        return self._throttled(topic, now)
+
+    def unsubscribe(self, topic: str, held: Collection[str], now: float) -> Error | None:
+        return self._throttled(topic, now) if topic in held else None
+
+    def _throttled(self, topic: str, now: float) -> Error | None:
+        wait = self._rate.take(now)
+        if wait > 0:
+            return self._refuse(
+                ErrorCode.RATE_LIMITED,
+                f"too many subscription changes; retry in {wait:.1f} s",
+                topic,
+            )
+        return None
+
+    @staticmethod
+    def _refuse(code: ErrorCode, message: str, topic: str) -> Error:
+        return Error(code=code, message=message, topic=topic)
 
 
 def diagram() -> str:

@@ -50,7 +50,7 @@ from ackwire.wire.frames import (
     Unsubscribe,
     Welcome,
 )
-from ackwire.wire.guard import Accept, Close, ConnectionGuard, Reject
+from ackwire.wire.guard import Accept, Close, ConnectionGuard, Reject, TopicAdmission
 from ackwire.wire.rate import TokenBucket
 
 _log = structlog.get_logger("ackwire.gateway")
@@ -237,12 +237,16 @@ class ClientConnection:
         return ConnectionTopics(
             self._gateway.topics,
             self._send,
-            claims=identity.topics,
+            admission=TopicAdmission(
+                identity.topics,
+                max_topics=settings.max_topics,
+                rate=TokenBucket(
+                    rate=settings.subscribe_rate_per_s, burst=settings.subscribe_burst
+                ),
+            ),
             record=lambda topics: self._gateway.sessions.subscribed_to(self, topics),
             buffer=settings.topic_buffer,
-            max_topics=settings.max_topics,
             on_overflow=lambda: self._carry_out(self._guard.too_slow()),
-            rate=TokenBucket(rate=settings.subscribe_rate_per_s, burst=settings.subscribe_burst),
         )
 
     def _welcome(self, opened: Opened) -> Welcome:

@@ -38,8 +38,7 @@ from ackwire.wire.frames import (
     Unsubscribe,
     Unsubscribed,
 )
-from ackwire.wire.rate import TokenBucket
-from ackwire.wire.topics import BadTopicError, allowed, topic_name
+from ackwire.wire.guard import TopicAdmission
 
 _log = structlog.get_logger("ackwire.gateway")
 
@@ -282,6 +281,10 @@ class TopicHub:
 RecordTopics = Callable[[tuple[str, ...]], Awaitable[None]]
 
 
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
 class ConnectionTopics:
     """One connection's subscriptions: `subscribe`, `unsubscribe`, the restore after a
     resume, and leaving every topic when the connection ends."""
@@ -291,31 +294,26 @@ class ConnectionTopics:
         hub: TopicHub,
         send: SendFrame,
         *,
-        claims: tuple[str, ...],
+        admission: TopicAdmission,
         record: RecordTopics,
         buffer: int,
-        max_topics: int,
         on_overflow: Callable[[], None],
-        rate: TokenBucket,
     ) -> None:
         self._hub = hub
         self._send = send
-        self._claims = claims
+        self._admission = admission
         self._record = record
         self._buffer = buffer
-        self._max_topics = max_topics
         self._on_overflow = on_overflow
-        self._rate = rate  # each subscribe and unsubscribe is a write of the session's record
         self._members: dict[str, TopicMember] = {}
         self._restoring: list[TopicMember] = []
         self._dropped: tuple[str, ...] = ()
         self._leaving = BackgroundTasks()
 
     async def subscribe(self, frame: Subscribe) -> None:
-        refusal = self._refusal(frame.topic) or self._throttled()
+        refusal = self._admission.subscribe(frame.topic, self._members, _now())
         if refusal is not None:
-            code, message = refusal
-            await self._send(Error(ref=frame.ref, code=code, message=message, topic=frame.topic))
+            await self._send(refusal.model_copy(update={"ref": frame.ref}))
             return
         if frame.topic in self._members:
             await self._send(Subscribed(ref=frame.ref, topic=frame.topic))
@@ -324,10 +322,9 @@ class ConnectionTopics:
             (await self._follow(frame.topic)).release(frame.ref)
 
     async def unsubscribe(self, frame: Unsubscribe) -> None:
-        refusal = self._throttled() if frame.topic in self._members else None
+        refusal = self._admission.unsubscribe(frame.topic, self._members, _now())
         if refusal is not None:
-            code, message = refusal
-            await self._send(Error(ref=frame.ref, code=code, message=message, topic=frame.topic))
+            await self._send(refusal.model_copy(update={"ref": frame.ref}))
             return
         member = self._members.pop(frame.topic, None)
         if member is not None:
@@ -339,7 +336,7 @@ class ConnectionTopics:
     async def follow_restored(self, topics: tuple[str, ...]) -> None:
         """Before a resumed `welcome`: follow the session's topics the token still allows,
         so no event published after the client has its `welcome` is missed."""
-        self._dropped = tuple(topic for topic in topics if not allowed(self._claims, topic))
+        self._dropped = tuple(topic for topic in topics if not self._admission.allows(topic))
         self._restoring = [await self._follow(t) for t in topics if t not in self._dropped]
         for member in self._restoring:
             await member.located()
@@ -364,8 +361,8 @@ class ConnectionTopics:
     async def reclaim(self, claims: tuple[str, ...]) -> None:
         """A refreshed token's `topics` claim applies at once: a subscription it no longer
         allows ends, with an error naming the topic."""
-        self._claims = claims
-        dropped = [topic for topic in self._members if not allowed(claims, topic)]
+        self._admission.reclaim(claims)
+        dropped = [topic for topic in self._members if not self._admission.allows(topic)]
         for topic in dropped:
             await self._hub.leave(self._members.pop(topic))
             await self._send(
@@ -385,23 +382,6 @@ class ConnectionTopics:
         for member in members:
             await self._hub.leave(member)
         await self._leaving.finish()  # failed members still leaving their feed
-
-    def _throttled(self) -> tuple[ErrorCode, str] | None:
-        wait = self._rate.take(asyncio.get_running_loop().time())
-        if wait > 0:
-            return ErrorCode.RATE_LIMITED, f"too many subscription changes; retry in {wait:.1f} s"
-        return None
-
-    def _refusal(self, topic: str) -> tuple[ErrorCode, str] | None:
-        try:
-            topic_name(topic)
-        except BadTopicError as exc:
-            return ErrorCode.BAD_FRAME, str(exc)
-        if not allowed(self._claims, topic):
-            return ErrorCode.FORBIDDEN_TOPIC, f"the token's topics claim does not allow {topic}"
-        if topic not in self._members and len(self._members) >= self._max_topics:
-            return ErrorCode.TOO_MANY_TOPICS, f"a session holds at most {self._max_topics} topics"
-        return None
 
     async def _follow(self, topic: str) -> TopicMember:
         member = TopicMember(

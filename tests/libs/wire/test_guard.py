@@ -19,8 +19,10 @@ from ackwire.wire.guard import (
     Ignore,
     Phase,
     Reject,
+    TopicAdmission,
     diagram,
 )
+from ackwire.wire.rate import TokenBucket
 
 
 def open_guard(sent_before: int = 0) -> ConnectionGuard:
@@ -132,6 +134,55 @@ def test_what_the_session_sent_before_is_a_redelivery() -> None:
 def test_the_architecture_diagram_is_the_transition_table() -> None:
     architecture = Path(__file__).parents[3] / "docs" / "architecture.md"
     assert diagram() in architecture.read_text()
+
+
+def admission(**overrides: object) -> TopicAdmission:
+    settings: dict[str, object] = {"max_topics": 2, "rate": TokenBucket(rate=1, burst=3)}
+    settings.update(overrides)
+    return TopicAdmission(("chat.*",), **settings)  # type: ignore[arg-type]
+
+
+def test_a_subscription_the_claim_allows_is_admitted() -> None:
+    assert admission().subscribe("chat.a", (), now=0) is None
+
+
+@pytest.mark.parametrize(
+    ("topic", "code"),
+    [
+        ("news.a", ErrorCode.FORBIDDEN_TOPIC),
+        ("chat.*", ErrorCode.BAD_FRAME),
+        ("", ErrorCode.BAD_FRAME),
+    ],
+)
+def test_a_subscription_the_claim_does_not_allow_is_refused(topic: str, code: ErrorCode) -> None:
+    refusal = admission().subscribe(topic, (), now=0)
+    assert refusal is not None
+    assert (refusal.code, refusal.topic) == (code, topic)
+
+
+def test_a_session_holds_at_most_max_topics() -> None:
+    rules = admission()
+    refusal = rules.subscribe("chat.c", ("chat.a", "chat.b"), now=0)
+    assert refusal is not None
+    assert refusal.code is ErrorCode.TOO_MANY_TOPICS
+    assert rules.subscribe("chat.a", ("chat.a", "chat.b"), now=0) is None  # held: no change
+
+
+def test_subscription_changes_are_throttled_and_the_budget_refills() -> None:
+    rules = admission(max_topics=100)
+    assert all(rules.subscribe(f"chat.{n}", (), now=0) is None for n in range(3))
+    refusal = rules.unsubscribe("chat.0", ("chat.0",), now=0)
+    assert refusal is not None
+    assert refusal.code is ErrorCode.RATE_LIMITED
+    assert rules.unsubscribe("chat.9", (), now=0) is None  # not held: nothing to write
+    assert rules.unsubscribe("chat.0", ("chat.0",), now=1) is None  # a second later
+
+
+def test_a_refreshed_claim_applies_at_once() -> None:
+    rules = admission()
+    rules.reclaim(("news.*",))
+    assert not rules.allows("chat.a")
+    assert rules.allows("news.a")
 
 
 _DECISIONS = ("hello_timed_out", "taken_over", "ended", "too_slow", "token_expired", "draining")

@@ -17,6 +17,7 @@ from ackwire.gateway.topics import ConnectionTopics, TopicHub, TopicMember
 from ackwire.settings import Settings
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.frames import Error, Event, Frame, Subscribe, Subscribed, TopicGap
+from ackwire.wire.guard import TopicAdmission
 from ackwire.wire.rate import TokenBucket
 from support.logs import LogWatch
 
@@ -65,12 +66,10 @@ def connection_topics(store: TopicStore, socket: Socket) -> ConnectionTopics:
     return ConnectionTopics(
         TopicHub(store, pending_limit=64),
         socket.send,
-        claims=(">",),
+        admission=TopicAdmission((">",), max_topics=10, rate=TokenBucket(rate=100, burst=100)),
         record=no_record,
         buffer=16,
-        max_topics=10,
         on_overflow=lambda: None,
-        rate=TokenBucket(rate=100, burst=100),
     )
 
 
