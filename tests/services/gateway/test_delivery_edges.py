@@ -65,42 +65,31 @@ async def owed(js: JetStreamContext, session_id: str) -> int:
     return sum((info.state.subjects or {}).values())
 
 
-async def test_an_ack_then_bye_in_one_burst_is_delivered(
+@pytest.mark.parametrize("ending", ["bye", "close"])
+async def test_an_ack_right_before_the_end_of_a_connection_is_delivered(
     gateway: Gateway,
     publisher: Publisher,
     make_token: MakeToken,
     logs: LogWatch,
     js: JetStreamContext,
+    ending: str,
 ) -> None:
-    """Hole 3: the natural ending of a client (ack, then bye) loses nothing."""
+    """Hole 3: the natural ending of a client (ack, then bye in one burst, or ack, then
+    close) loses nothing."""
     ws, welcome = await welcomed(gateway.url, make_token("ann"))
     sent = await publisher.send({"n": 1}, session=welcome.session_id)
     receipt = asyncio.create_task(publisher.receipt(sent.id))
     deliver = await next_deliver(ws)
     await send(ws, Ack(seq=deliver.seq))
-    await send(ws, Bye())
-    assert (await closed_with(ws))[0] == CloseCode.NORMAL
+    if ending == "bye":
+        await send(ws, Bye())
+        assert (await closed_with(ws))[0] == CloseCode.NORMAL
+    else:
+        await ws.close()
     async with asyncio.timeout(5):
         assert (await receipt).outcome == "delivered"
     assert await owed(js, welcome.session_id) == 0
     assert logs.named("delivery.delivered", id=sent.id)
-
-
-async def test_an_ack_just_before_the_client_closes_is_delivered(
-    gateway: Gateway,
-    publisher: Publisher,
-    make_token: MakeToken,
-    js: JetStreamContext,
-) -> None:
-    ws, welcome = await welcomed(gateway.url, make_token("ann"))
-    sent = await publisher.send({"n": 1}, session=welcome.session_id)
-    receipt = asyncio.create_task(publisher.receipt(sent.id))
-    deliver = await next_deliver(ws)
-    await send(ws, Ack(seq=deliver.seq))
-    await ws.close()
-    async with asyncio.timeout(5):
-        assert (await receipt).outcome == "delivered"
-    assert await owed(js, welcome.session_id) == 0
 
 
 async def test_acks_flushed_after_a_resume_are_delivered_with_receipts(

@@ -33,6 +33,14 @@ async def proxy(nats_server: EmbeddedNats) -> AsyncIterator[TcpProxy]:
     await path.stop()
 
 
+@pytest.fixture
+async def cut_off(settings: Settings, proxy: TcpProxy) -> AsyncIterator[Gateway]:
+    """A gateway whose only way to NATS is the proxy."""
+    through_proxy = settings.model_copy(update={"nats_url": proxy.url})
+    async with Gateway(through_proxy, name="gw-cut", host="127.0.0.1", port=0) as gateway:
+        yield gateway
+
+
 async def frames_until_closed(ws: ClientConnection, timeout: float) -> tuple[list[Any], int]:
     frames = []
     try:
@@ -46,48 +54,44 @@ async def frames_until_closed(ws: ClientConnection, timeout: float) -> tuple[lis
 
 
 async def test_a_message_stored_while_the_gateway_was_cut_off_arrives_when_it_is_back(
-    settings: Settings,
+    cut_off: Gateway,
     proxy: TcpProxy,
     publisher: Publisher,
     make_token: MakeToken,
     logs: LogWatch,
 ) -> None:
     """Hole 2: nobody waits for a next message to find the one the live feed missed."""
-    through_proxy = settings.model_copy(update={"nats_url": proxy.url})
-    async with Gateway(through_proxy, name="gw-cut", host="127.0.0.1", port=0) as gateway:
-        ws, welcome = await welcomed(gateway.url, make_token("lee"))
-        await proxy.cut()
-        await logs.wait_for("nats.disconnected")
-        sent = await publisher.send({"n": 1}, session=welcome.session_id)  # live copy: lost
-        await proxy.restore()
-        deliver = await next_deliver(ws, timeout=15)
-        assert (deliver.id, deliver.redelivered) == (sent.id, False)
-        await ws.close()
+    ws, welcome = await welcomed(cut_off.url, make_token("lee"))
+    await proxy.cut()
+    await logs.wait_for("nats.disconnected")
+    sent = await publisher.send({"n": 1}, session=welcome.session_id)  # live copy: lost
+    await proxy.restore()
+    deliver = await next_deliver(ws, timeout=15)
+    assert (deliver.id, deliver.redelivered) == (sent.id, False)
+    await ws.close()
 
 
 async def test_a_topic_event_published_while_the_gateway_was_cut_off_arrives_when_it_is_back(
-    settings: Settings,
+    cut_off: Gateway,
     proxy: TcpProxy,
     publisher: Publisher,
     make_token: MakeToken,
     logs: LogWatch,
 ) -> None:
     """Hole 2, for topics: a member reads what it missed once NATS is back."""
-    through_proxy = settings.model_copy(update={"nats_url": proxy.url})
-    async with Gateway(through_proxy, name="gw-cut", host="127.0.0.1", port=0) as gateway:
-        ws, _ = await welcomed(gateway.url, make_token("ned", topics=["board.*"]))
-        await send(ws, Subscribe(ref="c-1", topic="board.1"))
-        assert isinstance(await receive(ws), Subscribed)
-        first = await publisher.publish("board.1", {"n": 1})
-        assert (await receive(ws)).seq == first  # type: ignore[union-attr]
-        await proxy.cut()
-        await logs.wait_for("nats.disconnected")
-        missed = await publisher.publish("board.1", {"n": 2})  # live copy: lost
-        await proxy.restore()
-        event = await receive(ws, timeout=15)
-        assert isinstance(event, Event)
-        assert (event.seq, event.data) == (missed, {"n": 2})
-        await ws.close()
+    ws, _ = await welcomed(cut_off.url, make_token("ned", topics=["board.*"]))
+    await send(ws, Subscribe(ref="c-1", topic="board.1"))
+    assert isinstance(await receive(ws), Subscribed)
+    first = await publisher.publish("board.1", {"n": 1})
+    assert (await receive(ws)).seq == first  # type: ignore[union-attr]
+    await proxy.cut()
+    await logs.wait_for("nats.disconnected")
+    missed = await publisher.publish("board.1", {"n": 2})  # live copy: lost
+    await proxy.restore()
+    event = await receive(ws, timeout=15)
+    assert isinstance(event, Event)
+    assert (event.seq, event.data) == (missed, {"n": 2})
+    await ws.close()
 
 
 async def test_a_gateway_back_on_nats_delivers_nothing_for_a_session_taken_over_meanwhile(

@@ -1,10 +1,13 @@
 """A message nobody acks within the retention expires: its producer gets an `expired`
-receipt, and it is no longer owed."""
+receipt, and it is no longer owed; an ack that comes after that changes nothing."""
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple
 
 import nats
+import pytest
+from nats.aio.client import Client
 
 from ackwire.bus.embedded import EmbeddedNats
 from ackwire.gateway.server import Gateway
@@ -17,52 +20,55 @@ from support.client import next_deliver, send, welcomed
 from support.logs import LogWatch
 
 
-async def test_an_unacked_message_expires_with_a_receipt(
-    nats_server: EmbeddedNats, settings: Settings, make_token: Callable[..., str], logs: LogWatch
-) -> None:
+class Brief(NamedTuple):
+    gateway: Gateway
+    publisher: Publisher
+    nc: Client
+
+
+@pytest.fixture
+async def brief(nats_server: EmbeddedNats, settings: Settings) -> AsyncIterator[Brief]:
+    """A gateway and a scheduler whose messages are kept one second, and a publisher."""
     brief = settings.model_copy(update={"retention_s": 1.0})
     async with Gateway(brief, name="gw-1", host="127.0.0.1", port=0) as gateway:
         scheduler = Scheduler(brief, name="scheduler-x", host="127.0.0.1")
         await scheduler.start()
+        nc = await nats.connect(nats_server.url)
         try:
-            ws, welcome = await welcomed(gateway.url, make_token("hal"))
-            nc = await nats.connect(nats_server.url)
-            publisher = Publisher(nc)
-            sent = await publisher.send({"text": "never acked"}, user="hal")
-            await next_deliver(ws)  # received, never acked
-            async with asyncio.timeout(10):
-                receipt = await publisher.receipt(sent.id)
-            assert (receipt.message_id, receipt.outcome) == (sent.id, "expired")
-            assert receipt.session_id == welcome.session_id
-            await logs.wait_for("delivery.expired_undelivered", id=sent.id)
-            assert [m async for m in undelivered(nc, welcome.session_id)] == []
-            await nc.close()
-            await ws.close()
+            yield Brief(gateway, Publisher(nc), nc)
         finally:
+            await nc.close()
             await scheduler.drain()
+
+
+async def test_an_unacked_message_expires_with_a_receipt(
+    brief: Brief, make_token: Callable[..., str], logs: LogWatch
+) -> None:
+    gateway, publisher, _ = brief
+    ws, welcome = await welcomed(gateway.url, make_token("hal"))
+    sent = await publisher.send({"text": "never acked"}, user="hal")
+    await next_deliver(ws)  # received, never acked
+    async with asyncio.timeout(10):
+        receipt = await publisher.receipt(sent.id)
+    assert (receipt.message_id, receipt.outcome) == (sent.id, "expired")
+    assert receipt.session_id == welcome.session_id
+    await logs.wait_for("delivery.expired_undelivered", id=sent.id)
+    assert [m async for m in undelivered(brief.nc, welcome.session_id)] == []
+    await ws.close()
 
 
 async def test_an_ack_after_the_message_expired_is_not_delivered(
-    nats_server: EmbeddedNats, settings: Settings, make_token: Callable[..., str], logs: LogWatch
+    brief: Brief, make_token: Callable[..., str], logs: LogWatch
 ) -> None:
     """Hole 9: the producer was told `expired`; a late ack must not make it `delivered`."""
-    brief = settings.model_copy(update={"retention_s": 1.0})
-    async with Gateway(brief, name="gw-1", host="127.0.0.1", port=0) as gateway:
-        scheduler = Scheduler(brief, name="scheduler-x", host="127.0.0.1")
-        await scheduler.start()
-        try:
-            ws, _ = await welcomed(gateway.url, make_token("ida"))
-            nc = await nats.connect(nats_server.url)
-            publisher = Publisher(nc)
-            sent = await publisher.send({"text": "acked too late"}, user="ida")
-            deliver = await next_deliver(ws)
-            async with asyncio.timeout(10):
-                assert (await publisher.receipt(sent.id)).outcome == "expired"
-            await send(ws, Ack(seq=deliver.seq))
-            await logs.wait_for("delivery.expired_before_ack", id=sent.id)
-            assert logs.named("delivery.delivered", id=sent.id) == []
-            assert (await publisher.receipt(sent.id)).outcome == "expired"  # and only that
-            await nc.close()
-            await ws.close()
-        finally:
-            await scheduler.drain()
+    gateway, publisher, _ = brief
+    ws, _ = await welcomed(gateway.url, make_token("ida"))
+    sent = await publisher.send({"text": "acked too late"}, user="ida")
+    deliver = await next_deliver(ws)
+    async with asyncio.timeout(10):
+        assert (await publisher.receipt(sent.id)).outcome == "expired"
+    await send(ws, Ack(seq=deliver.seq))
+    await logs.wait_for("delivery.expired_before_ack", id=sent.id)
+    assert logs.named("delivery.delivered", id=sent.id) == []
+    assert (await publisher.receipt(sent.id)).outcome == "expired"  # and only that
+    await ws.close()
