@@ -229,6 +229,14 @@ async def deliveries_until_terminal(ws: ClientConnection, job_id: str) -> list[D
     return received
 
 
+async def assert_an_echo_job_runs(ws: ClientConnection, payload: dict[str, str]) -> None:
+    await send(ws, Submit(ref="c-echo", kind="echo", payload=payload))
+    accepted = await receive(ws)
+    assert isinstance(accepted, Accepted), accepted
+    [result] = await deliveries_until_terminal(ws, accepted.job_id)
+    assert result.data == payload
+
+
 async def stop_cleanly(up: AckwireProcess, mark: str) -> None:
     assert await up.stop(signal.SIGTERM, timeout=60) == 0
     assert not marked_processes(mark)  # no child, old or restarted, outlives `up`
@@ -283,11 +291,7 @@ async def test_up_restarts_a_killed_gateway_and_node_and_their_client_loses_noth
     # The restarted gateway serves, and a job runs again.
     fresh, hello = await welcomed(f"ws://127.0.0.1:{port}", make_token("bob"))  # type: ignore[operator]
     assert hello.gateway == "gw-1"
-    await send(fresh, Submit(ref="c-2", kind="echo", payload={"after": "restart"}))
-    echo = await receive(fresh)
-    assert isinstance(echo, Accepted), echo
-    [result] = await deliveries_until_terminal(fresh, echo.job_id)
-    assert result.data == {"after": "restart"}
+    await assert_an_echo_job_runs(fresh, {"after": "restart"})
 
     await stop_cleanly(up, mark)
     assert [code for code, _ in await asyncio.gather(closed_with(ws), closed_with(fresh))] == [
@@ -346,9 +350,5 @@ async def test_up_restarts_its_nats_server_on_the_same_port_and_store(
     await ws.close()
     ws, again = await resumed(f"ws://127.0.0.1:{port}", token, welcome)
     assert again.resumed
-    await send(ws, Submit(ref="c-1", kind="echo", payload={"after": "nats restart"}))
-    accepted = await receive(ws)
-    assert isinstance(accepted, Accepted), accepted
-    [result] = await deliveries_until_terminal(ws, accepted.job_id)
-    assert result.data == {"after": "nats restart"}
+    await assert_an_echo_job_runs(ws, {"after": "nats restart"})
     await stop_cleanly(up, mark)
