@@ -20,14 +20,21 @@ Readiness = Callable[[], str | None]
 """Returns `None` when ready, else why not (shown in the 503 body)."""
 
 
+def _no_reason() -> None:
+    return None
+
+
 class Probes:
-    def __init__(self, readiness: Readiness) -> None:
+    def __init__(self, readiness: Readiness, *, refusing_upgrades: Readiness = _no_reason) -> None:
+        """`refusing_upgrades` says why a WebSocket upgrade is answered 503 now (a gateway
+        draining), or `None` to let it through."""
         self._readiness = readiness
+        self._refusing_upgrades = refusing_upgrades
 
     def respond(self, _connection: ServerConnection, request: Request) -> Response | None:
-        """Answer a plain HTTP request; `None` lets a WebSocket upgrade proceed."""
+        """Answer a plain HTTP request, or a refused upgrade; `None` lets an upgrade proceed."""
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return None
+            return self._answer_upgrade()
         path = request.path.partition("?")[0]
         if path == "/healthz":
             return _response(HTTPStatus.OK, b"ok\n")
@@ -43,6 +50,14 @@ class Probes:
                 prometheus_client.CONTENT_TYPE_LATEST,
             )
         return _response(HTTPStatus.NOT_FOUND, b"not found\n")
+
+    def _answer_upgrade(self) -> Response | None:
+        refused = self._refusing_upgrades()
+        if refused is None:
+            return None
+        return _response(
+            HTTPStatus.SERVICE_UNAVAILABLE, f"not accepting connections: {refused}\n".encode()
+        )
 
 
 def _response(

@@ -1,7 +1,7 @@
 """Every setting of the suite, read from `ACKWIRE_*` environment variables.
 
-`../shared/operations.md` lists the variables tools rely on; a command-line
-flag overrides its variable.
+docs/operations.md lists the variables tools rely on; a command-line flag
+overrides its variable.
 """
 
 from __future__ import annotations

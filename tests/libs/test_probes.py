@@ -2,6 +2,9 @@ import asyncio
 import urllib.error
 import urllib.request
 
+from websockets.datastructures import Headers
+from websockets.http11 import Request
+
 from ackwire.probes import Probes, serve_probes
 
 
@@ -30,3 +33,14 @@ async def test_readyz_says_why_a_service_is_not_ready() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_an_upgrade_goes_through_unless_it_is_refused_then_503_says_why() -> None:
+    refusing: list[str | None] = [None]
+    probes = Probes(lambda: None, refusing_upgrades=lambda: refusing[0])
+    upgrade = Request("/", Headers({"Upgrade": "websocket", "Connection": "Upgrade"}))
+    assert probes.respond(None, upgrade) is None  # type: ignore[arg-type]
+    refusing[0] = "draining"
+    refused = probes.respond(None, upgrade)  # type: ignore[arg-type]
+    assert refused is not None
+    assert (refused.status_code, refused.body) == (503, b"not accepting connections: draining\n")

@@ -9,6 +9,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close, Opcode
+from websockets.frames import Frame as WsFrame
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
@@ -84,41 +85,69 @@ async def next_deliver(ws: ClientConnection, timeout: float = WAIT_S) -> Deliver
     return frame
 
 
+class SilentClient:
+    """A client over websockets' sans-I/O client protocol on a bare TCP stream: it writes
+    nothing the test does not `flush`, so no pong and no close reply go out behind the
+    test's back."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: ClientProtocol
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.protocol = protocol
+        self._events: list[WsFrame] = []
+
+    @classmethod
+    async def connect(cls, url: str, hello: Hello) -> SilentClient:
+        """Open, complete the handshake and send `hello`."""
+        uri = parse_uri(url)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(uri.host, uri.port), WAIT_S)
+        client = cls(reader, writer, ClientProtocol(uri, subprotocols=[Subprotocol("ackwire.v1")]))
+        client.protocol.send_request(client.protocol.connect())
+        client.flush()
+        async with asyncio.timeout(WAIT_S):
+            while client.protocol.state is not State.OPEN:  # read the handshake response
+                assert client.protocol.handshake_exc is None, client.protocol.handshake_exc
+                client.protocol.receive_data(await reader.read(65536))
+        client.protocol.events_received()  # the handshake response itself
+        client.protocol.send_text(encode(hello).encode())
+        client.flush()
+        return client
+
+    async def next_event(self) -> WsFrame | None:
+        """The next frame from the gateway; `None` once it closed the TCP connection."""
+        while not self._events:
+            data = await self._reader.read(65536)
+            if not data:
+                self.protocol.receive_eof()
+                return None
+            self.protocol.receive_data(data)
+            self._events.extend(self.protocol.events_received())
+        return self._events.pop(0)
+
+    def flush(self) -> None:
+        """Write what the protocol has queued (say, the reply to a close)."""
+        self._writer.write(b"".join(self.protocol.data_to_send()))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 async def close_code_when_never_answering_pings(
     url: str, hello: Hello, timeout: float
 ) -> tuple[int, int]:
-    """Say hello, then never write again (so no pong goes out): the pings seen and the close code.
-
-    Uses websockets' sans-I/O client protocol over a bare TCP stream, so nothing
-    answers the gateway's pings behind the test's back.
-    """
-    uri = parse_uri(url)
-    reader, writer = await asyncio.open_connection(uri.host, uri.port)
-    protocol = ClientProtocol(uri, subprotocols=[Subprotocol("ackwire.v1")])
-    protocol.send_request(protocol.connect())
-    writer.write(b"".join(protocol.data_to_send()))
+    """Say hello, then never write again (so no pong goes out): the pings seen and the
+    close code."""
+    client = await SilentClient.connect(url, hello)
     pings = 0
     try:
         async with asyncio.timeout(timeout):
-            while protocol.state is not State.OPEN:  # read the handshake response
-                assert protocol.handshake_exc is None, protocol.handshake_exc
-                protocol.receive_data(await reader.read(65536))
-            protocol.events_received()  # the handshake response itself
-            protocol.send_text(encode(hello).encode())
-            writer.write(b"".join(protocol.data_to_send()))
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    protocol.receive_eof()
-                    break
-                protocol.receive_data(data)
-                for event in protocol.events_received():
-                    if event.opcode is Opcode.PING:
-                        pings += 1
-                    if event.opcode is Opcode.CLOSE:
-                        close = Close.parse(event.data)
-                        return pings, close.code
-                protocol.data_to_send()  # the pongs: dropped on purpose
+            while (event := await client.next_event()) is not None:
+                if event.opcode is Opcode.PING:
+                    pings += 1
+                if event.opcode is Opcode.CLOSE:
+                    return pings, Close.parse(event.data).code
     finally:
-        writer.close()
+        client.close()
     raise AssertionError("the gateway never closed the connection")

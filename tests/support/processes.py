@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ackwire.lifecycle import cancel_and_wait
@@ -51,12 +52,15 @@ class AckwireProcess:
 
     @classmethod
     async def kill_leftovers(cls) -> None:
-        """SIGKILL every process a test started and did not stop (a failed test), and
-        reap it while the test's event loop still runs."""
+        """SIGKILL every process a test started and did not stop (a failed test), with
+        the processes it started (`ackwire up`'s children would hold its pipes open),
+        and reap it while the test's event loop still runs."""
         for leftover in cls.started:
             if leftover.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    leftover.process.kill()
+                # It first, so that an `up` cannot start a child again meanwhile.
+                for pid in [leftover.pid, *_descendants(leftover.pid)]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 await leftover.process.wait()
             for reader in leftover._readers:
                 await cancel_and_wait(reader)
@@ -139,3 +143,17 @@ class AckwireProcess:
             return
         if isinstance(event, dict):
             self.logs.append(event)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (from Linux's /proc)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:  # it has gone
+        return []
+    found = []
+    for task in tasks:
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                found += [int(child), *_descendants(int(child))]
+    return found

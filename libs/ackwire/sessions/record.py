@@ -5,7 +5,7 @@ gateways. Its record says who holds it now (a gateway incarnation and one of
 its connections) and how to prove the right to resume it (a hash of the
 resume token; the token itself is never stored). Records change only by
 compare-and-set on the bus, so the rules here decide and the table only
-writes (shared/protocol.md, Handshake):
+writes (docs/protocol.md, Handshake):
 
 - no `resume` asked for: a new session (`new`);
 - no record of the session: a new session (`unknown`);

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import signal
 import statistics
 import tempfile
 import time
@@ -26,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from ackwire.bus.embedded import EmbeddedNats
 from ackwire.bus.models import Delivery
 from ackwire.bus.session_queue import SessionQueue
-from ackwire.cli.up import Child, ChildSpec, spawn
+from ackwire.cli.up import Child, ChildSpec
 from ackwire.tokens import mint_token
 from ackwire.wire import encode, parse_server_frame
 from ackwire.wire.frames import SUBPROTOCOL, Deliver, Hello, ResumeRequest, Welcome
@@ -112,10 +111,14 @@ async def run_resume_storm(sessions: int, concurrency: int, nats_url: str | None
     children: list[Child] = []
     clients = [BenchSession(mint_token(secret, f"bench-{i}")) for i in range(sessions)]
     try:
-        for name in ("gw-a", "gw-b"):
-            child = await spawn(ChildSpec("gateway", name, ("--port", "0"), env), log.fileno())
-            children.append(child)
-        url_a, url_b = [(await child.started_line()).split()[-1] for child in children]
+        children.extend(
+            Child(ChildSpec("gateway", name, ("--port", "0"), env), log.fileno())
+            for name in ("gw-a", "gw-b")
+        )
+        url_a, url_b = [
+            announcement.split()[-1]
+            for announcement in await asyncio.gather(*(child.start() for child in children))
+        ]
         print(
             f"ackwire bench resume-storm: {sessions} sessions, {concurrency} handshakes at once,"
             f" {os.cpu_count()} cores, NATS {url}; gateway logs in {log.name}",
@@ -133,8 +136,7 @@ async def run_resume_storm(sessions: int, concurrency: int, nats_url: str | None
         await _timed_all(sessions, concurrency, open_on_a)
         await _owe_one_each(url, clients)
 
-        children[0].process.send_signal(signal.SIGKILL)
-        await children[0].process.wait()
+        await children[0].kill()
 
         async def resume_on_b(i: int) -> None:
             client = clients[i]

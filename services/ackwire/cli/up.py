@@ -1,10 +1,14 @@
-"""`ackwire up`: the whole stack on one machine, as child processes.
+"""`ackwire up`: the whole stack on one machine, as child processes, supervised.
 
 Starts (or uses) NATS, then the gateways, one scheduler and the nodes, each
 as `python -m ackwire.cli <service>`, so every `pid=` printed is the service
 process itself. Each child prints its own `ackwire started …` line once it is
 ready; this supervisor relays those lines in the contract's order, then
-`ready`. On SIGINT/SIGTERM every child drains, NATS stops last, exit 0.
+`ready`. From then on a child that dies is started again under the same name
+and arguments (a gateway on its port), after a back-off (`restarts.py`), and
+`ackwire restarted …` is printed once it is ready again; so is the embedded
+nats-server, on its port and store. On SIGINT/SIGTERM every child drains, NATS
+stops last, exit 0.
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from ackwire.bus.embedded import EmbeddedNats, free_port
+from ackwire.bus.embedded import EmbeddedNats, NatsServerError, free_port
 from ackwire.cli.main import DEMO_KIND_NAMES
-from ackwire.lifecycle import stop_signal
+from ackwire.cli.restarts import RestartBackoff
+from ackwire.lifecycle import cancel_and_wait, stop_signal
 from ackwire.settings import Settings
 
 _START_TIMEOUT_S = 60.0
@@ -48,54 +54,152 @@ class ChildSpec:
     args: tuple[str, ...]
     env: dict[str, str]
 
+    def launch_env(self) -> dict[str, str]:
+        """The environment of one start. The scheduler and nodes serve their probes on
+        `ACKWIRE_HTTP_PORT`: each start gets a port free now (a restart's old one may
+        have been taken meanwhile). A gateway's probes share its fixed port."""
+        if self.service == "gateway":
+            return self.env
+        return self.env | {"ACKWIRE_HTTP_PORT": str(free_port())}
+
 
 class ChildFailedError(Exception):
-    """A child process ended before announcing itself, or never announced itself."""
+    """A child did not start: it ended before it was ready, or was not ready in time."""
+
+
+class Supervised(Protocol):
+    """What `up` starts, watches, and starts again when it dies."""
+
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    async def start(self) -> str:
+        """Start it; once it is ready, its `<service> <name> pid=<pid> [url]`."""
+
+    async def run_out(self) -> int:
+        """Wait until it ends, for whatever reason; its exit status."""
+
+    async def stop(self) -> None: ...
 
 
 class Child:
-    def __init__(self, spec: ChildSpec, process: asyncio.subprocess.Process) -> None:
-        self.spec = spec
-        self.process = process
+    """One service of the stack as a child process; started again after it died, it is
+    the same service under the same name and arguments."""
 
-    async def started_line(self) -> str:
-        """The child's `ackwire started …` line, once it is ready."""
-        expected = f"ackwire started {self.spec.service} {self.spec.name} pid={self.process.pid}"
-        assert self.process.stdout is not None
+    def __init__(self, spec: ChildSpec, stderr: int | None = None) -> None:
+        self.spec = spec
+        self._stderr = stderr  # its logs: this file descriptor, or ours
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def service(self) -> str:
+        return self.spec.service
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    async def start(self) -> str:
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "ackwire.cli",
+                self.spec.service,
+                "--name",
+                self.spec.name,
+                *self.spec.args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=self._stderr,
+                env=self.spec.launch_env(),
+            )
+        except OSError as exc:
+            raise ChildFailedError(f"{self._title} could not start: {exc}") from None
+        return await self._announcement(self._process)
+
+    async def _announcement(self, process: asyncio.subprocess.Process) -> str:
+        """The fields of the child's `ackwire started …` line, once it is ready."""
+        prefix = "ackwire started "
+        expected = f"{prefix}{self.spec.service} {self.spec.name} pid={process.pid}"
+        assert process.stdout is not None
         try:
             async with asyncio.timeout(_START_TIMEOUT_S):
-                line = (await self.process.stdout.readline()).decode().rstrip("\n")
+                line = (await process.stdout.readline()).decode().rstrip("\n")
+                if line.startswith(expected):
+                    return line.removeprefix(prefix)
+                code = await process.wait()
         except TimeoutError:
+            await self.kill()  # a restart must not find it still holding its port
             raise ChildFailedError(
                 f"{self._title} was not ready in {_START_TIMEOUT_S:.0f} s"
             ) from None
-        if not line.startswith(expected):
-            code = await self.process.wait()
-            raise ChildFailedError(f"{self._title} exited with {code} before it was ready")
-        return line
+        raise ChildFailedError(f"{self._title} exited with {code} before it was ready")
 
-    async def relay_stdout(self) -> None:
-        """Pass on anything more the child prints, so its pipe never fills."""
-        assert self.process.stdout is not None
-        async for line in self.process.stdout:
+    async def run_out(self) -> int:
+        """Pass on anything more the child prints, so its pipe never fills, until it ends."""
+        assert self._process is not None
+        assert self._process.stdout is not None
+        async for line in self._process.stdout:
             sys.stdout.write(line.decode())
             sys.stdout.flush()
+        return await self._process.wait()
 
     async def stop(self) -> None:
-        if self.process.returncode is None:
+        """SIGTERM (it drains), or SIGKILL if it does not end in time."""
+        process = self._process
+        if process is None:
+            return
+        if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
+                process.send_signal(signal.SIGTERM)
         try:
             async with asyncio.timeout(_DRAIN_TIMEOUT_S):
-                await self.process.wait()
+                await process.wait()
         except TimeoutError:
             _log.warning("up.child_killed", child=self.spec.name, hint="did not drain in time")
-            self.process.kill()
-            await self.process.wait()
+            await self.kill()
+
+    async def kill(self) -> None:
+        """SIGKILL, as a crash would end it."""
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            await self._process.wait()
 
     @property
     def _title(self) -> str:
         return f"{self.spec.service} {self.spec.name}"
+
+
+class NatsChild:
+    """The embedded nats-server, supervised like the services: started again on its
+    port and store, so every client reconnects to the URL it knows and finds its data."""
+
+    service = "nats"
+
+    def __init__(self, server: EmbeddedNats) -> None:
+        self._server = server
+
+    @property
+    def name(self) -> str:
+        return self._server.name
+
+    async def start(self) -> str:
+        try:
+            await self._server.start()
+        except NatsServerError as exc:
+            raise ChildFailedError(str(exc)) from None
+        return f"nats {self.name} pid={self._server.pid} {self._server.url}"
+
+    async def run_out(self) -> int:
+        return await self._server.exited()
+
+    async def stop(self) -> None:
+        await self._server.stop()
 
 
 def _warn_if_development_secret(settings: Settings) -> None:
@@ -119,37 +223,12 @@ def child_specs(options: StackOptions, nats_url: str) -> list[ChildSpec]:
         )
         for i in range(1, options.gateways + 1)
     ]
-    specs.append(
-        ChildSpec("scheduler", "scheduler-1", (), env | {"ACKWIRE_HTTP_PORT": str(free_port())})
-    )
+    specs.append(ChildSpec("scheduler", "scheduler-1", (), env))
     specs.extend(
-        ChildSpec(
-            "node",
-            f"node-{i}",
-            ("--kinds", DEMO_KIND_NAMES),
-            env | {"ACKWIRE_HTTP_PORT": str(free_port())},
-        )
+        ChildSpec("node", f"node-{i}", ("--kinds", DEMO_KIND_NAMES), env)
         for i in range(1, options.nodes + 1)
     )
     return specs
-
-
-async def spawn(spec: ChildSpec, stderr: int | None = None) -> Child:
-    """Start the child; its stderr (its logs) goes to `stderr`, a file descriptor, or ours."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ackwire.cli",
-        spec.service,
-        "--name",
-        spec.name,
-        *spec.args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=stderr,
-        env=spec.env,
-    )
-    return Child(spec, process)
 
 
 async def run_stack(options: StackOptions, settings: Settings) -> int:
@@ -157,61 +236,110 @@ async def run_stack(options: StackOptions, settings: Settings) -> int:
     nats: EmbeddedNats | None = None
     if options.nats_url is None:
         nats = EmbeddedNats(options.data_dir / "nats", own_session=True)
-        await nats.start()
+        try:
+            await nats.start()
+        except NatsServerError as exc:
+            print(f"ackwire: {exc}", file=sys.stderr, flush=True)
+            return 1
     nats_url = options.nats_url or (nats.url if nats else "")
     print(f"ackwire nats {nats_url}", flush=True)
     _warn_if_development_secret(settings)
 
-    children = [await spawn(spec) for spec in child_specs(options, nats_url)]
+    children = [Child(spec) for spec in child_specs(options, nats_url)]
+    supervised: list[Supervised] = [*children, *([NatsChild(nats)] if nats else [])]
     try:
-        return await _supervise(children, stop)
+        return await _serve(children, supervised, stop)
     finally:
         await asyncio.gather(*(child.stop() for child in children))
         if nats is not None:
             await nats.stop()
 
 
-async def _supervise(children: list[Child], stop: asyncio.Future[signal.Signals]) -> int:
+async def _serve(
+    children: list[Child], supervised: list[Supervised], stop: asyncio.Future[signal.Signals]
+) -> int:
+    """Start the children, then keep everything up until a signal."""
     announcing = asyncio.ensure_future(_announce(children))
     either: list[asyncio.Future[Any]] = [announcing, stop]
     await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     if not announcing.done():
-        announcing.cancel()
+        await cancel_and_wait(announcing)
         return 0
     try:
         announcing.result()
     except ChildFailedError as exc:
+        # At the first start a child that cannot start is a configuration error (a port
+        # taken, say): say so and stop, rather than retry it for ever.
         print(f"ackwire: {exc}", file=sys.stderr, flush=True)
         return 1
 
-    relays = [asyncio.ensure_future(child.relay_stdout()) for child in children]
-    exits = [asyncio.ensure_future(child.process.wait()) for child in children]
-    any_of: list[asyncio.Future[Any]] = [stop, *exits]
-    await asyncio.wait(any_of, return_when=asyncio.FIRST_COMPLETED)
-    for relay in relays:
-        relay.cancel()
-    if stop.done():
-        _log.info("up.stopping", signal=stop.result().name)
+    keepers = [
+        asyncio.create_task(_keep_up(unit, RestartBackoff()), name=f"keep {unit.name} up")
+        for unit in supervised
+    ]
+    try:
+        sig = await stop
+        _log.info("up.stopping", signal=sig.name)
         return 0
-    for child, ended in zip(children, exits, strict=True):
-        if ended.done():
-            print(
-                f"ackwire: {child.spec.service} {child.spec.name} exited with {ended.result()}; "
-                "stopping the stack",
-                file=sys.stderr,
-                flush=True,
-            )
-    return 1
+    finally:
+        # Cancelled in its back-off or while starting again, a keeper leaves at most a
+        # process that the caller's stop() ends.
+        for keeper in keepers:
+            await cancel_and_wait(keeper)
 
 
 async def _announce(children: list[Child]) -> None:
     """Relay each child's started line in the contract's order, then `ready`."""
-    lines = await asyncio.gather(*(child.started_line() for child in children))
-    for line in lines:
-        print(line, flush=True)
+    announcements = await asyncio.gather(*(child.start() for child in children))
+    for announcement in announcements:
+        print(f"ackwire started {announcement}", flush=True)
     urls = [
-        line.rsplit(" ", 1)[1]
-        for child, line in zip(children, lines, strict=True)
-        if child.spec.service == "gateway"
+        announcement.rsplit(" ", 1)[1]
+        for child, announcement in zip(children, announcements, strict=True)
+        if child.service == "gateway"
     ]
     print("ackwire ready " + " ".join(urls), flush=True)
+
+
+async def _keep_up(unit: Supervised, backoff: RestartBackoff) -> None:
+    """Each time `unit` dies, start it again and say so; until cancelled."""
+    ready_at = time.monotonic()
+    while True:
+        ended = _how_it_ended(await unit.run_out())
+        announcement = await _start_again(unit, backoff, time.monotonic() - ready_at, ended)
+        ready_at = time.monotonic()
+        _log.info(
+            "up.child_restarted", service=unit.service, child=unit.name, announced=announcement
+        )
+        print(f"ackwire restarted {announcement}", flush=True)
+
+
+async def _start_again(
+    unit: Supervised, backoff: RestartBackoff, lived_s: float, ended: dict[str, int | str]
+) -> str:
+    """Wait out the back-off and start `unit`, as often as it takes; its announcement."""
+    while True:
+        wait_s = backoff.after_death(lived_s)
+        _log.warning(
+            "up.child_died",
+            service=unit.service,
+            child=unit.name,
+            lived_s=round(lived_s, 1),
+            retry_in_s=wait_s,
+            **ended,
+        )
+        await asyncio.sleep(wait_s)
+        try:
+            return await unit.start()
+        except ChildFailedError as exc:
+            lived_s, ended = 0.0, {"reason": str(exc)}
+
+
+def _how_it_ended(status: int) -> dict[str, int | str]:
+    """asyncio's exit status: the exit code, or minus the signal that ended it."""
+    if status >= 0:
+        return {"exit_code": status}
+    try:
+        return {"signal": signal.Signals(-status).name}
+    except ValueError:  # a signal Python has no name for
+        return {"signal": str(-status)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from ackwire.sessions.table import SessionTable
 from ackwire.sessions.users import UserSessions
 from ackwire.settings import Settings
 from ackwire.tokens import TokenVerifier, refuse_development_secret_beyond_loopback
+from ackwire.wire.codes import CloseCode
 from ackwire.wire.frames import SUBPROTOCOL
 
 _log = structlog.get_logger("ackwire.gateway")
@@ -86,6 +88,10 @@ class Gateway:
         if self._nc is None or not self._nc.is_connected:
             return "not connected to NATS"
         return None
+
+    def _refusing(self) -> str | None:
+        """Why a new WebSocket upgrade is answered 503 now, if it is."""
+        return "draining" if self._draining else None
 
     async def start(self) -> None:
         """Connect to NATS (waiting for it if need be), then listen."""
@@ -143,7 +149,7 @@ class Gateway:
             self._port,
             subprotocols=[Subprotocol(SUBPROTOCOL)],
             select_subprotocol=select_subprotocol,
-            process_request=Probes(self.readiness).respond,
+            process_request=Probes(self.readiness, refusing_upgrades=self._refusing).respond,
             max_size=self._settings.max_frame_bytes,
             compression="deflate" if self._settings.ws_compression else None,
             ping_interval=heartbeat,
@@ -170,12 +176,22 @@ class Gateway:
         self._rechecks.spawn(self._sessions.refresh(), name="session recheck")
 
     async def drain(self) -> None:
-        """Stop taking connections, close every client with 1001, then leave NATS."""
+        """Stop taking connections, close every client with 1001, then leave NATS.
+
+        The port stays open while the clients close, answering `/readyz` and new
+        upgrades with 503 (a load balancer sees a gateway going, not a refused port);
+        each close is bounded by websockets' close timeout."""
         self._draining = True
         if self._sessions is not None:
             await self._sessions.drain()  # 1001 to each client, once its acks are confirmed
-        if self._server is not None:
-            self._server.close(close_connections=True)
+        if self._server is not None:  # connections that held no session yet
+            closing = [
+                asyncio.create_task(ws.close(CloseCode.GOING_AWAY))
+                for ws in self._server.connections
+            ]
+            if closing:
+                await asyncio.wait(closing)
+            self._server.close(close_connections=True)  # and any that opened meanwhile
             await self._server.wait_closed()  # every connection has recorded its detach
         await self._rechecks.cancel()
         if self._sessions is not None:

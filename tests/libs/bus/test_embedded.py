@@ -1,4 +1,5 @@
 import os
+import signal
 from pathlib import Path
 
 import nats
@@ -30,6 +31,32 @@ async def test_a_server_starts_on_a_chosen_port(tmp_path: Path) -> None:
     port = free_port()
     async with EmbeddedNats(tmp_path, port=port) as server:
         assert server.url == f"nats://127.0.0.1:{port}"
+
+
+async def test_a_server_that_died_starts_again_on_its_port_with_its_store(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedNats(tmp_path)  # a free port the first time
+    await server.start()
+    url, pid = server.url, server.pid
+    nc = await nats.connect(url)
+    await nc.jetstream().add_stream(StreamConfig(name="KEPT", subjects=["kept.>"]))
+    await nc.jetstream().publish("kept.a", b"before")
+    await nc.close()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert await server.exited() == -9
+    try:
+        await server.start()
+        assert server.url == url
+        assert server.pid != pid
+        nc = await nats.connect(url)
+        assert (await nc.jetstream().stream_info("KEPT")).state.messages == 1
+        await nc.close()
+    finally:
+        await server.stop()
+    with pytest.raises(NatsServerError, match="not running"):
+        await server.exited()
 
 
 async def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:

@@ -3,9 +3,16 @@
 import asyncio
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.frames import Close, Opcode
 
 from ackwire.gateway.server import Gateway
-from support.client import welcomed
+from ackwire.settings import Settings
+from ackwire.wire.frames import Hello
+from support.client import SilentClient, open_ws, welcomed
 
 
 def http_get(url: str) -> tuple[int, str, str]:
@@ -47,3 +54,37 @@ async def test_a_draining_gateway_reports_not_ready(gateway: Gateway) -> None:
     assert gateway.readiness() is None
     await gateway.drain()
     assert gateway.readiness() == "draining"
+
+
+async def test_a_draining_gateway_answers_503_to_new_upgrades_until_its_clients_are_closed(
+    settings: Settings, make_token: Callable[..., str]
+) -> None:
+    gateway = Gateway(settings, name="gw-drain", host="127.0.0.1", port=0)
+    await gateway.start()
+    url, http = gateway.url, base(gateway)
+    # A client that answers the gateway's close only when the test says: the drain waits.
+    client = await SilentClient.connect(url, Hello(token=make_token()))
+    draining = asyncio.create_task(gateway.drain())
+    try:
+        async with asyncio.timeout(5):
+            while (event := await client.next_event()) is not None:
+                if event.opcode is Opcode.CLOSE:
+                    break
+        assert event is not None
+        assert Close.parse(event.data).code == 1001
+
+        # Mid-drain: not ready, and a new upgrade is answered 503 rather than refused.
+        status, _, body = await asyncio.to_thread(http_get, http + "/readyz")
+        assert (status, body) == (503, "not ready: draining\n")
+        with pytest.raises(InvalidStatus) as refused:
+            await open_ws(url)
+        assert refused.value.response.status_code == 503
+        assert b"draining" in refused.value.response.body
+        assert not draining.done()
+
+        client.flush()  # the reply to the close; then hang up, as a client does
+    finally:
+        client.close()
+        await asyncio.wait_for(draining, 5)  # well within websockets' 10 s close timeout
+    with pytest.raises(ConnectionRefusedError):  # drained: the port is closed
+        await open_ws(url)
