@@ -72,6 +72,7 @@ def _add_driving_commands(commands: argparse._SubParsersAction[argparse.Argument
     token.add_argument("--ttl", type=_positive, default=3600, help="seconds until it expires")
     token.add_argument("--aud", help="the `aud` claim (default: ACKWIRE_JWT_AUDIENCE)")
     token.add_argument("--iss", help="the `iss` claim (default: ACKWIRE_JWT_ISSUER)")
+    _nats_url_flag(token)  # every driving command takes it; a token needs no NATS
 
     publish = commands.add_parser("publish", help="publish a topic event")
     publish.add_argument("--topic", required=True)

@@ -21,6 +21,15 @@ async def test_token_prints_only_a_verifiable_jwt() -> None:
     assert identity.topics == ("pipeline.>", "chat.*")
 
 
+async def test_token_takes_nats_url_like_every_driving_command() -> None:
+    process = await AckwireProcess.start(
+        "token", "--sub", "alice", "--nats-url", "nats://127.0.0.1:1",
+        env={"ACKWIRE_JWT_SECRET": TEST_SECRET},
+    )  # fmt: skip
+    assert await process.exit_code() == 0
+    assert TokenVerifier(Settings(jwt_secret=TEST_SECRET)).verify(process.stdout_lines[0])
+
+
 async def test_token_carries_the_deployments_audience_and_issuer_or_the_flags() -> None:
     deployment = {
         "ACKWIRE_JWT_SECRET": TEST_SECRET,
