@@ -287,3 +287,36 @@ async def test_a_slow_holder_is_waited_for_not_delivered_beside(
             ws2, again = await resume
         assert again.resumed
         await ws2.close()
+
+
+async def test_an_ack_being_confirmed_when_the_gateway_drains_is_delivered(
+    settings: Settings,
+    publisher: Publisher,
+    make_token: MakeToken,
+    monkeypatch: pytest.MonkeyPatch,
+    js: JetStreamContext,
+) -> None:
+    """Hole 3: a drain neither drops an ack nor cuts its confirmation in half; the client
+    is closed 1001 once the store confirmed it."""
+    purge = JetStreamManager.purge_stream
+    purging = asyncio.Event()
+
+    async def slow_purge(self: JetStreamManager, *args: Any, **kwargs: Any) -> bool:
+        purging.set()
+        await asyncio.sleep(0.5)  # the store is slow to answer: the drain starts meanwhile
+        return await purge(self, *args, **kwargs)
+
+    monkeypatch.setattr(JetStreamManager, "purge_stream", slow_purge)
+    gateway = Gateway(settings, name="gw-draining", host="127.0.0.1", port=0)
+    await gateway.start()
+    ws, welcome = await welcomed(gateway.url, make_token("lou"))
+    sent = await publisher.send({"n": 1}, session=welcome.session_id)
+    receipt = asyncio.create_task(publisher.receipt(sent.id))
+    await send(ws, Ack(upto=(await next_deliver(ws)).seq))
+    await asyncio.wait_for(purging.wait(), 5)
+    draining = asyncio.create_task(gateway.drain())
+    assert (await closed_with(ws))[0] == CloseCode.GOING_AWAY
+    async with asyncio.timeout(5):
+        assert (await receipt).outcome == "delivered"
+        await draining
+    assert await owed(js, welcome.session_id) == 0
