@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     submit_burst: Annotated[int, Field(ge=1)] = 40
 
     topic_buffer: Annotated[int, Field(ge=1, le=100_000)] = 256
-    """Events queued per subscription; a client that falls further behind is closed 4429."""
+    """Live events queued per subscription; past it a subscriber catches up from the store."""
+    send_stall_s: Seconds = 10.0
+    """A subscriber whose socket accepts nothing for this long is too slow: closed 4429."""
     max_topics: Annotated[int, Field(ge=1, le=10_000)] = 100
     """Subscriptions one session may hold."""
     subscribe_rate_per_s: Annotated[float, Field(gt=0)] = 5.0

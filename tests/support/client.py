@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Sequence
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -99,10 +100,17 @@ class SilentClient:
         self._events: list[WsFrame] = []
 
     @classmethod
-    async def connect(cls, url: str, hello: Hello) -> SilentClient:
-        """Open, complete the handshake and send `hello`."""
+    async def connect(cls, url: str, hello: Hello, *, rcvbuf: int | None = None) -> SilentClient:
+        """Open, complete the handshake and send `hello`. `rcvbuf`: a small receive buffer,
+        so that a client that stops reading pushes back on the gateway at once (the
+        kernel would otherwise buffer megabytes for it)."""
         uri = parse_uri(url)
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(uri.host, uri.port), WAIT_S)
+        sock = socket.socket()
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (uri.host, uri.port))
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(sock=sock), WAIT_S)
         client = cls(reader, writer, ClientProtocol(uri, subprotocols=[Subprotocol("ackwire.v1")]))
         client.protocol.send_request(client.protocol.connect())
         client.flush()
@@ -125,6 +133,10 @@ class SilentClient:
             self.protocol.receive_data(data)
             self._events.extend(self.protocol.events_received())
         return self._events.pop(0)
+
+    def send(self, frame: Frame) -> None:
+        self.protocol.send_text(encode(frame).encode())
+        self.flush()
 
     def flush(self) -> None:
         """Write what the protocol has queued (say, the reply to a close)."""

@@ -246,6 +246,7 @@ class ClientConnection:
             ),
             record=lambda topics: self._gateway.sessions.subscribed_to(self, topics),
             buffer=settings.topic_buffer,
+            send_stall_s=settings.send_stall_s,
             on_overflow=lambda: self._carry_out(self._guard.too_slow()),
         )
 
@@ -371,9 +372,10 @@ class ClientConnection:
         _log.info("session.ended")
         self._carry_out(self._guard.ended())
 
-    async def _send(self, frame: Frame) -> None:
+    async def _send(self, frame: Frame | str) -> None:
+        """Send a frame (a `str`: one encoded already)."""
         if self._guard.may_send:  # once a close is decided, nothing more goes out
-            await self._ws.send(encode(frame))
+            await self._ws.send(frame if isinstance(frame, str) else encode(frame))
 
     def _carry_out(self, close: Close | None) -> None:
         """Close as decided (`None`: a close was decided already): once the acks read

@@ -7,15 +7,21 @@ events after it, then the live ones, in order (`ackwire.wire.cursor`). Events
 the store no longer holds are never skipped silently: the client gets a
 `topic_gap` error naming them, then the topic's snapshot if that covers them.
 The feed only puts events into inboxes, never waits: a slow or dead member can
-not delay the others. A member whose inbox is full has fallen too far behind;
-its connection is closed 4429 (the session stays resumable).
+not delay the others. Each live event is encoded once, for every member.
+
+A burst is not a slow client: a member whose inbox is full drops what the feed
+offers (the store has it) and catches up from the store once it has sent what
+it holds, in order, with no gap. A client is too slow (closed 4429, the session
+stays resumable) only when its socket accepts nothing for `send_stall_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 from nats.aio.subscription import Subscription
@@ -26,6 +32,7 @@ from ackwire.bus.models import TopicSnapshot
 from ackwire.bus.topics import TopicEvent, TopicStore
 from ackwire.errors import BusError
 from ackwire.lifecycle import BackgroundTasks, cancel_and_wait
+from ackwire.wire import encode
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.cursor import Drop, Emit, Gap, ReadFirst, TopicCursor
 from ackwire.wire.frames import (
@@ -44,14 +51,21 @@ _log = structlog.get_logger("ackwire.gateway")
 
 _READ_BATCH = 256
 
-SendFrame = Callable[[Frame], Awaitable[None]]
+SendFrame = Callable[[Frame | str], Awaitable[None]]
+"""Send a frame to the client; a `str` is a frame encoded already."""
 
 
-class _Resync:
-    """In a member's inbox: read the store from the member's place before going on."""
+@dataclass(frozen=True, slots=True)
+class LiveEvent:
+    """A live event as the feed hands it to every member, with its `event` frame encoded
+    once for all of them."""
 
+    event: TopicEvent
+    frame: str
 
-_RESYNC = _Resync()
+    @classmethod
+    def of(cls, event: TopicEvent) -> LiveEvent:
+        return cls(event, encode(Event(topic=event.topic, seq=event.seq, data=event.data)))
 
 
 class TopicMember:
@@ -64,31 +78,38 @@ class TopicMember:
         send: SendFrame,
         *,
         buffer: int,
+        send_stall_s: float,
         on_overflow: Callable[[], None],
         on_failed: Callable[[TopicMember], None],
     ) -> None:
         self.topic = topic
         self._store = store
         self._send = send
-        self._inbox: asyncio.Queue[TopicEvent | _Resync] = asyncio.Queue(maxsize=buffer)
+        self._buffer = buffer
+        self._inbox: deque[LiveEvent] = deque()
+        self._arrived = asyncio.Event()
+        self._catch_up_due = False  # the feed offered more than the inbox holds, or NATS
+        self._send_stall_s = send_stall_s
         self._on_overflow = on_overflow
         self._on_failed = on_failed
         self._task: asyncio.Task[None] | None = None
         self._located = asyncio.Event()
         self._released: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
 
-    def offer(self, event: TopicEvent) -> None:
-        """A live event, from the feed; never waits."""
-        try:
-            self._inbox.put_nowait(event)
-        except asyncio.QueueFull:
-            self._on_overflow()
+    def offer(self, live: LiveEvent) -> None:
+        """A live event, from the feed; never waits. Past the inbox's bound it is dropped
+        (the store has it) and read again once the member has caught up."""
+        if len(self._inbox) < self._buffer:
+            self._inbox.append(live)
+        else:
+            self._catch_up_due = True
+        self._arrived.set()
 
     def resync(self) -> None:
-        """NATS came back: events published meanwhile are read from the store. (A full
-        inbox is behind anyway; the events in it show any gap.)"""
-        with contextlib.suppress(asyncio.QueueFull):
-            self._inbox.put_nowait(_RESYNC)
+        """NATS came back (or dropped events on the way): events published meanwhile are
+        read from the store."""
+        self._catch_up_due = True
+        self._arrived.set()
 
     def start(self) -> None:
         """Once in the feed: find where the client's events start (the snapshot, or where
@@ -134,13 +155,18 @@ class TopicMember:
                 await self._send_snapshot(snapshot)
                 await self._catch_up(cursor, until=None)
             while True:
-                event = await self._inbox.get()
-                if isinstance(event, _Resync):
+                await self._arrived.wait()
+                self._arrived.clear()
+                while self._inbox:
+                    live = self._inbox.popleft()
+                    await self._offer(cursor, live.event, stored=False, frame=live.frame)
+                if self._catch_up_due:
+                    self._catch_up_due = False
                     await self._catch_up(cursor, until=None)
-                else:
-                    await self._offer(cursor, event, stored=False)
         except ConnectionClosed:
             pass  # the connection is over; it leaves every topic on its way out
+        except TimeoutError:  # the socket accepted nothing for `send_stall_s`
+            self._on_overflow()
         except BusError as exc:
             _log.warning("topic.unreadable", topic=self.topic, error=str(exc) or type(exc).__name__)
             with contextlib.suppress(ConnectionClosed):
@@ -154,12 +180,15 @@ class TopicMember:
                 )
             self._on_failed(self)  # no longer subscribed: its connection lets it go
 
-    async def _offer(self, cursor: TopicCursor, event: TopicEvent, *, stored: bool) -> None:
-        """Send `event` if it is the client's next, after what the cursor asks for first."""
+    async def _offer(
+        self, cursor: TopicCursor, event: TopicEvent, *, stored: bool, frame: str | None = None
+    ) -> None:
+        """Send `event` if it is the client's next, after what the cursor asks for first.
+        `frame` is its `event` frame, when encoded already."""
         while True:
             verdict = cursor.offer(event.seq, event.previous, stored=stored)
             if isinstance(verdict, Emit):
-                await self._send(Event(topic=self.topic, seq=event.seq, data=event.data))
+                await self._emit(frame or Event(topic=self.topic, seq=event.seq, data=event.data))
                 return
             if isinstance(verdict, Drop):
                 return
@@ -203,9 +232,14 @@ class TopicMember:
             cursor.restore(snapshot.seq)
 
     async def _send_snapshot(self, snapshot: TopicSnapshot) -> None:
-        await self._send(
+        await self._emit(
             Event(topic=self.topic, seq=snapshot.seq, data=snapshot.data, snapshot=True)
         )
+
+    async def _emit(self, frame: Frame | str) -> None:
+        # A socket that takes nothing for this long is a client too slow, not a burst.
+        async with asyncio.timeout(self._send_stall_s):
+            await self._send(frame)
 
 
 class TopicFeed:
@@ -216,8 +250,9 @@ class TopicFeed:
         self.subscription: Subscription | None = None
 
     async def deliver(self, event: TopicEvent) -> None:
+        live = LiveEvent.of(event)
         for member in list(self.members):
-            member.offer(event)
+            member.offer(live)
 
     def resync(self) -> None:
         """Events may be lost on the way: every member reads them from the store."""
@@ -297,6 +332,7 @@ class ConnectionTopics:
         admission: TopicAdmission,
         record: RecordTopics,
         buffer: int,
+        send_stall_s: float,
         on_overflow: Callable[[], None],
     ) -> None:
         self._hub = hub
@@ -304,6 +340,7 @@ class ConnectionTopics:
         self._admission = admission
         self._record = record
         self._buffer = buffer
+        self._send_stall_s = send_stall_s
         self._on_overflow = on_overflow
         self._members: dict[str, TopicMember] = {}
         self._restoring: list[TopicMember] = []
@@ -389,6 +426,7 @@ class ConnectionTopics:
             self._hub.store,
             self._send,
             buffer=self._buffer,
+            send_stall_s=self._send_stall_s,
             on_overflow=self._on_overflow,
             on_failed=self._failed,
         )

@@ -13,8 +13,9 @@ from nats.aio.client import Client
 from ackwire.bus.embedded import EmbeddedNats
 from ackwire.bus.provision import provision
 from ackwire.bus.topics import TopicEvent, TopicStore
-from ackwire.gateway.topics import ConnectionTopics, TopicHub, TopicMember
+from ackwire.gateway.topics import ConnectionTopics, LiveEvent, TopicHub, TopicMember
 from ackwire.settings import Settings
+from ackwire.wire import BadFrame, parse_server_frame
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.frames import Error, Event, Frame, Subscribe, Subscribed, TopicGap
 from ackwire.wire.guard import TopicAdmission
@@ -36,7 +37,9 @@ class Socket:
         self.behaviour: dict[str, Behaviour] = {}
         self.arrived = asyncio.Condition()
 
-    async def send(self, frame: Frame) -> None:
+    async def send(self, sent: Frame | str) -> None:
+        frame = parse_server_frame(sent) if isinstance(sent, str) else sent
+        assert not isinstance(frame, BadFrame), sent
         ref = getattr(frame, "ref", None)
         if ref in self.behaviour:
             await self.behaviour.pop(ref)(frame)
@@ -69,6 +72,7 @@ def connection_topics(store: TopicStore, socket: Socket) -> ConnectionTopics:
         admission=TopicAdmission((">",), max_topics=10, rate=TokenBucket(rate=100, burst=100)),
         record=no_record,
         buffer=16,
+        send_stall_s=5.0,
         on_overflow=lambda: None,
     )
 
@@ -156,7 +160,13 @@ async def subscribed_member(
     live = await following(store, topic)
     socket = Socket()
     member = TopicMember(
-        topic, store, socket.send, buffer=16, on_overflow=lambda: None, on_failed=lambda _: None
+        topic,
+        store,
+        socket.send,
+        buffer=16,
+        send_stall_s=5.0,
+        on_overflow=lambda: None,
+        on_failed=lambda _: None,
     )
     member.start()
     member.release("s")
@@ -178,7 +188,7 @@ async def test_a_first_live_event_lost_without_a_snapshot_is_read_from_the_store
     second = await store.publish("t", {"n": 2})
     lost, arrived = await next_live(live), await next_live(live)
     assert (lost.seq, arrived.seq) == (first, second)
-    joined.offer(arrived)  # the feed lost the first
+    joined.offer(LiveEvent.of(arrived))  # the feed lost the first
     await socket.wait_for(lambda f: isinstance(f, Event) and f.seq == second)
     assert events_sent(socket) == [(first, False), (second, False)]
     await joined.stop()
@@ -191,12 +201,12 @@ async def test_a_live_gap_the_store_no_longer_holds_is_told_then_a_newer_snapsho
     store = await TopicStore.open(bus)
     joined, socket, live = await subscribed_member(store, "t")
     e1 = await store.publish("t", {"n": 1})
-    joined.offer(await next_live(live))
+    joined.offer(LiveEvent.of(await next_live(live)))
     await socket.wait_for(lambda f: isinstance(f, Event) and f.seq == e1)
     # Five events the feed loses; the store keeps the last three, the snapshot first.
     missed = [await store.publish("t", {"n": n}, snapshot=n == 4) for n in range(2, 7)]
     arrived = [await next_live(live) for _ in missed]
-    joined.offer(arrived[-1])  # the last one: its previous is missing
+    joined.offer(LiveEvent.of(arrived[-1]))  # the last one: its previous is missing
     await socket.wait_for(lambda f: isinstance(f, Event) and f.seq == missed[-1])
     told = [(f.code, f.topic, f.gap) for f in socket.frames if isinstance(f, Error)]
     assert told == [(ErrorCode.TOPIC_GAP, "t", TopicGap(after=e1, before=missed[2]))], (
