@@ -17,7 +17,12 @@ Rules (shared/protocol.md, Jobs):
 - a terminal state is final: nothing (no timer, no late result) changes it, so
   a timeout can never fire for a job whose result is recorded. Its receipt
   (the client acked the result, or the result expired undelivered) is only
-  noted on the record.
+  noted on the record;
+- the scheduler records an outcome before it carries out the actions, so the
+  input that made a job terminal may come again (the scheduler stopped in
+  between, and its input was not acked): then the same terminal delivery is
+  asked for again, and the store dedupes it by its id. Any other input meeting
+  a terminal job is ignored.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ class JobRecord(BaseModel):
     last_heard_at: float | None = None
     receipt: Literal["delivered", "expired"] | None = None
     """What became of the terminal delivery: acked by the client, or expired unacked."""
+    timed_out: DeliverError | None = None
+    """The error a timer ended the job with, asked for again if that timer comes again."""
 
 
 # -- inputs --------------------------------------------------------------
@@ -234,15 +241,9 @@ class JobLedger:
             return Outcome(record, (CheckAt(deadline),))
         if record.attempt == 0:
             message = f"no node took a {record.kind!r} job within {self.pending_timeout:g} s"
-            return Outcome(
-                record.model_copy(update={"state": JobState.NO_CAPACITY}),
-                (DeliverError("no_capacity", message),),
-            )
+            return _timed_out(record, JobState.NO_CAPACITY, DeliverError("no_capacity", message))
         message = f"attempt {record.attempt} was lost and no node took the job again"
-        return Outcome(
-            record.model_copy(update={"state": JobState.FAILED}),
-            (DeliverError("failed", message),),
-        )
+        return _timed_out(record, JobState.FAILED, DeliverError("failed", message))
 
     def _receipted(self, record: JobRecord, event: ResultReceipted, _now: float) -> Outcome:
         if record.receipt is not None:
@@ -256,19 +257,44 @@ class JobLedger:
             return Outcome(record, (CheckAt(deadline),))
         if record.attempt >= self.max_attempts:
             message = f"node {record.node} went silent on the last attempt ({record.attempt})"
-            return Outcome(
-                record.model_copy(update={"state": JobState.FAILED}),
-                (DeliverError("failed", message),),
-            )
+            return _timed_out(record, JobState.FAILED, DeliverError("failed", message))
         # JetStream redelivers the work message to another node; wait for it to start.
         waiting = record.model_copy(update={"state": JobState.PENDING, "waiting_since": now})
         return Outcome(waiting, (CheckAt(now + self.pending_timeout),))
 
+    # A terminal job meeting the input that ended it, again (see the module's rules).
+
+    def _result_again(self, record: JobRecord, event: Succeeded, _now: float) -> Outcome:
+        return _again(record, event.attempt == record.attempt, DeliverResult(event.data))
+
+    def _failure_again(self, record: JobRecord, event: AttemptFailed, _now: float) -> Outcome:
+        ended_by_it = record.timed_out is None and event.attempt == record.attempt
+        return _again(record, ended_by_it, DeliverError("failed", event.message))
+
+    def _timer_again(self, record: JobRecord, _event: TimerFired, _now: float) -> Outcome:
+        if record.timed_out is None:  # a report ended the job; this is its timer's last call
+            return _again(record, False)
+        return _again(record, True, record.timed_out)
+
+
+def _timed_out(record: JobRecord, state: JobState, error: DeliverError) -> Outcome:
+    """A timer ends the job with `error`."""
+    return Outcome(record.model_copy(update={"state": state, "timed_out": error}), (error,))
+
+
+def _again(record: JobRecord, ended_by_it: bool, *actions: JobAction) -> Outcome:
+    """The terminal job's `actions` again if the input `ended_by_it`, and the client's receipt
+    does not show them done already; else the input is ignored."""
+    if not ended_by_it or record.receipt is not None:
+        return Outcome(record, (Ignore(f"job already {record.state.value}"),))
+    return Outcome(record, actions)
+
 
 _P, _R = JobState.PENDING, JobState.RUNNING
+_DONE, _FAILED, _NO_CAPACITY = JobState.DONE, JobState.FAILED, JobState.NO_CAPACITY
 
-#: (state, input) -> transition. A pair that is not here (every terminal state,
-#: for one) changes nothing: the input is ignored, and the log says why.
+#: (state, input) -> transition. A pair that is not here changes nothing: the input
+#: is ignored, and the log says why.
 _TRANSITIONS: dict[tuple[JobState, type[JobInput]], Transition] = {
     (_P, Started): JobLedger._started,
     (_R, Started): JobLedger._started,
@@ -280,5 +306,9 @@ _TRANSITIONS: dict[tuple[JobState, type[JobInput]], Transition] = {
     (_R, AttemptFailed): JobLedger._attempt_failed,
     (_P, TimerFired): JobLedger._pending_timer,
     (_R, TimerFired): JobLedger._running_timer,
+    (_DONE, Succeeded): JobLedger._result_again,
+    (_FAILED, AttemptFailed): JobLedger._failure_again,
+    (_FAILED, TimerFired): JobLedger._timer_again,
+    (_NO_CAPACITY, TimerFired): JobLedger._timer_again,
     **{(state, ResultReceipted): JobLedger._receipted for state in JobState if state.terminal},
 }

@@ -13,8 +13,11 @@ not confirmed by the server):
   the record.
 
 Records live in KV and are written by compare-and-set, so two replicas never
-both act on one version of a job. Deliveries are stored before the record that
-says so: a crash in between repeats the store, which the delivery's id dedupes.
+both act on one version of a job. An input's outcome is recorded first and
+carried out after, by the writer that won only: of a timer and a result racing,
+the loser reads the winner's record and its input is ignored. The input is
+acked once its actions are done; a crash in between brings it back, the ledger
+asks for the same actions again, and the store dedupes the delivery by its id.
 """
 
 from __future__ import annotations
@@ -169,7 +172,7 @@ class JobSupervisor:
         new: JobSubmitted | None = None,
         report_seq: int = 0,
     ) -> Outcome | None:
-        """Read the record, apply `event`, carry out the actions, write the record (CAS).
+        """Read the record, apply `event`, write the record (CAS), carry out the actions.
 
         `None` for a report about a job with no record (expired, or never stored)."""
         assert self._kv is not None
@@ -201,20 +204,16 @@ class JobSupervisor:
             record = JobRecord.model_validate_json(entry.value)
             log = log.bind(session_id=record.session_id)
             outcome = self._ledger.apply(record, event, now)
-            if outcome.record == record:  # an ignored input, or a timer with nothing due yet
-                for action in outcome.actions:
-                    if isinstance(action, Ignore):
-                        log.info("job.input_ignored", reason=action.reason)
-                return outcome
+            if outcome.record != record:  # else nothing to record: ignored, or a repeat
+                try:
+                    await self._kv.update(
+                        job_id, outcome.record.model_dump_json().encode(), last=entry.revision
+                    )
+                except KeyWrongLastSequenceError:
+                    continue  # the record moved on under us: read it again
+                if outcome.record.state is not record.state:
+                    log.info("job.state", state=outcome.record.state.value, was=record.state.value)
             await self._carry_out(outcome, report_seq, log)
-            try:
-                await self._kv.update(
-                    job_id, outcome.record.model_dump_json().encode(), last=entry.revision
-                )
-            except KeyWrongLastSequenceError:
-                continue  # the record moved on under us: read it again
-            if outcome.record.state is not record.state:
-                log.info("job.state", state=outcome.record.state.value, was=record.state.value)
             return outcome
         raise RuntimeError(f"job {job_id}: the record kept changing; will retry on redelivery")
 
@@ -240,6 +239,8 @@ class JobSupervisor:
                 case DeliverProgress(percent=percent):
                     progress_id = f"{record.job_id}:progress:{report_seq}"
                     delivery = _delivery(record, "progress", {"percent": percent}, progress_id)
+                case Ignore(reason=reason):
+                    log.info("job.input_ignored", reason=reason)
             if delivery is not None:
                 seq = await self._queue.put(delivery)
                 # Stored for the session, not delivered: only the client's ack makes it so.
