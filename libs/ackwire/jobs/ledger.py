@@ -9,6 +9,9 @@ replica can take the next input for any job.
 
 Rules (shared/protocol.md, Jobs):
 
+- a job's work is dispatched (stored for nodes) until the store confirms it,
+  each time its timer finds it unconfirmed before any attempt started: a
+  dispatch lost to a NATS failover is repeated, and the store dedupes a repeat;
 - no attempt starts within the pending timeout: `no_capacity`;
 - a node silent past the job timeout is presumed dead for that job: it runs
   again elsewhere (JetStream redelivers its work message), up to the attempt
@@ -66,6 +69,8 @@ class JobRecord(BaseModel):
     waiting_since: float
     """When the job last started waiting for a node (submitted, or its attempt was lost)."""
     last_heard_at: float | None = None
+    work_seq: int | None = None
+    """The work message's sequence in the work stream, once the store confirmed it."""
     receipt: Literal["delivered", "expired"] | None = None
     """What became of the terminal delivery: acked by the client, or expired unacked."""
     timed_out: DeliverError | None = None
@@ -113,7 +118,16 @@ class ResultReceipted:
     outcome: Literal["delivered", "expired"]
 
 
-JobInput = Started | Progressed | Succeeded | AttemptFailed | TimerFired | ResultReceipted
+@dataclass(frozen=True, slots=True)
+class WorkDispatched:
+    """The store confirmed the job's work message, at `seq` of the work stream."""
+
+    seq: int
+
+
+JobInput = (
+    Started | Progressed | Succeeded | AttemptFailed | TimerFired | ResultReceipted | WorkDispatched
+)
 AttemptInput = Started | Progressed | Succeeded | AttemptFailed
 
 
@@ -145,13 +159,18 @@ class CheckAt:
 
 
 @dataclass(frozen=True, slots=True)
+class DispatchWork:
+    """Store the job's work for nodes; its id is the job's, so the store dedupes a repeat."""
+
+
+@dataclass(frozen=True, slots=True)
 class Ignore:
     """Nothing to do; `reason` is for the log (a superseded attempt, a duplicate…)."""
 
     reason: str
 
 
-JobAction = DeliverResult | DeliverProgress | DeliverError | CheckAt | Ignore
+JobAction = DeliverResult | DeliverProgress | DeliverError | CheckAt | DispatchWork | Ignore
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +209,7 @@ class JobLedger:
             trace_id=trace_id,
             waiting_since=now,
         )
-        return Outcome(record, (CheckAt(now + self.pending_timeout),))
+        return Outcome(record, (DispatchWork(), CheckAt(now + self.pending_timeout)))
 
     def apply(self, record: JobRecord, event: JobInput, now: float) -> Outcome:
         """The record after `event`, and what to do about it."""
@@ -238,12 +257,17 @@ class JobLedger:
     def _pending_timer(self, record: JobRecord, _event: TimerFired, now: float) -> Outcome:
         deadline = record.waiting_since + self.pending_timeout
         if now < deadline:
+            if record.attempt == 0 and record.work_seq is None:  # its dispatch failed, or is slow
+                return Outcome(record, (DispatchWork(), CheckAt(deadline)))
             return Outcome(record, (CheckAt(deadline),))
         if record.attempt == 0:
             message = f"no node took a {record.kind!r} job within {self.pending_timeout:g} s"
             return _timed_out(record, JobState.NO_CAPACITY, DeliverError("no_capacity", message))
         message = f"attempt {record.attempt} was lost and no node took the job again"
         return _timed_out(record, JobState.FAILED, DeliverError("failed", message))
+
+    def _work_dispatched(self, record: JobRecord, event: WorkDispatched, _now: float) -> Outcome:
+        return Outcome(record.model_copy(update={"work_seq": event.seq}), ())
 
     def _receipted(self, record: JobRecord, event: ResultReceipted, _now: float) -> Outcome:
         if record.receipt is not None:
@@ -306,6 +330,8 @@ _TRANSITIONS: dict[tuple[JobState, type[JobInput]], Transition] = {
     (_R, AttemptFailed): JobLedger._attempt_failed,
     (_P, TimerFired): JobLedger._pending_timer,
     (_R, TimerFired): JobLedger._running_timer,
+    (_P, WorkDispatched): JobLedger._work_dispatched,
+    (_R, WorkDispatched): JobLedger._work_dispatched,
     (_DONE, Succeeded): JobLedger._result_again,
     (_FAILED, AttemptFailed): JobLedger._failure_again,
     (_FAILED, TimerFired): JobLedger._timer_again,

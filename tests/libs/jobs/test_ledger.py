@@ -5,10 +5,12 @@ from hypothesis import strategies as st
 
 from ackwire.jobs.ledger import (
     AttemptFailed,
+    AttemptInput,
     CheckAt,
     DeliverError,
     DeliverProgress,
     DeliverResult,
+    DispatchWork,
     Ignore,
     JobInput,
     JobLedger,
@@ -20,14 +22,22 @@ from ackwire.jobs.ledger import (
     Started,
     Succeeded,
     TimerFired,
+    WorkDispatched,
 )
 
 LEDGER = JobLedger(pending_timeout=10, job_timeout=300, max_attempts=3)
 
 
-def new_job(now: float = 0.0) -> JobRecord:
+def submitted(now: float = 0.0) -> JobRecord:
     outcome = LEDGER.submitted(job_id="j-1", session_id="s-1", kind="echo", trace_id="t", now=now)
-    assert outcome.actions == (CheckAt(10),)
+    assert outcome.actions == (DispatchWork(), CheckAt(now + 10))
+    return outcome.record
+
+
+def new_job(now: float = 0.0) -> JobRecord:
+    """A job submitted at `now`, its work stored for nodes."""
+    outcome = LEDGER.apply(submitted(now), WorkDispatched(seq=7), now)
+    assert outcome.actions == ()
     return outcome.record
 
 
@@ -133,6 +143,16 @@ def test_a_lost_attempt_nobody_retries_ends_failed_not_no_capacity() -> None:
     assert record.state is JobState.FAILED
 
 
+def test_a_job_whose_work_the_store_did_not_confirm_is_dispatched_again_by_its_timer() -> None:
+    record, actions = run(submitted(), (TimerFired(), 0.5))
+    assert actions == [DispatchWork(), CheckAt(10)]
+    record, actions = run(record, (WorkDispatched(seq=3), 0.6), (TimerFired(), 1))
+    assert (record.work_seq, actions) == (3, [CheckAt(10)])
+    # Once an attempt started, the work is JetStream's to redeliver: never dispatched again.
+    record, actions = run(submitted(), (Started(1, "n"), 1), (AttemptFailed(1, "boom"), 2))
+    assert DispatchWork() not in run(record, (TimerFired(), 3))[1]
+
+
 def test_the_input_that_ended_a_job_asks_for_its_delivery_again() -> None:
     """The scheduler records an outcome before it stores the delivery; if it stopped in
     between, the input comes again, and so does the delivery (the store dedupes it)."""
@@ -170,6 +190,7 @@ events = st.one_of(
     st.integers(1, 4).map(result_of),
     st.builds(AttemptFailed, attempt=st.integers(1, 4), message=st.just("x")),
     st.builds(TimerFired),
+    st.builds(WorkDispatched, seq=st.integers(1, 3)),
 )
 
 
@@ -178,7 +199,7 @@ def test_any_history_ends_in_at_most_one_terminal_delivery(
     steps: list[tuple[JobInput, float]],
 ) -> None:
     """At most one, asked for again only as itself (a repeat the store dedupes by its id)."""
-    record = new_job()
+    record = submitted()
     now = 0.0
     terminal: list[object] = []
     newest_attempt = 0
@@ -196,9 +217,15 @@ def test_any_history_ends_in_at_most_one_terminal_delivery(
                 assert event.attempt >= newest_attempt, "a superseded result was delivered"
             if isinstance(action, CheckAt):
                 assert action.at >= now
+            if isinstance(action, DispatchWork):
+                assert (before.state, before.attempt, before.work_seq) == (
+                    JobState.PENDING,
+                    0,
+                    None,
+                )
         if before.state.terminal:
             assert record == before, "a terminal job changed"
-        if not isinstance(event, TimerFired) and not before.state.terminal:
+        if isinstance(event, AttemptInput) and not before.state.terminal:
             newest_attempt = max(newest_attempt, event.attempt)
     assert all(t == terminal[0] for t in terminal), "two different terminal deliveries"
     assert record.state.terminal == bool(terminal)

@@ -2,9 +2,14 @@
 
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import nats
+import pytest
 import structlog
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from nats.js.errors import NoStreamResponseError
 from websockets.asyncio.client import ClientConnection
 
 from ackwire.bus import subjects
@@ -306,6 +311,31 @@ async def test_a_job_longer_than_the_job_timeout_is_kept_alive_by_its_node(
     seen = await client.until_terminal(accepted.job_id, timeout=seconds + 10)
     assert seen[-1].kind == "result"
     assert len(logs.named("job.attempt_started", job_id=accepted.job_id)) == 1  # never re-run
+    await client.ws.close()
+
+
+async def test_a_job_whose_work_the_store_did_not_confirm_is_dispatched_again(
+    stack: Stack, make_token: MakeToken, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NATS failover: the first publish of the job's work raises NoStreamResponseError."""
+    publish = JetStreamContext.publish
+    refused: list[str] = []
+
+    async def publish_refusing_the_first_work(
+        js: JetStreamContext, subject: str, *args: Any, **kwargs: Any
+    ) -> PubAck:
+        if subject == subjects.work_subject("echo") and not refused:
+            refused.append(subject)
+            raise NoStreamResponseError
+        return await publish(js, subject, *args, **kwargs)
+
+    monkeypatch.setattr(JetStreamContext, "publish", publish_refusing_the_first_work)
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(Submit(ref="c-1", kind="echo", payload={"again": True}))
+    assert isinstance(accepted, Accepted)
+    [result] = await client.until_terminal(accepted.job_id)
+    assert refused == [subjects.work_subject("echo")]
+    assert (result.kind, result.data) == ("result", {"again": True})
     await client.ws.close()
 
 
