@@ -16,6 +16,9 @@ Rules (shared/protocol.md, Jobs):
 - a node silent past the job timeout is presumed dead for that job: it runs
   again elsewhere (JetStream redelivers its work message), up to the attempt
   limit, then `failed`; a handler that raised is a failed attempt;
+- a job a timer ends (`no_capacity`, or `failed` for a lost attempt) has its
+  work withdrawn before the client is told: no node may run it after, its
+  side effects unknown to a client told it did not happen;
 - the newest attempt wins: anything from an older attempt is dropped;
 - a terminal state is final: nothing (no timer, no late result) changes it, so
   a timeout can never fire for a job whose result is recorded. Its receipt
@@ -75,6 +78,16 @@ class JobRecord(BaseModel):
     """What became of the terminal delivery: acked by the client, or expired unacked."""
     timed_out: DeliverError | None = None
     """The error a timer ended the job with, asked for again if that timer comes again."""
+
+    def refuses(self, attempt: int) -> str | None:
+        """Why a node must not run `attempt` of the job (None: it may). A node asks before
+        it runs a handler: work of a job that ended is withdrawn, but a node may have
+        fetched it just before, or the withdrawal may not have been done yet."""
+        if self.state.terminal:
+            return f"job already {self.state.value}"
+        if attempt < self.attempt:
+            return f"superseded attempt {attempt}"
+        return None
 
 
 # -- inputs --------------------------------------------------------------
@@ -164,13 +177,23 @@ class DispatchWork:
 
 
 @dataclass(frozen=True, slots=True)
+class WithdrawWork:
+    """Delete the job's work message (`seq` of the work stream): it is gone already, or
+    must never run."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ignore:
     """Nothing to do; `reason` is for the log (a superseded attempt, a duplicate…)."""
 
     reason: str
 
 
-JobAction = DeliverResult | DeliverProgress | DeliverError | CheckAt | DispatchWork | Ignore
+JobAction = (
+    DeliverResult | DeliverProgress | DeliverError | CheckAt | DispatchWork | WithdrawWork | Ignore
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +292,13 @@ class JobLedger:
     def _work_dispatched(self, record: JobRecord, event: WorkDispatched, _now: float) -> Outcome:
         return Outcome(record.model_copy(update={"work_seq": event.seq}), ())
 
+    def _work_dispatched_too_late(
+        self, record: JobRecord, event: WorkDispatched, _now: float
+    ) -> Outcome:
+        """The job ended while the store took its work: withdraw that."""
+        ended = record.model_copy(update={"work_seq": event.seq})
+        return Outcome(ended, _withdrawal(ended))
+
     def _receipted(self, record: JobRecord, event: ResultReceipted, _now: float) -> Outcome:
         if record.receipt is not None:
             return Outcome(record, (Ignore(f"receipt already {record.receipt}"),))
@@ -298,12 +328,19 @@ class JobLedger:
     def _timer_again(self, record: JobRecord, _event: TimerFired, _now: float) -> Outcome:
         if record.timed_out is None:  # a report ended the job; this is its timer's last call
             return _again(record, False)
-        return _again(record, True, record.timed_out)
+        return _again(record, True, *_withdrawal(record), record.timed_out)
 
 
 def _timed_out(record: JobRecord, state: JobState, error: DeliverError) -> Outcome:
-    """A timer ends the job with `error`."""
-    return Outcome(record.model_copy(update={"state": state, "timed_out": error}), (error,))
+    """A timer ends the job with `error`, its work withdrawn first."""
+    ended = record.model_copy(update={"state": state, "timed_out": error})
+    return Outcome(ended, (*_withdrawal(ended), error))
+
+
+def _withdrawal(record: JobRecord) -> tuple[WithdrawWork, ...]:
+    """Withdraw the job's work, if the store confirmed it (else a node that gets it finds the
+    job ended; see `JobRecord.refuses`)."""
+    return () if record.work_seq is None else (WithdrawWork(record.work_seq),)
 
 
 def _again(record: JobRecord, ended_by_it: bool, *actions: JobAction) -> Outcome:
@@ -336,5 +373,7 @@ _TRANSITIONS: dict[tuple[JobState, type[JobInput]], Transition] = {
     (_FAILED, AttemptFailed): JobLedger._failure_again,
     (_FAILED, TimerFired): JobLedger._timer_again,
     (_NO_CAPACITY, TimerFired): JobLedger._timer_again,
+    (_FAILED, WorkDispatched): JobLedger._work_dispatched_too_late,
+    (_NO_CAPACITY, WorkDispatched): JobLedger._work_dispatched_too_late,
     **{(state, ResultReceipted): JobLedger._receipted for state in JobState if state.terminal},
 }

@@ -5,6 +5,10 @@ is the job timeout and its `max_deliver` the attempt limit, so JetStream
 itself takes a job from a node that died or went silent and hands it to the
 next one; a running attempt keeps its work message alive with `in_progress`.
 The attempt number is JetStream's delivery count of the work message.
+
+Before it runs a handler, a node reads the job's record: work of a job that
+ended (the client was told its outcome) or that a newer attempt runs is
+dropped unrun.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import Error as JetStreamError
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 from pydantic import BaseModel, JsonValue, ValidationError
 
 from ackwire.bus import subjects
+from ackwire.jobs.ledger import JobRecord
 from ackwire.jobs.messages import (
     TERMINAL_SUFFIX,
     AttemptFailedEvent,
@@ -111,8 +118,10 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._pulls: list[JetStreamContext.PullSubscription] = []
         self._running: set[asyncio.Task[None]] = set()
+        self._records: KeyValue | None = None
 
     async def start(self) -> None:
+        self._records = await self._js.key_value(subjects.JOBS_BUCKET)
         for kind in self._kinds:
             await self._js.add_consumer(
                 subjects.WORK_STREAM,
@@ -178,6 +187,11 @@ class Worker:
         )
         keep_alive = asyncio.create_task(attempt.keep_alive(self._settings.job_timeout_s / 3))
         try:
+            refusal = await self._refusal(work.job_id, attempt.attempt)
+            if refusal is not None:
+                log.info("job.work_dropped", reason=refusal)
+                await msg.term()
+                return
             await attempt.report(AttemptStarted)
             log.info("job.attempt_started", kind=kind)
             try:
@@ -205,3 +219,21 @@ class Worker:
         finally:
             with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
                 await cancel_and_wait(keep_alive)
+
+    async def _refusal(self, job_id: str, attempt: int) -> str | None:
+        """Why the job's record says not to run this attempt (None: run it). A record not
+        found or not readable does not stop it: a replica may not have the record yet, and
+        the ledger fences what the attempt reports anyway."""
+        assert self._records is not None
+        try:
+            entry = await self._records.get(job_id)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        try:
+            record = JobRecord.model_validate_json(entry.value)
+        except ValidationError as exc:
+            _log.error("node.unreadable_job_record", job_id=job_id, error=str(exc))
+            return None
+        return record.refuses(attempt)

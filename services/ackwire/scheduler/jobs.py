@@ -32,6 +32,7 @@ from typing import Literal
 import structlog
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsMessage, PullSub
+from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
@@ -44,6 +45,7 @@ from structlog.typing import FilteringBoundLogger
 from ackwire.bus import subjects
 from ackwire.bus.boundary import bus_errors
 from ackwire.bus.broker import ServiceBroker
+from ackwire.bus.deletes import delete_message
 from ackwire.bus.models import Delivery, Receipt
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.errors import BusError
@@ -64,6 +66,7 @@ from ackwire.jobs.ledger import (
     Started,
     Succeeded,
     TimerFired,
+    WithdrawWork,
     WorkDispatched,
 )
 from ackwire.jobs.messages import (
@@ -97,6 +100,7 @@ class JobSupervisor:
             job_timeout=settings.job_timeout_s,
             max_attempts=settings.max_attempts,
         )
+        self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
         self._queue: SessionQueue | None = None
@@ -126,8 +130,9 @@ class JobSupervisor:
             ack_policy=AckPolicy.MANUAL,
         )(self._on_receipt)
 
-    async def bind(self, js: JetStreamContext, queue: SessionQueue) -> None:
+    async def bind(self, nc: Client, js: JetStreamContext, queue: SessionQueue) -> None:
         """Called once connected, before the subscribers start."""
+        self._nc = nc
         self._js = js
         self._kv = await js.key_value(subjects.JOBS_BUCKET)
         self._queue = queue
@@ -261,6 +266,10 @@ class JobSupervisor:
                 case DeliverProgress(percent=percent):
                     progress_id = f"{record.job_id}:progress:{report_seq}"
                     delivery = _delivery(record, "progress", {"percent": percent}, progress_id)
+                case WithdrawWork(seq=seq):
+                    assert self._nc is not None
+                    there = await delete_message(self._nc, subjects.WORK_STREAM, seq)
+                    log.info("job.work_withdrawn", seq=seq, was_there=there)
                 case Ignore(reason=reason):
                     log.info("job.input_ignored", reason=reason)
             if delivery is not None:

@@ -22,6 +22,7 @@ from ackwire.jobs.ledger import (
     Started,
     Succeeded,
     TimerFired,
+    WithdrawWork,
     WorkDispatched,
 )
 
@@ -65,8 +66,10 @@ def test_no_node_within_the_pending_timeout_is_no_capacity() -> None:
     record, actions = run(new_job(), (TimerFired(), 9.9), (TimerFired(), 10))
     assert record.state is JobState.NO_CAPACITY
     assert actions[0] == CheckAt(10)
-    assert isinstance(actions[1], DeliverError)
-    assert actions[1].code == "no_capacity"
+    # The work goes before the client is told: no node may run a job it was told did not run.
+    assert actions[1] == WithdrawWork(7)
+    assert isinstance(actions[2], DeliverError)
+    assert actions[2].code == "no_capacity"
 
 
 def test_the_seed_bug_no_timeout_after_the_result_came_back() -> None:
@@ -123,6 +126,33 @@ def test_silence_on_the_last_attempt_fails_the_job() -> None:
     assert actions[-1].code == "failed"
 
 
+def test_a_lost_attempt_nobody_took_again_has_its_work_withdrawn() -> None:
+    _record, actions = run(
+        new_job(), (Started(1, "n"), 1), (TimerFired(), 301), (TimerFired(), 311)
+    )
+    assert actions[-2:] == [
+        WithdrawWork(7),
+        DeliverError("failed", "attempt 1 was lost and no node took the job again"),
+    ]
+
+
+def test_work_stored_after_a_timer_ended_the_job_is_withdrawn() -> None:
+    ended, _ = run(submitted(), (TimerFired(), 10))
+    record, actions = run(ended, (WorkDispatched(seq=4), 11))
+    assert (record.state, actions) == (JobState.NO_CAPACITY, [WithdrawWork(4)])
+    assert run(record, (TimerFired(), 12))[1][0] == WithdrawWork(4)  # and again, if asked
+
+
+def test_a_node_may_not_run_work_of_a_job_that_ended_or_moved_on() -> None:
+    record = new_job()
+    assert record.refuses(1) is None
+    running, _ = run(record, (Started(2, "n"), 1))
+    assert running.refuses(1) == "superseded attempt 1"
+    assert running.refuses(3) is None
+    ended, _ = run(record, (TimerFired(), 10))
+    assert ended.refuses(1) == "job already no_capacity"
+
+
 def test_progress_keeps_a_long_job_alive() -> None:
     record, actions = run(
         new_job(),
@@ -163,7 +193,8 @@ def test_the_input_that_ended_a_job_asks_for_its_delivery_again() -> None:
         DeliverError("failed", "boom"),
     )
     no_capacity, [*_, error] = run(new_job(), (TimerFired(), 10))
-    assert LEDGER.apply(no_capacity, TimerFired(), 11) == Outcome(no_capacity, (error,))
+    repeat = Outcome(no_capacity, (WithdrawWork(7), error))
+    assert LEDGER.apply(no_capacity, TimerFired(), 11) == repeat
 
 
 def test_only_the_input_that_ended_a_job_asks_for_its_delivery_again() -> None:
@@ -202,6 +233,7 @@ def test_any_history_ends_in_at_most_one_terminal_delivery(
     record = submitted()
     now = 0.0
     terminal: list[object] = []
+    withdrawn: set[int] = set()
     newest_attempt = 0
     for event, dt in steps:
         now += dt
@@ -223,9 +255,14 @@ def test_any_history_ends_in_at_most_one_terminal_delivery(
                     0,
                     None,
                 )
-        if before.state.terminal:
-            assert record == before, "a terminal job changed"
+            if isinstance(action, WithdrawWork):
+                assert record.state.terminal
+                withdrawn.add(action.seq)
+        if before.state.terminal:  # nothing changes, but where its work was stored is noted
+            assert record.model_copy(update={"work_seq": before.work_seq}) == before
         if isinstance(event, AttemptInput) and not before.state.terminal:
             newest_attempt = max(newest_attempt, event.attempt)
     assert all(t == terminal[0] for t in terminal), "two different terminal deliveries"
     assert record.state.terminal == bool(terminal)
+    if record.timed_out is not None and record.work_seq is not None:
+        assert record.work_seq in withdrawn, "a timer ended the job and left its work for nodes"
