@@ -13,7 +13,8 @@ Rules (shared/protocol.md, Jobs):
   each time its timer finds it unconfirmed before any attempt started: a
   dispatch lost to a NATS failover is repeated, and the store dedupes a repeat;
 - no attempt starts within the pending timeout: `no_capacity`;
-- a node silent past the job timeout is presumed dead for that job: it runs
+- a node silent past the job timeout (no progress, no keep-alive, no result)
+  is presumed dead for that job: it runs
   again elsewhere (JetStream redelivers its work message), up to the attempt
   limit, then `failed`; a handler that raised is a failed attempt;
 - a job a timer ends (`no_capacity`, or `failed` for a lost attempt) has its
@@ -106,6 +107,13 @@ class Progressed:
 
 
 @dataclass(frozen=True, slots=True)
+class KeptAlive:
+    """The node running the attempt says it still runs."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class Succeeded:
     attempt: int
     data: JsonValue
@@ -138,10 +146,8 @@ class WorkDispatched:
     seq: int
 
 
-JobInput = (
-    Started | Progressed | Succeeded | AttemptFailed | TimerFired | ResultReceipted | WorkDispatched
-)
-AttemptInput = Started | Progressed | Succeeded | AttemptFailed
+AttemptInput = Started | Progressed | KeptAlive | Succeeded | AttemptFailed
+JobInput = AttemptInput | TimerFired | ResultReceipted | WorkDispatched
 
 
 # -- actions -------------------------------------------------------------
@@ -246,21 +252,15 @@ class JobLedger:
     # The transitions; `apply` has already dropped inputs of older attempts.
 
     def _started(self, record: JobRecord, event: Started, now: float) -> Outcome:
-        running = record.model_copy(
-            update={
-                "state": JobState.RUNNING,
-                "attempt": event.attempt,
-                "node": event.node,
-                "last_heard_at": now,
-            }
-        )
+        running = _heard_from(record, event.attempt, now).model_copy(update={"node": event.node})
         return Outcome(running, (CheckAt(now + self.job_timeout),))
 
     def _progressed(self, record: JobRecord, event: Progressed, now: float) -> Outcome:
-        running = record.model_copy(
-            update={"state": JobState.RUNNING, "attempt": event.attempt, "last_heard_at": now}
-        )
+        running = _heard_from(record, event.attempt, now)
         return Outcome(running, (DeliverProgress(event.attempt, event.percent),))
+
+    def _kept_alive(self, record: JobRecord, event: KeptAlive, now: float) -> Outcome:
+        return Outcome(_heard_from(record, event.attempt, now), ())
 
     def _succeeded(self, record: JobRecord, event: Succeeded, now: float) -> Outcome:
         done = record.model_copy(
@@ -331,6 +331,13 @@ class JobLedger:
         return _again(record, True, *_withdrawal(record), record.timed_out)
 
 
+def _heard_from(record: JobRecord, attempt: int, now: float) -> JobRecord:
+    """The record once `attempt` was heard to run (it may have been thought lost)."""
+    return record.model_copy(
+        update={"state": JobState.RUNNING, "attempt": attempt, "last_heard_at": now}
+    )
+
+
 def _timed_out(record: JobRecord, state: JobState, error: DeliverError) -> Outcome:
     """A timer ends the job with `error`, its work withdrawn first."""
     ended = record.model_copy(update={"state": state, "timed_out": error})
@@ -361,6 +368,8 @@ _TRANSITIONS: dict[tuple[JobState, type[JobInput]], Transition] = {
     (_R, Started): JobLedger._started,
     (_P, Progressed): JobLedger._progressed,
     (_R, Progressed): JobLedger._progressed,
+    (_P, KeptAlive): JobLedger._kept_alive,
+    (_R, KeptAlive): JobLedger._kept_alive,
     (_P, Succeeded): JobLedger._succeeded,
     (_R, Succeeded): JobLedger._succeeded,
     (_P, AttemptFailed): JobLedger._attempt_failed,

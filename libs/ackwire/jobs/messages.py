@@ -51,6 +51,12 @@ class AttemptProgressed(_Reported):
     percent: Annotated[float, Field(ge=0, le=100)]
 
 
+class AttemptAlive(_Reported):
+    """The attempt still runs (sent when it reported nothing else for a while)."""
+
+    event: Literal["alive"] = "alive"
+
+
 class AttemptSucceeded(_Reported):
     event: Literal["succeeded"] = "succeeded"
     data: JsonValue
@@ -62,6 +68,6 @@ class AttemptFailedEvent(_Reported):
 
 
 JobEvent = Annotated[
-    AttemptStarted | AttemptProgressed | AttemptSucceeded | AttemptFailedEvent,
+    AttemptStarted | AttemptProgressed | AttemptAlive | AttemptSucceeded | AttemptFailedEvent,
     Field(discriminator="event"),
 ]

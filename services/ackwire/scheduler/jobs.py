@@ -60,6 +60,7 @@ from ackwire.jobs.ledger import (
     JobInput,
     JobLedger,
     JobRecord,
+    KeptAlive,
     Outcome,
     Progressed,
     ResultReceipted,
@@ -71,6 +72,7 @@ from ackwire.jobs.ledger import (
 )
 from ackwire.jobs.messages import (
     TERMINAL_SUFFIX,
+    AttemptAlive,
     AttemptFailedEvent,
     AttemptProgressed,
     AttemptStarted,
@@ -317,6 +319,8 @@ def _ledger_input(event: JobEvent) -> JobInput:
             return Started(event.attempt, event.node)
         case AttemptProgressed():
             return Progressed(event.attempt, event.percent)
+        case AttemptAlive():
+            return KeptAlive(event.attempt)
         case AttemptSucceeded():
             return Succeeded(event.attempt, event.data)
         case AttemptFailedEvent():

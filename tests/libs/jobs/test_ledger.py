@@ -16,6 +16,7 @@ from ackwire.jobs.ledger import (
     JobLedger,
     JobRecord,
     JobState,
+    KeptAlive,
     Outcome,
     Progressed,
     ResultReceipted,
@@ -166,6 +167,24 @@ def test_progress_keeps_a_long_job_alive() -> None:
     assert actions[-1] == CheckAt(880)
 
 
+def test_the_nodes_keep_alive_keeps_a_long_job_alive_without_progress() -> None:
+    record, actions = run(
+        new_job(),
+        (Started(1, "n"), 1),
+        (KeptAlive(1), 101),
+        (KeptAlive(1), 201),
+        (TimerFired(), 301),
+    )
+    assert (record.state, actions) == (JobState.RUNNING, [CheckAt(301), CheckAt(501)])
+
+
+def test_a_keep_alive_of_an_attempt_thought_lost_has_it_running_again() -> None:
+    record, _ = run(new_job(), (Started(1, "n"), 1), (TimerFired(), 301))
+    assert record.state is JobState.PENDING
+    record, actions = run(record, (KeptAlive(1), 302), (TimerFired(), 312))
+    assert (record.state, actions) == (JobState.RUNNING, [CheckAt(602)])
+
+
 def test_a_lost_attempt_nobody_retries_ends_failed_not_no_capacity() -> None:
     record, _actions = run(
         new_job(), (Started(1, "n"), 1), (TimerFired(), 301), (TimerFired(), 311)
@@ -218,6 +237,7 @@ def result_of(attempt: int) -> Succeeded:
 events = st.one_of(
     st.builds(Started, attempt=st.integers(1, 4), node=st.sampled_from(["a", "b"])),
     st.builds(Progressed, attempt=st.integers(1, 4), percent=st.floats(0, 100)),
+    st.builds(KeptAlive, attempt=st.integers(1, 4)),
     st.integers(1, 4).map(result_of),
     st.builds(AttemptFailed, attempt=st.integers(1, 4), message=st.just("x")),
     st.builds(TimerFired),

@@ -304,15 +304,19 @@ async def test_a_submit_the_store_cannot_confirm_is_unavailable(
     await client.ws.close()
 
 
+@pytest.mark.parametrize("kind", ["sleep", "quiet"])
 async def test_a_job_longer_than_the_job_timeout_is_kept_alive_by_its_node(
-    stack: Stack, make_token: MakeToken, logs: LogWatch
+    kind: str, stack: Stack, make_token: MakeToken, logs: LogWatch
 ) -> None:
+    """`sleep` reports progress; `quiet` reports nothing until its result, so only the node's
+    keep-alive tells the ledger it lives (past the job timeout and a pending timeout more)."""
     client = await connect(stack.gateway.url, make_token())
-    seconds = stack.settings.job_timeout_s * 1.5
-    accepted = await client.submit(Submit(ref="c-1", kind="sleep", payload={"seconds": seconds}))
+    seconds = stack.settings.job_timeout_s + stack.settings.pending_timeout_s + 1.5
+    accepted = await client.submit(Submit(ref="c-1", kind=kind, payload={"seconds": seconds}))
     assert isinstance(accepted, Accepted)
     seen = await client.until_terminal(accepted.job_id, timeout=seconds + 10)
-    assert seen[-1].kind == "result"
+    assert [d.kind for d in seen if d.kind != "progress"] == ["result"]
+    assert seen[-1].data == {"slept": seconds}
     assert len(logs.named("job.attempt_started", job_id=accepted.job_id)) == 1  # never re-run
     await client.ws.close()
 
