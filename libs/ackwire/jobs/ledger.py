@@ -14,9 +14,9 @@ Rules (shared/protocol.md, Jobs):
   dispatch lost to a NATS failover is repeated, and the store dedupes a repeat;
 - no attempt starts within the pending timeout: `no_capacity`;
 - a node silent past the job timeout (no progress, no keep-alive, no result)
-  is presumed dead for that job: it runs
-  again elsewhere (JetStream redelivers its work message), up to the attempt
-  limit, then `failed`; a handler that raised is a failed attempt;
+  is presumed dead for that job: it runs again elsewhere (JetStream redelivers
+  its work message), up to the attempt limit, then `failed`; a handler that
+  raised is a failed attempt;
 - a job a timer ends (`no_capacity`, or `failed` for a lost attempt) has its
   work withdrawn before the client is told: no node may run it after, its
   side effects unknown to a client told it did not happen;
@@ -184,8 +184,8 @@ class DispatchWork:
 
 @dataclass(frozen=True, slots=True)
 class WithdrawWork:
-    """Delete the job's work message (`seq` of the work stream): it is gone already, or
-    must never run."""
+    """Delete the job's work message (`seq` of the work stream), so that no node runs it
+    (a message gone already is fine)."""
 
     seq: int
 
