@@ -1,6 +1,5 @@
 """A whole stack in one test process: a real NATS, a gateway, a scheduler and a node."""
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -9,25 +8,12 @@ import structlog
 from pydantic import BaseModel
 
 from ackwire.gateway.server import Gateway
-from ackwire.node.demo_kinds import DEMO_KINDS, SleepPayload, Slept
+from ackwire.node.demo_kinds import DEMO_KINDS
 from ackwire.node.service import Node
-from ackwire.nodekit import JobContext, JobKind
+from ackwire.nodekit import JobKind
 from ackwire.scheduler.service import Scheduler
 from ackwire.settings import Settings
 from support.logs import LogWatch
-
-
-async def _sleep_quietly(payload: SleepPayload, _job: JobContext) -> Slept:
-    """A long job that reports no progress: only the node's keep-alive says it lives."""
-    await asyncio.sleep(payload.seconds)
-    return Slept(slept=payload.seconds)
-
-
-#: The demo kinds and `quiet`, a `sleep` without progress reports.
-TEST_KINDS: dict[str, JobKind[BaseModel, BaseModel]] = {
-    **DEMO_KINDS,
-    "quiet": JobKind("quiet", SleepPayload, _sleep_quietly),  # type: ignore[dict-item]
-}
 
 
 @dataclass
@@ -62,7 +48,7 @@ async def start_stack(job_settings: Settings, logs: LogWatch) -> AsyncIterator[S
     started: list[Stack] = []
 
     async def start(
-        kinds: dict[str, JobKind[BaseModel, BaseModel]] = TEST_KINDS, capacity: int = 2
+        kinds: dict[str, JobKind[BaseModel, BaseModel]] = DEMO_KINDS, capacity: int = 2
     ) -> Stack:
         node = Node(job_settings, name="node-t", kinds=kinds, capacity=capacity, host="127.0.0.1")
         scheduler = Scheduler(job_settings, name="scheduler-t", host="127.0.0.1")

@@ -1,5 +1,6 @@
 """protocol.md, Jobs, end to end: gateway, scheduler and node on a real NATS, a real WebSocket."""
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,7 @@ from websockets.asyncio.client import ClientConnection
 from ackwire.bus import subjects
 from ackwire.bus.embedded import EmbeddedNats
 from ackwire.jobs.ledger import JobRecord, JobState
-from ackwire.node.demo_kinds import DEMO_KINDS, AnyObject
+from ackwire.node.demo_kinds import DEMO_KINDS, AnyObject, SleepPayload, Slept
 from ackwire.nodekit import JobContext, JobKind
 from ackwire.wire import encode
 from ackwire.wire.codes import ErrorCode
@@ -304,12 +305,20 @@ async def test_a_submit_the_store_cannot_confirm_is_unavailable(
     await client.ws.close()
 
 
+async def _sleep_quietly(payload: SleepPayload, _job: JobContext) -> Slept:
+    """A long job that reports no progress: only the node's keep-alive says it lives."""
+    await asyncio.sleep(payload.seconds)
+    return Slept(slept=payload.seconds)
+
+
 @pytest.mark.parametrize("kind", ["sleep", "quiet"])
 async def test_a_job_longer_than_the_job_timeout_is_kept_alive_by_its_node(
-    kind: str, stack: Stack, make_token: MakeToken, logs: LogWatch
+    kind: str, start_stack: StartStack, make_token: MakeToken, logs: LogWatch
 ) -> None:
     """`sleep` reports progress; `quiet` reports nothing until its result, so only the node's
     keep-alive tells the ledger it lives (past the job timeout and a pending timeout more)."""
+    quiet = JobKind("quiet", SleepPayload, _sleep_quietly)
+    stack = await start_stack(kinds={"sleep": DEMO_KINDS["sleep"], "quiet": quiet})
     client = await connect(stack.gateway.url, make_token())
     seconds = stack.settings.job_timeout_s + stack.settings.pending_timeout_s + 1.5
     accepted = await client.submit(Submit(ref="c-1", kind=kind, payload={"seconds": seconds}))
