@@ -13,7 +13,6 @@ No consumer per session: a resume storm creates nothing on the servers.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -28,11 +27,9 @@ from pydantic import ValidationError
 from ackwire.bus import subjects
 from ackwire.bus.boundary import bus_errors
 from ackwire.bus.connect import Overflows
+from ackwire.bus.deletes import delete_message
 from ackwire.bus.direct_get import read_batch
 from ackwire.bus.models import Delivery
-from ackwire.errors import StoreRejectedError
-
-_READ_TIMEOUT_S = 5.0
 
 _log = structlog.get_logger("ackwire.bus")
 
@@ -142,8 +139,8 @@ class SessionQueue:
         gone: set[int] = set()
         with bus_errors(f"confirming acks for {session_id}"):
             for seq in singles:
-                if not await self._delete(seq):
-                    gone.add(seq)
+                if not await delete_message(self._nc, subjects.SESSIONS_STREAM, seq):
+                    gone.add(seq)  # acked twice, purged meanwhile, or expired
             if upto is not None:
                 await self._js.purge_stream(
                     subjects.SESSIONS_STREAM,
@@ -151,27 +148,6 @@ class SessionQueue:
                     seq=upto + 1,
                 )
         return frozenset(gone)
-
-    async def _delete(self, seq: int) -> bool:
-        """Remove one message; `False` if it was gone already."""
-        # `jsm.delete_msg` always erases securely (slow); a plain delete is enough here.
-        response = await self._nc.request(
-            f"$JS.API.STREAM.MSG.DELETE.{subjects.SESSIONS_STREAM}",
-            json.dumps({"seq": seq, "no_erase": True}).encode(),
-            timeout=_READ_TIMEOUT_S,
-        )
-        answer = json.loads(response.data)
-        if answer.get("success"):
-            return True
-        error = answer.get("error", {})
-        if error.get("err_code") in _ALREADY_GONE:
-            return False  # acked twice, purged meanwhile, or expired
-        raise StoreRejectedError(f"deleting {seq}: {error.get('description', answer)}")
-
-
-#: What a delete of a message that is already gone answers: "no message found" (the
-#: stream's last one, or past its end) or "sequence N not found" (one in the middle).
-_ALREADY_GONE = frozenset({10057, 10043})
 
 
 def _stored(msg: Msg, previous: int | None = None) -> Stored | None:

@@ -9,15 +9,27 @@ replica can take the next input for any job.
 
 Rules (docs/protocol.md, Jobs):
 
+- a job's work is dispatched (stored for nodes) until the store confirms it,
+  each time its timer finds it unconfirmed before any attempt started: a
+  dispatch lost to a NATS failover is repeated, and the store dedupes a repeat;
 - no attempt starts within the pending timeout: `no_capacity`;
-- a node silent past the job timeout is presumed dead for that job: it runs
-  again elsewhere (JetStream redelivers its work message), up to the attempt
-  limit, then `failed`; a handler that raised is a failed attempt;
+- a node silent past the job timeout (no progress, no keep-alive, no result)
+  is presumed dead for that job: it runs again elsewhere (JetStream redelivers
+  its work message), up to the attempt limit, then `failed`; a handler that
+  raised is a failed attempt;
+- a job a timer ends (`no_capacity`, or `failed` for a lost attempt) has its
+  work withdrawn before the client is told: no node may run it after, its
+  side effects unknown to a client told it did not happen;
 - the newest attempt wins: anything from an older attempt is dropped;
 - a terminal state is final: nothing (no timer, no late result) changes it, so
   a timeout can never fire for a job whose result is recorded. Its receipt
   (the client acked the result, or the result expired undelivered) is only
-  noted on the record.
+  noted on the record;
+- the scheduler records an outcome before it carries out the actions, so the
+  input that made a job terminal may come again (the scheduler stopped in
+  between, and its input was not acked): then the same terminal delivery is
+  asked for again, and the store dedupes it by its id. Any other input meeting
+  a terminal job is ignored.
 """
 
 from __future__ import annotations
@@ -61,8 +73,22 @@ class JobRecord(BaseModel):
     waiting_since: float
     """When the job last started waiting for a node (submitted, or its attempt was lost)."""
     last_heard_at: float | None = None
+    work_seq: int | None = None
+    """The work message's sequence in the work stream, once the store confirmed it."""
     receipt: Literal["delivered", "expired"] | None = None
     """What became of the terminal delivery: acked by the client, or expired unacked."""
+    timed_out: DeliverError | None = None
+    """The error a timer ended the job with, asked for again if that timer comes again."""
+
+    def refuses(self, attempt: int) -> str | None:
+        """Why a node must not run `attempt` of the job (None: it may). A node asks before
+        it runs a handler: work of a job that ended is withdrawn, but a node may have
+        fetched it just before, or the withdrawal may not have been done yet."""
+        if self.state.terminal:
+            return f"job already {self.state.value}"
+        if attempt < self.attempt:
+            return f"superseded attempt {attempt}"
+        return None
 
 
 # -- inputs --------------------------------------------------------------
@@ -78,6 +104,13 @@ class Started:
 class Progressed:
     attempt: int
     percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeptAlive:
+    """The node running the attempt says it still runs."""
+
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +139,15 @@ class ResultReceipted:
     outcome: Literal["delivered", "expired"]
 
 
-JobInput = Started | Progressed | Succeeded | AttemptFailed | TimerFired | ResultReceipted
-AttemptInput = Started | Progressed | Succeeded | AttemptFailed
+@dataclass(frozen=True, slots=True)
+class WorkDispatched:
+    """The store confirmed the job's work message, at `seq` of the work stream."""
+
+    seq: int
+
+
+AttemptInput = Started | Progressed | KeptAlive | Succeeded | AttemptFailed
+JobInput = AttemptInput | TimerFired | ResultReceipted | WorkDispatched
 
 
 # -- actions -------------------------------------------------------------
@@ -138,13 +178,28 @@ class CheckAt:
 
 
 @dataclass(frozen=True, slots=True)
+class DispatchWork:
+    """Store the job's work for nodes; its id is the job's, so the store dedupes a repeat."""
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawWork:
+    """Delete the job's work message (`seq` of the work stream), so that no node runs it
+    (a message gone already is fine)."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ignore:
     """Nothing to do; `reason` is for the log (a superseded attempt, a duplicate…)."""
 
     reason: str
 
 
-JobAction = DeliverResult | DeliverProgress | DeliverError | CheckAt | Ignore
+JobAction = (
+    DeliverResult | DeliverProgress | DeliverError | CheckAt | DispatchWork | WithdrawWork | Ignore
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +238,7 @@ class JobLedger:
             trace_id=trace_id,
             waiting_since=now,
         )
-        return Outcome(record, (CheckAt(now + self.pending_timeout),))
+        return Outcome(record, (DispatchWork(), CheckAt(now + self.pending_timeout)))
 
     def apply(self, record: JobRecord, event: JobInput, now: float) -> Outcome:
         """The record after `event`, and what to do about it."""
@@ -197,21 +252,15 @@ class JobLedger:
     # The transitions; `apply` has already dropped inputs of older attempts.
 
     def _started(self, record: JobRecord, event: Started, now: float) -> Outcome:
-        running = record.model_copy(
-            update={
-                "state": JobState.RUNNING,
-                "attempt": event.attempt,
-                "node": event.node,
-                "last_heard_at": now,
-            }
-        )
+        running = _heard_from(record, event.attempt, now).model_copy(update={"node": event.node})
         return Outcome(running, (CheckAt(now + self.job_timeout),))
 
     def _progressed(self, record: JobRecord, event: Progressed, now: float) -> Outcome:
-        running = record.model_copy(
-            update={"state": JobState.RUNNING, "attempt": event.attempt, "last_heard_at": now}
-        )
+        running = _heard_from(record, event.attempt, now)
         return Outcome(running, (DeliverProgress(event.attempt, event.percent),))
+
+    def _kept_alive(self, record: JobRecord, event: KeptAlive, now: float) -> Outcome:
+        return Outcome(_heard_from(record, event.attempt, now), ())
 
     def _succeeded(self, record: JobRecord, event: Succeeded, now: float) -> Outcome:
         done = record.model_copy(
@@ -231,18 +280,24 @@ class JobLedger:
     def _pending_timer(self, record: JobRecord, _event: TimerFired, now: float) -> Outcome:
         deadline = record.waiting_since + self.pending_timeout
         if now < deadline:
+            if record.attempt == 0 and record.work_seq is None:  # its dispatch failed, or is slow
+                return Outcome(record, (DispatchWork(), CheckAt(deadline)))
             return Outcome(record, (CheckAt(deadline),))
         if record.attempt == 0:
             message = f"no node took a {record.kind!r} job within {self.pending_timeout:g} s"
-            return Outcome(
-                record.model_copy(update={"state": JobState.NO_CAPACITY}),
-                (DeliverError("no_capacity", message),),
-            )
+            return _timed_out(record, JobState.NO_CAPACITY, DeliverError("no_capacity", message))
         message = f"attempt {record.attempt} was lost and no node took the job again"
-        return Outcome(
-            record.model_copy(update={"state": JobState.FAILED}),
-            (DeliverError("failed", message),),
-        )
+        return _timed_out(record, JobState.FAILED, DeliverError("failed", message))
+
+    def _work_dispatched(self, record: JobRecord, event: WorkDispatched, _now: float) -> Outcome:
+        return Outcome(record.model_copy(update={"work_seq": event.seq}), ())
+
+    def _work_dispatched_too_late(
+        self, record: JobRecord, event: WorkDispatched, _now: float
+    ) -> Outcome:
+        """The job ended while the store took its work: withdraw that."""
+        ended = record.model_copy(update={"work_seq": event.seq})
+        return Outcome(ended, _withdrawal(ended))
 
     def _receipted(self, record: JobRecord, event: ResultReceipted, _now: float) -> Outcome:
         if record.receipt is not None:
@@ -256,29 +311,78 @@ class JobLedger:
             return Outcome(record, (CheckAt(deadline),))
         if record.attempt >= self.max_attempts:
             message = f"node {record.node} went silent on the last attempt ({record.attempt})"
-            return Outcome(
-                record.model_copy(update={"state": JobState.FAILED}),
-                (DeliverError("failed", message),),
-            )
+            return _timed_out(record, JobState.FAILED, DeliverError("failed", message))
         # JetStream redelivers the work message to another node; wait for it to start.
         waiting = record.model_copy(update={"state": JobState.PENDING, "waiting_since": now})
         return Outcome(waiting, (CheckAt(now + self.pending_timeout),))
 
+    # A terminal job meeting the input that ended it, again (see the module's rules).
+
+    def _result_again(self, record: JobRecord, event: Succeeded, _now: float) -> Outcome:
+        return _again(record, event.attempt == record.attempt, DeliverResult(event.data))
+
+    def _failure_again(self, record: JobRecord, event: AttemptFailed, _now: float) -> Outcome:
+        ended_by_it = record.timed_out is None and event.attempt == record.attempt
+        return _again(record, ended_by_it, DeliverError("failed", event.message))
+
+    def _timer_again(self, record: JobRecord, _event: TimerFired, _now: float) -> Outcome:
+        if record.timed_out is None:  # a report ended the job; this is its timer's last call
+            return _again(record, False)
+        return _again(record, True, *_withdrawal(record), record.timed_out)
+
+
+def _heard_from(record: JobRecord, attempt: int, now: float) -> JobRecord:
+    """The record once `attempt` was heard to run (it may have been thought lost)."""
+    return record.model_copy(
+        update={"state": JobState.RUNNING, "attempt": attempt, "last_heard_at": now}
+    )
+
+
+def _timed_out(record: JobRecord, state: JobState, error: DeliverError) -> Outcome:
+    """A timer ends the job with `error`, its work withdrawn first."""
+    ended = record.model_copy(update={"state": state, "timed_out": error})
+    return Outcome(ended, (*_withdrawal(ended), error))
+
+
+def _withdrawal(record: JobRecord) -> tuple[WithdrawWork, ...]:
+    """Withdraw the job's work, if the store confirmed it (else a node that gets it finds the
+    job ended; see `JobRecord.refuses`)."""
+    return () if record.work_seq is None else (WithdrawWork(record.work_seq),)
+
+
+def _again(record: JobRecord, ended_by_it: bool, *actions: JobAction) -> Outcome:
+    """The terminal job's `actions` again if the input `ended_by_it`, and the client's receipt
+    does not show them done already; else the input is ignored."""
+    if not ended_by_it or record.receipt is not None:
+        return Outcome(record, (Ignore(f"job already {record.state.value}"),))
+    return Outcome(record, actions)
+
 
 _P, _R = JobState.PENDING, JobState.RUNNING
+_DONE, _FAILED, _NO_CAPACITY = JobState.DONE, JobState.FAILED, JobState.NO_CAPACITY
 
-#: (state, input) -> transition. A pair that is not here (every terminal state,
-#: for one) changes nothing: the input is ignored, and the log says why.
+#: (state, input) -> transition. A pair that is not here changes nothing: the input
+#: is ignored, and the log says why.
 _TRANSITIONS: dict[tuple[JobState, type[JobInput]], Transition] = {
     (_P, Started): JobLedger._started,
     (_R, Started): JobLedger._started,
     (_P, Progressed): JobLedger._progressed,
     (_R, Progressed): JobLedger._progressed,
+    (_P, KeptAlive): JobLedger._kept_alive,
+    (_R, KeptAlive): JobLedger._kept_alive,
     (_P, Succeeded): JobLedger._succeeded,
     (_R, Succeeded): JobLedger._succeeded,
     (_P, AttemptFailed): JobLedger._attempt_failed,
     (_R, AttemptFailed): JobLedger._attempt_failed,
     (_P, TimerFired): JobLedger._pending_timer,
     (_R, TimerFired): JobLedger._running_timer,
+    (_P, WorkDispatched): JobLedger._work_dispatched,
+    (_R, WorkDispatched): JobLedger._work_dispatched,
+    (_DONE, Succeeded): JobLedger._result_again,
+    (_FAILED, AttemptFailed): JobLedger._failure_again,
+    (_FAILED, TimerFired): JobLedger._timer_again,
+    (_NO_CAPACITY, TimerFired): JobLedger._timer_again,
+    (_FAILED, WorkDispatched): JobLedger._work_dispatched_too_late,
+    (_NO_CAPACITY, WorkDispatched): JobLedger._work_dispatched_too_late,
     **{(state, ResultReceipted): JobLedger._receipted for state in JobState if state.terminal},
 }

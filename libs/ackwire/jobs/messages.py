@@ -7,12 +7,17 @@ import secrets
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, JsonValue
+from pydantic import AfterValidator, Field, JsonValue
 
+from ackwire.bus import subjects
 from ackwire.bus.models import BusModel, utc_now
 
 #: A job's one terminal delivery (kind `result` or `error`) has the id `<job_id>:result`.
 TERMINAL_SUFFIX = ":result"
+
+#: A job id as `new_job_id` makes them: a report naming anything else is unreadable (and
+#: refused), never a key the ledger's bucket would reject on every redelivery.
+JobId = Annotated[str, AfterValidator(subjects.job_token)]
 
 
 def new_job_id(session_id: str, idempotency_key: str | None) -> str:
@@ -26,7 +31,7 @@ def new_job_id(session_id: str, idempotency_key: str | None) -> str:
 class JobSubmitted(BusModel):
     """A job as the gateway stored it (and as nodes receive it as work)."""
 
-    job_id: str
+    job_id: JobId
     session_id: str
     user: str
     kind: str
@@ -36,7 +41,7 @@ class JobSubmitted(BusModel):
 
 
 class _Reported(BusModel):
-    job_id: str
+    job_id: JobId
     attempt: int
     node: str
     trace_id: str
@@ -51,6 +56,12 @@ class AttemptProgressed(_Reported):
     percent: Annotated[float, Field(ge=0, le=100)]
 
 
+class AttemptAlive(_Reported):
+    """The attempt still runs (sent when it reported nothing else for a while)."""
+
+    event: Literal["alive"] = "alive"
+
+
 class AttemptSucceeded(_Reported):
     event: Literal["succeeded"] = "succeeded"
     data: JsonValue
@@ -62,6 +73,6 @@ class AttemptFailedEvent(_Reported):
 
 
 JobEvent = Annotated[
-    AttemptStarted | AttemptProgressed | AttemptSucceeded | AttemptFailedEvent,
+    AttemptStarted | AttemptProgressed | AttemptAlive | AttemptSucceeded | AttemptFailedEvent,
     Field(discriminator="event"),
 ]

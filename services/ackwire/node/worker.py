@@ -3,8 +3,14 @@
 One durable consumer per kind, shared by every node serving it. Its `ack_wait`
 is the job timeout and its `max_deliver` the attempt limit, so JetStream
 itself takes a job from a node that died or went silent and hands it to the
-next one; a running attempt keeps its work message alive with `in_progress`.
+next one. A running attempt keeps itself alive, for JetStream (`in_progress`
+on its work message) and for the ledger (a report), whenever it reported
+nothing for a third of the job timeout; a progress report does both.
 The attempt number is JetStream's delivery count of the work message.
+
+Before it runs a handler, a node reads the job's record: work of a job that
+ended (the client was told its outcome) or that a newer attempt runs is
+dropped unrun.
 """
 
 from __future__ import annotations
@@ -19,11 +25,15 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import Error as JetStreamError
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 from pydantic import BaseModel, JsonValue, ValidationError
 
 from ackwire.bus import subjects
+from ackwire.jobs.ledger import JobRecord
 from ackwire.jobs.messages import (
     TERMINAL_SUFFIX,
+    AttemptAlive,
     AttemptFailedEvent,
     AttemptProgressed,
     AttemptStarted,
@@ -59,6 +69,8 @@ class Attempt:
         self._work = work
         self._node = node
         self.attempt = msg.metadata.num_delivered
+        self._loop = asyncio.get_running_loop()
+        self._reported_at = self._loop.time()
 
     @property
     def job_id(self) -> str:
@@ -84,11 +96,26 @@ class Attempt:
         await self._js.publish(
             subjects.job_event_subject(self._work.job_id), message.model_dump_json().encode()
         )
+        self._reported_at = self._loop.time()
 
     async def keep_alive(self, every: float) -> None:
+        """Tell JetStream and the ledger that the attempt runs, whenever it reported nothing
+        for `every` seconds. A beat the bus lost is logged, and the next one is `every` on."""
         while True:
-            await asyncio.sleep(every)
-            await self._msg.in_progress()
+            await asyncio.sleep(self._reported_at + every - self._loop.time())
+            if self._loop.time() - self._reported_at < every:
+                continue  # a report went meanwhile
+            self._reported_at = self._loop.time()
+            try:
+                await self._msg.in_progress()
+                await self.report(AttemptAlive)
+            except (NatsError, JetStreamError, TimeoutError) as exc:
+                _log.warning(
+                    "job.keep_alive_lost",
+                    job_id=self.job_id,
+                    attempt=self.attempt,
+                    error=str(exc) or type(exc).__name__,
+                )
 
 
 class Worker:
@@ -111,8 +138,10 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._pulls: list[JetStreamContext.PullSubscription] = []
         self._running: set[asyncio.Task[None]] = set()
+        self._records: KeyValue | None = None
 
     async def start(self) -> None:
+        self._records = await self._js.key_value(subjects.JOBS_BUCKET)
         for kind in self._kinds:
             await self._js.add_consumer(
                 subjects.WORK_STREAM,
@@ -176,12 +205,16 @@ class Worker:
             session_id=work.session_id,
             attempt=attempt.attempt,
         )
-        keep_alive = asyncio.create_task(attempt.keep_alive(self._settings.job_timeout_s / 3))
         try:
+            refusal = await self._refusal(work.job_id, attempt.attempt)
+            if refusal is not None:
+                log.info("job.work_dropped", reason=refusal)
+                await msg.term()
+                return
             await attempt.report(AttemptStarted)
             log.info("job.attempt_started", kind=kind)
             try:
-                data = await self._kinds[kind](work.payload, attempt)
+                data = await self._run(kind, work, attempt)
                 # Stored, a result no client accepts would never be delivered.
                 refuse_oversized_deliver(
                     self._settings.max_frame_bytes,
@@ -202,6 +235,30 @@ class Worker:
         except (NatsError, JetStreamError, TimeoutError) as exc:
             # Unreported or unacked: JetStream gives the work to a node again after ack_wait.
             log.warning("job.attempt_unreported", error=str(exc) or type(exc).__name__)
+
+    async def _run(self, kind: str, work: JobSubmitted, attempt: Attempt) -> JsonValue:
+        """The handler's result, the attempt kept alive while it runs (and only then: a
+        beat after the attempt's last report would say a failed attempt still runs)."""
+        keep_alive = asyncio.create_task(attempt.keep_alive(self._settings.job_timeout_s / 3))
+        try:
+            return await self._kinds[kind](work.payload, attempt)
         finally:
-            with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
-                await cancel_and_wait(keep_alive)
+            await cancel_and_wait(keep_alive)
+
+    async def _refusal(self, job_id: str, attempt: int) -> str | None:
+        """Why the job's record says not to run this attempt (None: run it). A record not
+        found or not readable does not stop it: a replica may not have the record yet, and
+        the ledger fences what the attempt reports anyway."""
+        assert self._records is not None
+        try:
+            entry = await self._records.get(job_id)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        try:
+            record = JobRecord.model_validate_json(entry.value)
+        except ValidationError as exc:
+            _log.error("node.unreadable_job_record", job_id=job_id, error=str(exc))
+            return None
+        return record.refuses(attempt)

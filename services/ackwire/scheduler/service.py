@@ -47,11 +47,10 @@ class Scheduler:
 
     async def start(self) -> None:
         js = await self._bus.connect()
-        queue = SessionQueue(self._bus.broker.connection, js)
-        await self._jobs.bind(js, queue)
-        sweeper = ExpirySweeper(
-            queue, Receipts(self._bus.broker.connection), retention_s=self._settings.retention_s
-        )
+        nc = self._bus.broker.connection
+        queue = SessionQueue(nc, js)
+        await self._jobs.bind(nc, js, queue)
+        sweeper = ExpirySweeper(queue, Receipts(nc), retention_s=self._settings.retention_s)
         self._sweeping = asyncio.create_task(sweeper.run(), name="expiry sweeper")
         await self._directory.follow(await js.key_value(subjects.NODES_BUCKET))
         await self._bus.serve()

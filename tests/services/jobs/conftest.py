@@ -1,14 +1,16 @@
 """A whole stack in one test process: a real NATS, a gateway, a scheduler and a node."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
 import structlog
+from pydantic import BaseModel
 
 from ackwire.gateway.server import Gateway
 from ackwire.node.demo_kinds import DEMO_KINDS
 from ackwire.node.service import Node
+from ackwire.nodekit import JobKind
 from ackwire.scheduler.service import Scheduler
 from ackwire.settings import Settings
 from support.logs import LogWatch
@@ -20,6 +22,9 @@ class Stack:
     scheduler: Scheduler
     node: Node
     settings: Settings
+
+
+StartStack = Callable[..., Awaitable[Stack]]
 
 
 @pytest.fixture
@@ -38,15 +43,30 @@ def job_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-async def stack(job_settings: Settings, logs: LogWatch) -> AsyncIterator[Stack]:
-    node = Node(job_settings, name="node-t", kinds=DEMO_KINDS, capacity=2, host="127.0.0.1")
-    scheduler = Scheduler(job_settings, name="scheduler-t", host="127.0.0.1")
-    gateway = Gateway(job_settings, name="gw-t", host="127.0.0.1", port=0)
-    for service, field in ((node, "node"), (scheduler, "scheduler"), (gateway, "gateway")):
-        with structlog.contextvars.bound_contextvars(**{field: service.name}):
-            await service.start()
-    await logs.wait_for("node.joined", gateway="gw-t", node="node-t")
-    yield Stack(gateway, scheduler, node, job_settings)
-    await gateway.drain()
-    await scheduler.drain()
-    await node.drain()
+async def start_stack(job_settings: Settings, logs: LogWatch) -> AsyncIterator[StartStack]:
+    """Starts a stack whose node serves `kinds` with `capacity` slots; drained after the test."""
+    started: list[Stack] = []
+
+    async def start(
+        kinds: dict[str, JobKind[BaseModel, BaseModel]] = DEMO_KINDS, capacity: int = 2
+    ) -> Stack:
+        node = Node(job_settings, name="node-t", kinds=kinds, capacity=capacity, host="127.0.0.1")
+        scheduler = Scheduler(job_settings, name="scheduler-t", host="127.0.0.1")
+        gateway = Gateway(job_settings, name="gw-t", host="127.0.0.1", port=0)
+        started.append(Stack(gateway, scheduler, node, job_settings))
+        for service, field in ((node, "node"), (scheduler, "scheduler"), (gateway, "gateway")):
+            with structlog.contextvars.bound_contextvars(**{field: service.name}):
+                await service.start()
+        await logs.wait_for("node.joined", gateway="gw-t", node="node-t")
+        return started[-1]
+
+    yield start
+    for stack in started:
+        await stack.gateway.drain()
+        await stack.scheduler.drain()
+        await stack.node.drain()
+
+
+@pytest.fixture
+async def stack(start_stack: StartStack) -> Stack:
+    return await start_stack()

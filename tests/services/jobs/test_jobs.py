@@ -1,27 +1,30 @@
 """protocol.md, Jobs, end to end: gateway, scheduler and node on a real NATS, a real WebSocket."""
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import nats
-import structlog
+import pytest
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from nats.js.errors import NoStreamResponseError
+from pydantic import JsonValue
 from websockets.asyncio.client import ClientConnection
 
 from ackwire.bus import subjects
 from ackwire.bus.embedded import EmbeddedNats
-from ackwire.gateway.server import Gateway
 from ackwire.jobs.ledger import JobRecord, JobState
-from ackwire.node.demo_kinds import DEMO_KINDS
-from ackwire.node.service import Node
-from ackwire.scheduler.service import Scheduler
-from ackwire.settings import Settings
+from ackwire.node.demo_kinds import DEMO_KINDS, AnyObject, SleepPayload, Slept
+from ackwire.nodekit import JobContext, JobKind
 from ackwire.wire import encode
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.frames import Accepted, Ack, Deliver, Error, Submit
 from support.client import receive, send, welcomed
 from support.logs import LogWatch
 
-from .conftest import Stack
+from .conftest import Stack, StartStack
 
 MakeToken = Callable[..., str]
 
@@ -219,39 +222,45 @@ async def test_a_huge_failure_message_is_cut_short_so_its_error_can_be_delivered
     await client.ws.close()
 
 
-async def test_no_node_with_room_in_the_pending_timeout_is_no_capacity(
-    job_settings: Settings, make_token: MakeToken, logs: LogWatch
+class Tally:
+    """A job kind whose every run is noted: a side effect a test can count."""
+
+    def __init__(self) -> None:
+        self.ran: list[dict[str, JsonValue]] = []
+        self.kind = JobKind("tally", AnyObject, self._run)
+
+    async def _run(self, payload: AnyObject, _job: JobContext) -> AnyObject:
+        self.ran.append(payload.root)
+        return payload
+
+
+async def test_no_node_with_room_in_the_pending_timeout_is_no_capacity_and_never_runs_later(
+    start_stack: StartStack, make_token: MakeToken, logs: LogWatch
 ) -> None:
-    node = Node(
-        job_settings,
-        name="node-1slot",
-        kinds={"sleep": DEMO_KINDS["sleep"]},
-        capacity=1,
-        host="127.0.0.1",
-    )
-    scheduler = Scheduler(job_settings, name="scheduler-t", host="127.0.0.1")
-    gateway = Gateway(job_settings, name="gw-t", host="127.0.0.1", port=0)
-    for service in (node, scheduler, gateway):
-        with structlog.contextvars.bound_contextvars(service=service.name):
-            await service.start()
-    try:
-        await logs.wait_for("node.joined", service="gw-t", node="node-1slot")
-        client = await connect(gateway.url, make_token())
-        busy = await client.submit(Submit(ref="b", kind="sleep", payload={"seconds": 4}))
-        assert isinstance(busy, Accepted)
-        await logs.wait_for("job.attempt_started", job_id=busy.job_id)  # the only slot is taken
-        waiting = await client.submit(Submit(ref="c", kind="sleep", payload={"seconds": 0}))
-        assert isinstance(waiting, Accepted)
-        [error] = await client.until_terminal(waiting.job_id)
-        assert error.kind == "error"
-        assert error.data["code"] == "no_capacity"  # type: ignore[index,call-overload]
-        finished = await client.until_terminal(busy.job_id)
-        assert finished[-1].kind == "result"  # the running job is not disturbed
-        await client.ws.close()
-    finally:
-        await gateway.drain()
-        await scheduler.drain()
-        await node.drain()
+    tally = Tally()
+    stack = await start_stack(kinds={"sleep": DEMO_KINDS["sleep"], "tally": tally.kind}, capacity=1)
+    client = await connect(stack.gateway.url, make_token())
+    seconds = stack.settings.pending_timeout_s + 1.5
+    busy = await client.submit(Submit(ref="b", kind="sleep", payload={"seconds": seconds}))
+    assert isinstance(busy, Accepted)
+    await logs.wait_for("job.attempt_started", job_id=busy.job_id)  # the only slot is taken
+    waiting = await client.submit(Submit(ref="c", kind="tally", payload={"n": 1}))
+    assert isinstance(waiting, Accepted)
+    [error] = await client.until_terminal(waiting.job_id)
+    assert error.kind == "error"
+    assert error.data["code"] == "no_capacity"  # type: ignore[index,call-overload]
+    finished = await client.until_terminal(busy.job_id)
+    assert finished[-1].kind == "result"  # the running job is not disturbed
+
+    # Room now. The node takes a kind's work in the order it was stored, so once a later
+    # job of the kind is done, the node has passed the no_capacity job's work, if any.
+    later = await client.submit(Submit(ref="d", kind="tally", payload={"n": 2}))
+    assert isinstance(later, Accepted)
+    [result] = await client.until_terminal(later.job_id)
+    assert result.kind == "result"
+    assert tally.ran == [{"n": 2}], "the client was told no_capacity, and the job ran anyway"
+    assert not logs.named("job.attempt_started", job_id=waiting.job_id)
+    await client.ws.close()
 
 
 async def test_submitting_too_fast_is_rate_limited(stack: Stack, make_token: MakeToken) -> None:
@@ -296,16 +305,53 @@ async def test_a_submit_the_store_cannot_confirm_is_unavailable(
     await client.ws.close()
 
 
+async def _sleep_quietly(payload: SleepPayload, _job: JobContext) -> Slept:
+    """A long job that reports no progress: only the node's keep-alive says it lives."""
+    await asyncio.sleep(payload.seconds)
+    return Slept(slept=payload.seconds)
+
+
+@pytest.mark.parametrize("kind", ["sleep", "quiet"])
 async def test_a_job_longer_than_the_job_timeout_is_kept_alive_by_its_node(
-    stack: Stack, make_token: MakeToken, logs: LogWatch
+    kind: str, start_stack: StartStack, make_token: MakeToken, logs: LogWatch
 ) -> None:
+    """`sleep` reports progress; `quiet` reports nothing until its result, so only the node's
+    keep-alive tells the ledger it lives (past the job timeout and a pending timeout more)."""
+    quiet = JobKind("quiet", SleepPayload, _sleep_quietly)
+    stack = await start_stack(kinds={"sleep": DEMO_KINDS["sleep"], "quiet": quiet})
     client = await connect(stack.gateway.url, make_token())
-    seconds = stack.settings.job_timeout_s * 1.5
-    accepted = await client.submit(Submit(ref="c-1", kind="sleep", payload={"seconds": seconds}))
+    seconds = stack.settings.job_timeout_s + stack.settings.pending_timeout_s + 1.5
+    accepted = await client.submit(Submit(ref="c-1", kind=kind, payload={"seconds": seconds}))
     assert isinstance(accepted, Accepted)
     seen = await client.until_terminal(accepted.job_id, timeout=seconds + 10)
-    assert seen[-1].kind == "result"
+    assert [d.kind for d in seen if d.kind != "progress"] == ["result"]
+    assert seen[-1].data == {"slept": seconds}
     assert len(logs.named("job.attempt_started", job_id=accepted.job_id)) == 1  # never re-run
+    await client.ws.close()
+
+
+async def test_a_job_whose_work_the_store_did_not_confirm_is_dispatched_again(
+    stack: Stack, make_token: MakeToken, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NATS failover: the first publish of the job's work raises NoStreamResponseError."""
+    publish = JetStreamContext.publish
+    refused: list[str] = []
+
+    async def publish_refusing_the_first_work(
+        js: JetStreamContext, subject: str, *args: Any, **kwargs: Any
+    ) -> PubAck:
+        if subject == subjects.work_subject("echo") and not refused:
+            refused.append(subject)
+            raise NoStreamResponseError
+        return await publish(js, subject, *args, **kwargs)
+
+    monkeypatch.setattr(JetStreamContext, "publish", publish_refusing_the_first_work)
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(Submit(ref="c-1", kind="echo", payload={"again": True}))
+    assert isinstance(accepted, Accepted)
+    [result] = await client.until_terminal(accepted.job_id)
+    assert refused == [subjects.work_subject("echo")]
+    assert (result.kind, result.data) == ("result", {"again": True})
     await client.ws.close()
 
 
