@@ -168,4 +168,4 @@ def _readable(value: float) -> str:
         return f"{value:.1f}"
     if value >= 1:
         return f"{value:.2f}"
-    return f"{value:.2g}"
+    return f"{value:#.2g}"  # 0.30, not 0.3
