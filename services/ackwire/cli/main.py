@@ -193,7 +193,11 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from ackwire.bench import BenchFailedError
         from ackwire.bench.command import run_bench
     except ImportError as exc:  # the baselines' packages come with the `dev` extras
-        print(f"ackwire bench: needs {exc.name}: pip install 'ackwire[dev]'", file=sys.stderr)
+        print(
+            f"ackwire bench: needs {exc.name}, which comes with the dev extras"
+            " (pip install -e '.[dev]')",
+            file=sys.stderr,
+        )
         return 1
     from nats.errors import Error as NatsError
 
