@@ -47,7 +47,7 @@ async def test_the_quick_bench_prints_every_figure_beside_its_baselines_and_writ
     process = await AckwireProcess.start(
         "bench", "--quick", "jobs", "messages", "fanout", "--json", str(out)
     )
-    assert await process.exit_code(timeout=100) == 0, process.stderr_text
+    assert await process.exit_code(timeout=90) == 0, process.stderr_text
     assert process.stderr_text == []
 
     figures = json.loads(out.read_text())
