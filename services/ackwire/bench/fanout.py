@@ -55,7 +55,7 @@ class Sizes:
 
 
 FULL = Sizes((10, 50, 100), 1000, 64, 5.0)
-QUICK = Sizes((10, 50), 1000, 64, 3.0)
+QUICK = Sizes((10, 50), 300, 64, 3.0)
 
 
 @dataclass
