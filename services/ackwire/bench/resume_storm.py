@@ -10,64 +10,96 @@ read).
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-import statistics
-import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import nats
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
-from ackwire.bus.embedded import EmbeddedNats
+from ackwire.bench import BenchFailedError, programs
+from ackwire.bench.figures import Measured, Peer, Report, RoundTrips, closed_loop
+from ackwire.bench.programs import Link
+from ackwire.bench.sessions import open_session
+from ackwire.bench.stack import BenchStack, StackShape
 from ackwire.bus.models import Delivery
 from ackwire.bus.session_queue import SessionQueue
-from ackwire.cli.up import Child, ChildSpec
 from ackwire.tokens import mint_token
-from ackwire.wire import encode, parse_server_frame
-from ackwire.wire.frames import SUBPROTOCOL, Deliver, Hello, ResumeRequest, Welcome
+from ackwire.wire import parse_server_frame
+from ackwire.wire.frames import Deliver, Hello, ResumeRequest, Welcome
 
 _WAIT_S = 60.0
 
-
-class BenchFailedError(Exception):
-    """The system under test broke a rule while being measured."""
-
-
-@dataclass
-class BenchSession:
-    token: str
-    welcome: Welcome | None = None
-    ws: ClientConnection | None = None
+STACK = StackShape(gateways=2)
+NEW_SESSIONS = Peer("new_sessions", "new sessions on gw-2, as many at once")
 
 
 @dataclass(frozen=True, slots=True)
-class Phase:
-    """Latencies (seconds) of one phase, and how long the whole phase took."""
+class Sizes:
+    sessions: int
+    concurrency: int
+    """Handshakes at once."""
 
-    latencies: list[float]
-    elapsed: float
 
-    def line(self, what: str) -> str:
-        ordered = sorted(self.latencies)
-        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-        return (
-            f"{what}: {len(ordered)} in {self.elapsed:.2f} s = {len(ordered) / self.elapsed:.0f}/s;"
-            f" per session p50 {statistics.median(ordered) * 1000:.0f} ms,"
-            f" p99 {p99 * 1000:.0f} ms"
+FULL = Sizes(2000, 256)
+QUICK = Sizes(200, 64)
+
+
+@dataclass(frozen=True, slots=True)
+class StormParams:
+    doomed_url: str
+    """The gateway to be killed."""
+    surviving_url: str
+    tokens: list[str]
+    concurrency: int
+
+
+@dataclass(frozen=True, slots=True)
+class StormTimes:
+    new_sessions: RoundTrips
+    resumed: RoundTrips
+    """From each resume's connect to its owed message, redelivered."""
+
+
+async def storm_clients(params: StormParams, link: Link) -> StormTimes:
+    """The clients' program. Ready twice: with the sessions' ids once all are open on the
+    doomed gateway; then once each holds its owed message unacked. Told: it was killed."""
+    count, at_once = len(params.tokens), params.concurrency
+
+    async def new_session(i: int) -> None:
+        ws, _ = await open_session(params.surviving_url, Hello(token=params.tokens[i]))
+        await ws.close()
+
+    held: dict[int, tuple[ClientConnection, Welcome]] = {}
+
+    async def open_on_doomed(i: int) -> None:
+        held[i] = await open_session(params.doomed_url, Hello(token=params.tokens[i]))
+
+    async def resume(i: int) -> None:
+        _, welcome = held[i]
+        hello = Hello(
+            token=params.tokens[i],
+            resume=ResumeRequest(session_id=welcome.session_id, resume_token=welcome.resume_token),
         )
+        ws, again = await open_session(params.surviving_url, hello)
+        held[i] = (ws, again)
+        if not again.resumed:
+            raise BenchFailedError(f"session {again.session_id} did not resume: {again.reason}")
+        if not (await _owed(ws)).redelivered:
+            raise BenchFailedError("the owed message came back without `redelivered`")
 
-
-async def _hello(url: str, hello: Hello) -> tuple[ClientConnection, Welcome]:
-    ws = await connect(url, subprotocols=[SUBPROTOCOL], max_queue=None, ping_interval=None)  # type: ignore[list-item]
-    await ws.send(encode(hello))
-    welcome = parse_server_frame(await ws.recv())
-    if not isinstance(welcome, Welcome):
-        raise BenchFailedError(f"expected a welcome, got {welcome!r}")
-    return ws, welcome
+    try:
+        async with asyncio.timeout(_WAIT_S):
+            baseline = await closed_loop(count, at_once, new_session)
+            await closed_loop(count, at_once, open_on_doomed)
+            link.ready([welcome.session_id for _, welcome in held.values()])
+            await asyncio.gather(*(_owed(ws) for ws, _ in held.values()))
+            link.ready()
+        await link.told()
+        async with asyncio.timeout(_WAIT_S):
+            storm = await closed_loop(count, at_once, resume)
+    finally:
+        await asyncio.gather(*(ws.close() for ws, _ in held.values()))
+    return StormTimes(baseline, storm)
 
 
 async def _owed(ws: ClientConnection) -> Deliver:
@@ -77,127 +109,51 @@ async def _owed(ws: ClientConnection) -> Deliver:
     return frame
 
 
-async def _timed_all(count: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> Phase:
-    gate = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-
-    async def timed(i: int) -> None:
-        async with gate:
-            began = time.perf_counter()
-            await one(i)
-            latencies.append(time.perf_counter() - began)
-
-    began = time.perf_counter()
-    async with asyncio.timeout(_WAIT_S):
-        await asyncio.gather(*(timed(i) for i in range(count)))
-    return Phase(latencies, time.perf_counter() - began)
-
-
-async def run_resume_storm(sessions: int, concurrency: int, nats_url: str | None) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="ackwire-bench-"))
-    server = None if nats_url else EmbeddedNats(workdir / "nats", own_session=True)
-    if server is not None:
-        await server.start()
-    url = nats_url or (server.url if server else "")
-    secret = secrets.token_urlsafe(32)
-    env = dict(
-        os.environ,
-        ACKWIRE_NATS_URL=url,
-        ACKWIRE_JWT_SECRET=secret,
-        ACKWIRE_LOG_LEVEL="warning",
-        ACKWIRE_LOG_FORMAT="json",
-    )
-    log = (workdir / "gateways.log").open("wb")
-    children: list[Child] = []
-    clients = [BenchSession(mint_token(secret, f"bench-{i}")) for i in range(sessions)]
-    try:
-        children.extend(
-            Child(ChildSpec("gateway", name, ("--port", "0"), env), log.fileno())
-            for name in ("gw-a", "gw-b")
-        )
-        url_a, url_b = [
-            announcement.split()[-1]
-            for announcement in await asyncio.gather(*(child.start() for child in children))
-        ]
-        print(
-            f"ackwire bench resume-storm: {sessions} sessions, {concurrency} handshakes at once,"
-            f" {os.cpu_count()} cores, NATS {url}; gateway logs in {log.name}",
-            flush=True,
-        )
-
-        baseline = await _timed_all(
-            sessions, concurrency, lambda i: _fresh(url_b, clients[i].token, close=True)
-        )
-        print(baseline.line("baseline  new sessions on gw-b         "), flush=True)
-
-        async def open_on_a(i: int) -> None:
-            clients[i].ws, clients[i].welcome = await _hello(url_a, Hello(token=clients[i].token))
-
-        await _timed_all(sessions, concurrency, open_on_a)
-        await _owe_one_each(url, clients)
-
-        await children[0].kill()
-
-        async def resume_on_b(i: int) -> None:
-            client = clients[i]
-            assert client.welcome is not None
-            resume = ResumeRequest(
-                session_id=client.welcome.session_id, resume_token=client.welcome.resume_token
-            )
-            ws, again = await _hello(url_b, Hello(token=client.token, resume=resume))
-            if not again.resumed:
-                raise BenchFailedError(f"session {again.session_id} did not resume: {again.reason}")
-            redelivered = await _owed(ws)
-            if not redelivered.redelivered:
-                raise BenchFailedError("the owed message came back without `redelivered`")
-            client.ws = ws
-
-        storm = await _timed_all(sessions, concurrency, resume_on_b)
-        print(storm.line("storm     resumed on gw-b after kill -9 "), flush=True)
-        print(
-            f"every session resumed and got its owed message again: {sessions}/{sessions};"
-            f" a resume costs {storm.elapsed / baseline.elapsed:.2f}x a new session",
-            flush=True,
-        )
-        return 0
-    finally:
-        await asyncio.gather(
-            *(c.ws.close() for c in clients if c.ws is not None), return_exceptions=True
-        )
-        await asyncio.gather(*(child.stop() for child in children))
-        log.close()
-        if server is not None:
-            await server.stop()
-
-
-async def _fresh(url: str, token: str, *, close: bool) -> None:
-    ws, _ = await _hello(url, Hello(token=token))
-    if close:
-        await ws.close()
-
-
-async def _owe_one_each(nats_url: str, clients: list[BenchSession]) -> None:
-    """Store one message per session and wait until each client has it (unacked)."""
+async def _owe_one_each(nats_url: str, session_ids: list[str]) -> None:
+    """Store one message per session."""
     nc = await nats.connect(nats_url.split(","))
     try:
         queue = SessionQueue(nc, nc.jetstream())
-        for start in range(0, len(clients), 256):
-            batch = clients[start : start + 256]
+        for start in range(0, len(session_ids), 256):
             await asyncio.gather(
                 *(
-                    queue.put(
-                        Delivery(
-                            id=f"bench-{c.welcome.session_id}",
-                            kind="message",
-                            session_id=c.welcome.session_id,
-                            data={},
-                        )
-                    )
-                    for c in batch
-                    if c.welcome is not None
+                    queue.put(Delivery(id=f"bench-{sid}", kind="message", session_id=sid, data={}))
+                    for sid in session_ids[start : start + 256]
                 )
             )
     finally:
         await nc.close()
-    async with asyncio.timeout(_WAIT_S):
-        await asyncio.gather(*(_owed(c.ws) for c in clients if c.ws is not None))
+
+
+async def measure(sizes: Sizes, workdir: Path, nats_url: str | None) -> Report:
+    report = Report(
+        "resume-storm",
+        f"{sizes.sessions} sessions on gw-1, each owed a message, gw-1 killed -9, all resumed"
+        f" on gw-2, {sizes.concurrency} handshakes at once; stack: {STACK.describe()}",
+    )
+    async with BenchStack(STACK, workdir, nats_url) as stack:
+        tokens = [mint_token(stack.secret, f"bench-{i}") for i in range(sizes.sessions)]
+        doomed, surviving = stack.gateway_urls
+        params = StormParams(doomed, surviving, tokens, sizes.concurrency)
+        async with programs.started("the storm's clients", storm_clients, params) as clients:
+            session_ids = await clients.ready(list, _WAIT_S * 2)
+            await _owe_one_each(stack.nats_url, session_ids)
+            await clients.ready(type(None), _WAIT_S)
+            await stack.kill_gateway(0)
+            clients.tell()
+            times = await clients.result(_WAIT_S + 10)
+    storm, new = times.resumed, times.new_sessions
+    report.add(
+        Measured("storm", "all resumed after kill -9", storm.ended - storm.began, "s"),
+        NEW_SESSIONS.measured("storm", new.ended - new.began, "s"),
+    )
+    report.add(
+        Measured("rate", "resumes", storm.rate, "sessions/s"),
+        NEW_SESSIONS.measured("rate", new.rate, "sessions/s"),
+    )
+    for q in (50, 99):
+        report.add(
+            Measured(f"p{q}", f"per session p{q}", storm.ms(q), "ms"),
+            NEW_SESSIONS.measured(f"p{q}", new.ms(q), "ms"),
+        )
+    return report

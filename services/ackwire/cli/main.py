@@ -22,6 +22,9 @@ from ackwire.tokens import (
 from ackwire.wire.topics import BadTopicError
 
 DEMO_KIND_NAMES = "echo,sleep,fail,translate"
+#: `ackwire bench`'s scenarios (ackwire.bench.command), named here so that a wrong name is
+#: refused before the bench's imports.
+BENCH_SCENARIOS = ("jobs", "messages", "fanout", "resume-storm")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,14 +99,18 @@ def _add_driving_commands(commands: argparse._SubParsersAction[argparse.Argument
     owed.add_argument("--json", action="store_true", help="one JSON object a line")
     _nats_url_flag(owed)
 
-    bench = commands.add_parser("bench", help="measure; each figure with its baseline")
-    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    storm = benches.add_parser(
-        "resume-storm", help="kill -9 a gateway holding N sessions; time their resume elsewhere"
+    bench = commands.add_parser(
+        "bench", help="measure: each figure beside raw baselines from the same run"
     )
-    storm.add_argument("--sessions", type=_positive, default=2000)
-    storm.add_argument("--concurrency", type=_positive, default=256, help="handshakes at once")
-    storm.add_argument("--nats-url", help="default: an embedded nats-server")
+    bench.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"any of {', '.join(BENCH_SCENARIOS)} (default: all)",
+    )
+    bench.add_argument("--quick", action="store_true", help="small sizes: under a minute")
+    bench.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
+    bench.add_argument("--nats-url", help="default: an embedded nats-server")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,12 +177,49 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(run_stack(options, settings))
 
 
-def _bench(args: argparse.Namespace, _settings: Settings) -> int:
-    from ackwire.bench.resume_storm import BenchFailedError, run_resume_storm
-
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    unknown = [name for name in args.scenarios if name not in BENCH_SCENARIOS]
+    if unknown:
+        print(
+            f"ackwire bench: no scenario {unknown[0]!r}; the scenarios are "
+            + ", ".join(BENCH_SCENARIOS),
+            file=sys.stderr,
+        )
+        return 2
+    if args.json is not None and not args.json.parent.is_dir():
+        print(f"ackwire bench: --json: no directory {args.json.parent}", file=sys.stderr)
+        return 2
     try:
-        return asyncio.run(run_resume_storm(args.sessions, args.concurrency, args.nats_url))
-    except (BenchFailedError, TimeoutError) as exc:
+        from ackwire.bench import BenchFailedError
+        from ackwire.bench.command import run_bench
+    except ImportError as exc:  # the baselines' packages come with the `dev` extras
+        print(
+            f"ackwire bench: needs {exc.name}, which comes with the dev extras"
+            " (pip install -e '.[dev]')",
+            file=sys.stderr,
+        )
+        return 1
+    from nats.errors import Error as NatsError
+
+    from ackwire.bus.embedded import NatsServerError
+    from ackwire.cli.bus import NatsUnreachableError
+    from ackwire.cli.up import ChildFailedError
+
+    names = list(dict.fromkeys(args.scenarios or BENCH_SCENARIOS))
+    try:
+        return asyncio.run(
+            run_bench(
+                names,
+                quick=args.quick,
+                json_path=args.json,
+                settings=settings,
+                nats_url=args.nats_url,
+            )
+        )
+    except NatsUnreachableError as exc:
+        print(f"ackwire bench: {exc}", file=sys.stderr)
+        return 1
+    except (BenchFailedError, ChildFailedError, NatsServerError, NatsError, TimeoutError) as exc:
         print(f"ackwire bench: failed: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
 
