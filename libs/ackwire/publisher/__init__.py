@@ -20,6 +20,7 @@ refused with `FrameTooLargeError`, and nothing is stored.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 
@@ -142,25 +143,32 @@ class Publisher:
             candidates = await stores.users.of(user)
         else:
             raise ValueError("send to exactly one of a user and a session")
-        recipients: list[tuple[str, str]] = []
-        for session_id in candidates:
-            found = await stores.table.lookup(session_id)
-            if addressable(found) and (user is None or found.record.user == user):
-                recipients.append((session_id, found.record.user))
+        # The lookups, then the copies, side by side: one confirmation each, no copy
+        # waiting for another's (a retry after a partial failure stores each once).
+        lookups = await asyncio.gather(*(stores.table.lookup(s) for s in candidates))
+        recipients = [
+            (session_id, found.record.user)
+            for session_id, found in zip(candidates, lookups, strict=True)
+            if addressable(found) and (user is None or found.record.user == user)
+        ]
         if not recipients:
             who = f"user {user}" if user is not None else f"session {session}"
             raise NoRecipientError(f"{who} has no live or resumable session")
-        for session_id, owner in recipients:
-            await self._queue.put(
-                Delivery(
-                    id=message_id,
-                    kind="message",
-                    session_id=session_id,
-                    user=owner,
-                    receipt_to=self._producer,
-                    data=data,
+        await asyncio.gather(
+            *(
+                self._queue.put(
+                    Delivery(
+                        id=message_id,
+                        kind="message",
+                        session_id=session_id,
+                        user=owner,
+                        receipt_to=self._producer,
+                        data=data,
+                    )
                 )
+                for session_id, owner in recipients
             )
+        )
         return Sent(message_id, tuple(session_id for session_id, _ in recipients))
 
     async def _opened(self) -> _Stores:
