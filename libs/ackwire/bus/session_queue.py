@@ -52,11 +52,17 @@ class StoreRead:
 
 class SessionQueue:
     def __init__(
-        self, nc: Client, js: JetStreamContext, overflows: Overflows | None = None
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        overflows: Overflows | None = None,
+        *,
+        replicated: bool = True,
     ) -> None:
         self._nc = nc
         self._js = js
         self._overflows = overflows or Overflows()
+        self._replicated = replicated  # the stream has replicas that may lag its leader
 
     async def put(self, delivery: Delivery) -> int:
         """Store a message for its session; returns its `seq` once the store confirmed it.
@@ -112,6 +118,14 @@ class SessionQueue:
             if stored is not None:
                 messages.append(stored)
         return StoreRead(messages, complete=batch.complete)
+
+    async def leader_last(self, session_id: str, read: StoreRead, after: int) -> int:
+        """For a read that reached the end of the queue: the session's newest seq by the
+        stream's leader (a replica may answer a read behind it). Without replicas the
+        read was the leader's, and no second question is asked."""
+        if not self._replicated:
+            return read.messages[-1].seq if read.messages else after
+        return await self.last_seq(session_id)
 
     async def last_seq(self, session_id: str) -> int:
         """The seq of the session's newest stored message (0: none). Asked of the stream's

@@ -151,9 +151,9 @@ class ConnectionGuard:
         """The session is open (messages up to `sent_before` may have been sent on an
         earlier connection). `False` when a close was decided meanwhile (a takeover
         while opening): then no `welcome` is sent."""
+        self._sent_before = sent_before  # true either way: a takeover answers with it
         if self._phase is not Phase.OPENING:
             return False
-        self._sent_before = sent_before
         self._move(Input.OPENED)
         return True
 
@@ -175,6 +175,11 @@ class ConnectionGuard:
             return Reject(Error(ref=frame.ref, code=ErrorCode.BAD_FRAME, message=frame.reason))
         self._bad_in_a_row = 0
         return Accept(frame)
+
+    @property
+    def sent_before(self) -> int:
+        """How far the session's earlier connections may have sent."""
+        return self._sent_before
 
     def was_sent_before(self, seq: int) -> bool:
         """A message this far into the queue may have reached the client already."""

@@ -95,7 +95,6 @@ class ClientConnection:
         self._guard = ConnectionGuard()
         self._connection_id = "c-" + secrets.token_hex(8)
         self._pump: DeliveryPump | None = None
-        self._sent_before = 0
         self._closing: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._identity = Identity(user="", topics=(), expires_at=0.0)  # set by the hello
@@ -108,7 +107,8 @@ class ClientConnection:
 
     @property
     def sent_upto(self) -> int:
-        return self._sent_before if self._pump is None else self._pump.highest_sent
+        sent_here = 0 if self._pump is None else self._pump.highest_sent
+        return max(self._guard.sent_before, sent_here)
 
     async def taken_over(self) -> int:
         """Another connection resumed the session: stop delivering and confirm the acks
@@ -198,7 +198,6 @@ class ClientConnection:
         if opened is None:
             return
         structlog.contextvars.bind_contextvars(session_id=opened.session_id)
-        self._sent_before = opened.sent_before
         metrics.SESSIONS_OPENED.labels(outcome=opened.reason or "resumed").inc()
         metrics.CONNECTIONS.inc()
         topics: ConnectionTopics | None = None
@@ -274,7 +273,6 @@ class ClientConnection:
             ack_wait=settings.ack_wait_s,
             retention_s=settings.retention_s,
             seen_before=self._guard.was_sent_before,
-            sent_before=self._sent_before,
             on_failed=lambda _exc: self._carry_out(self._guard.bus_failed("deliveries failed")),
         )
 

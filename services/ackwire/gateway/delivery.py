@@ -65,7 +65,6 @@ class DeliveryPump:
         retention_s: float,
         on_failed: Failed,
         seen_before: Callable[[int], bool] = lambda _seq: False,
-        sent_before: int = 0,
     ) -> None:
         self._queue = queue
         self._receipts = receipts
@@ -81,14 +80,13 @@ class DeliveryPump:
         self._task: asyncio.Task[None] | None = None
         self._reading: asyncio.Task[None] | None = None
         self._confirming: asyncio.Task[None] | None = None
-        # Whether a message may have reached the client before (its send is a redelivery),
-        # and how far earlier connections of the session had sent.
+        # Whether a message may have reached the client before: its send is a redelivery.
         self._seen_before = seen_before
-        self._highest_sent = sent_before
+        self._highest_sent = 0
 
     @property
     def highest_sent(self) -> int:
-        """The highest seq sent to this session's client, by this or an earlier connection."""
+        """The highest seq this connection sent."""
         return self._highest_sent
 
     async def start(self) -> None:
@@ -223,9 +221,11 @@ class DeliveryPump:
         loop = asyncio.get_running_loop()
         try:
             read = await self._queue.read(self._session_id, after=fetch.after, limit=self._batch)
-            # A replica may answer a read behind the stream's leader: only the leader
-            # can say the read saw the end of the queue.
-            leader_last = await self._queue.last_seq(self._session_id) if read.complete else None
+            leader_last = (
+                await self._queue.leader_last(self._session_id, read, fetch.after)
+                if read.complete
+                else None
+            )
         except BusError as exc:
             _log.warning("delivery.store_unreadable", error=str(exc))
             self._window.fetch_failed(fetch, loop.time())

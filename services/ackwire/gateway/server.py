@@ -113,7 +113,7 @@ class Gateway:
         self._gateways = GatewayDirectory(on_expired=self._presence.gateway_expired)
         gateways_kv = await js.key_value(subjects.GATEWAYS_BUCKET)
         await self._gateways.follow(gateways_kv)
-        queue = SessionQueue(self._nc, js, overflows)
+        queue = SessionQueue(self._nc, js, overflows, replicated=self._settings.replicas > 1)
         self._topic_hub = TopicHub(topics, pending_limit=4 * self._settings.topic_buffer)
         self._sessions = HeldSessions(
             self._nc,
