@@ -10,7 +10,8 @@
     │   └── StoreRejectedError   the store answered, with an error
     ├── ConflictError            someone else got there first; nothing is broken
     │   ├── SessionChangedError  a record changed since it was read (compare-and-set)
-    │   └── SessionLostError     another connection holds the session (4409)
+    │   ├── SessionLostError     another connection holds the session (4409)
+    │   └── JobChangedError      a job's record changed under every write tried
     └── InternalError            a bug in ackwire: the caller broke an internal rule
 
 Library errors (nats-py's, websockets') never cross a module boundary as they
@@ -59,6 +60,10 @@ class SessionChangedError(ConflictError):
 
 class SessionLostError(ConflictError):
     """Close 4409: another connection claimed the session first."""
+
+
+class JobChangedError(ConflictError):
+    """A job's record changed under every compare-and-set tried: its input comes again."""
 
 
 class InternalError(AckwireError):

@@ -103,24 +103,9 @@ def streams(settings: Settings) -> list[StreamConfig]:
         ),
         _stream(
             subjects.JOBS_STREAM,
-            subjects.JOB_SUBMITTED,
-            "jobs stored, until terminal",
+            subjects.JOB_SUBJECTS,
+            "jobs stored (nodes' work, the scheduler's timers), until terminal",
             settings,
-            retention=RetentionPolicy.WORK_QUEUE,
-        ),
-        _stream(
-            subjects.JOB_EVENTS_STREAM,
-            subjects.JOB_EVENTS,
-            "nodes' attempt reports",
-            settings,
-            retention=RetentionPolicy.WORK_QUEUE,
-        ),
-        _stream(
-            subjects.WORK_STREAM,
-            subjects.WORK_SUBJECTS,
-            "work for nodes, by kind",
-            settings,
-            retention=RetentionPolicy.WORK_QUEUE,
         ),
     ]
 
@@ -131,7 +116,6 @@ def _stream(
     what: str,
     settings: Settings,
     *,
-    retention: RetentionPolicy = RetentionPolicy.LIMITS,
     max_age: float | None = None,
     live: str | None = None,
     max_msgs_per_subject: int = -1,
@@ -144,7 +128,7 @@ def _stream(
         name=name,
         description=f"ackwire: {what}",
         subjects=[subject],
-        retention=retention,
+        retention=RetentionPolicy.LIMITS,
         max_age=settings.retention_s if max_age is None else max_age,
         max_msgs_per_subject=max_msgs_per_subject,
         storage=StorageType.FILE,

@@ -44,18 +44,14 @@ SNAPSHOTS_BUCKET = "ackwire_snapshots"
 RECEIPTS_STREAM = "ACKWIRE_RECEIPTS"
 RECEIPT_SUBJECTS = f"{PREFIX}.receipt.>"
 
-#: KV bucket of job records (the scheduler's ledger), one key per job.
+#: KV bucket of job records (the ledger), one key per job.
 JOBS_BUCKET = "ackwire_jobs"
-#: Jobs stored by gateways, for the scheduler; each stays until its job is terminal, and
-#: its redelivery (a nak with a delay) is the job's supervision timer.
+#: Jobs stored by gateways, one subject per kind. Each message is read by two durable
+#: consumers: the nodes serving its kind (the job's work; a redelivery is its next attempt)
+#: and the scheduler (a redelivery, a nak with a delay, is the job's supervision timer).
+#: It is deleted once the job's terminal delivery is stored.
 JOBS_STREAM = "ACKWIRE_JOBS"
-JOB_SUBMITTED = f"{PREFIX}.jobs.submitted"
-#: What nodes report of their attempts, for the scheduler.
-JOB_EVENTS_STREAM = "ACKWIRE_JOB_EVENTS"
-JOB_EVENTS = f"{PREFIX}.jobs.event.>"
-#: Work for nodes, one subject per kind; one durable consumer per kind, shared by its nodes.
-WORK_STREAM = "ACKWIRE_WORK"
-WORK_SUBJECTS = f"{PREFIX}.work.>"
+JOB_SUBJECTS = f"{PREFIX}.jobs.>"
 
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SESSION_ID = re.compile(r"s-[A-Za-z0-9_-]{16,64}")
@@ -196,17 +192,14 @@ def kind_token(kind: str) -> str:
     return service_token(kind)
 
 
-def work_subject(kind: str) -> str:
-    return f"{PREFIX}.work.{kind_token(kind)}"
+def job_subject(kind: str) -> str:
+    """Where jobs of `kind` are stored."""
+    return f"{PREFIX}.jobs.{kind_token(kind)}"
 
 
 def work_consumer(kind: str) -> str:
     """The durable consumer every node serving `kind` pulls from."""
     return f"work-{kind_token(kind)}"
-
-
-def job_event_subject(job_id: str) -> str:
-    return f"{PREFIX}.jobs.event.{job_token(job_id)}"
 
 
 _JOB_ID = re.compile(r"j-[A-Za-z0-9_-]{16,64}")

@@ -1,35 +1,33 @@
 """A job's life, with no I/O: a record, an input, a transition table, actions out.
 
-Everything that changes a job's state lives in this file. The scheduler keeps
-each job's `JobRecord` on the bus (KV, written by compare-and-set), feeds the
-ledger what happened (a node started, progressed, succeeded or failed an
-attempt; a timer fired) with the current time, writes back the new record and
-carries out the actions. Because the record is the whole state, any scheduler
+Everything that changes a job's state lives in this file. Each job's
+`JobRecord` is kept on the bus (KV, written by compare-and-set), and whoever
+has news of the job feeds the ledger with it and the current time: the node
+that asks to start an attempt, reports its progress, keeps it alive, or ends
+it; the scheduler's timer; the receipt of the job's terminal delivery. The
+writer then stores the new record and, only if that write won, carries out
+the actions. Because the record is the whole state, any node or scheduler
 replica can take the next input for any job.
 
 Rules (docs/protocol.md, Jobs):
 
-- a job's work is dispatched (stored for nodes) until the store confirms it,
-  each time its timer finds it unconfirmed before any attempt started: a
-  dispatch lost to a NATS failover is repeated, and the store dedupes a repeat;
+- a node runs an attempt only once the ledger granted it (`RunHandler`): never
+  for a job that ended, never for an attempt older than the newest one heard of;
 - no attempt starts within the pending timeout: `no_capacity`;
 - a node silent past the job timeout (no progress, no keep-alive, no result)
   is presumed dead for that job: it runs again elsewhere (JetStream redelivers
-  its work message), up to the attempt limit, then `failed`; a handler that
-  raised is a failed attempt;
-- a job a timer ends (`no_capacity`, or `failed` for a lost attempt) has its
-  work withdrawn before the client is told: no node may run it after, its
-  side effects unknown to a client told it did not happen;
+  its work), up to the attempt limit, then `failed`; a handler that raised is a
+  failed attempt;
 - the newest attempt wins: anything from an older attempt is dropped;
 - a terminal state is final: nothing (no timer, no late result) changes it, so
   a timeout can never fire for a job whose result is recorded. Its receipt
-  (the client acked the result, or the result expired undelivered) is only
+  (the client acked the terminal delivery, or it expired undelivered) is only
   noted on the record;
-- the scheduler records an outcome before it carries out the actions, so the
-  input that made a job terminal may come again (the scheduler stopped in
-  between, and its input was not acked): then the same terminal delivery is
-  asked for again, and the store dedupes it by its id. Any other input meeting
-  a terminal job is ignored.
+- the record keeps the terminal delivery it decided on, and the job's message
+  (its work and its timer) is withdrawn only after that delivery is stored. The
+  writer may stop in between: the timer, or the same input again, then asks
+  for the same delivery again (the store dedupes it by its id) and the
+  withdrawal. Any other input meeting a terminal job is ignored.
 """
 
 from __future__ import annotations
@@ -40,6 +38,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
+
+from ackwire.settings import Settings
 
 
 class JobState(enum.StrEnum):
@@ -56,6 +56,58 @@ class JobState(enum.StrEnum):
         return self in {JobState.DONE, JobState.FAILED, JobState.NO_CAPACITY}
 
 
+# -- actions -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverResult:
+    data: JsonValue
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverProgress:
+    attempt: int
+    percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverError:
+    code: Literal["no_capacity", "failed"]
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckAt:
+    """Fire `TimerFired` for this job at `at`, or later."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunHandler:
+    """The node that asked may run the attempt's handler."""
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawJob:
+    """Delete the job's message (`seq` of the jobs stream): no node gets its work again,
+    and its timer ends (a message gone already is fine)."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    """Nothing to do; `reason` is for the log (a superseded attempt, a duplicate…)."""
+
+    reason: str
+
+
+JobAction = (
+    DeliverResult | DeliverProgress | DeliverError | CheckAt | RunHandler | WithdrawJob | Ignore
+)
+
+
 class JobRecord(BaseModel):
     """Everything the ledger knows of one job (stored as the job's KV value)."""
 
@@ -66,6 +118,8 @@ class JobRecord(BaseModel):
     user: str | None = None
     kind: str
     trace_id: str
+    job_seq: int
+    """The job's message in the jobs stream (its work and its timer)."""
     state: JobState = JobState.PENDING
     attempt: int = 0
     """The newest attempt heard of (JetStream's delivery count of the work message)."""
@@ -73,22 +127,10 @@ class JobRecord(BaseModel):
     waiting_since: float
     """When the job last started waiting for a node (submitted, or its attempt was lost)."""
     last_heard_at: float | None = None
-    work_seq: int | None = None
-    """The work message's sequence in the work stream, once the store confirmed it."""
+    ended_with: DeliverResult | DeliverError | None = None
+    """The terminal delivery, once the job is terminal."""
     receipt: Literal["delivered", "expired"] | None = None
     """What became of the terminal delivery: acked by the client, or expired unacked."""
-    timed_out: DeliverError | None = None
-    """The error a timer ended the job with, asked for again if that timer comes again."""
-
-    def refuses(self, attempt: int) -> str | None:
-        """Why a node must not run `attempt` of the job (None: it may). A node asks before
-        it runs a handler: work of a job that ended is withdrawn, but a node may have
-        fetched it just before, or the withdrawal may not have been done yet."""
-        if self.state.terminal:
-            return f"job already {self.state.value}"
-        if attempt < self.attempt:
-            return f"superseded attempt {attempt}"
-        return None
 
 
 # -- inputs --------------------------------------------------------------
@@ -96,6 +138,8 @@ class JobRecord(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Started:
+    """A node got `attempt` of the job's work and asks to run it."""
+
     attempt: int
     node: str
 
@@ -139,67 +183,8 @@ class ResultReceipted:
     outcome: Literal["delivered", "expired"]
 
 
-@dataclass(frozen=True, slots=True)
-class WorkDispatched:
-    """The store confirmed the job's work message, at `seq` of the work stream."""
-
-    seq: int
-
-
 AttemptInput = Started | Progressed | KeptAlive | Succeeded | AttemptFailed
-JobInput = AttemptInput | TimerFired | ResultReceipted | WorkDispatched
-
-
-# -- actions -------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DeliverResult:
-    data: JsonValue
-
-
-@dataclass(frozen=True, slots=True)
-class DeliverProgress:
-    attempt: int
-    percent: float
-
-
-@dataclass(frozen=True, slots=True)
-class DeliverError:
-    code: Literal["no_capacity", "failed"]
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class CheckAt:
-    """Fire `TimerFired` for this job at `at`, or later."""
-
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class DispatchWork:
-    """Store the job's work for nodes; its id is the job's, so the store dedupes a repeat."""
-
-
-@dataclass(frozen=True, slots=True)
-class WithdrawWork:
-    """Delete the job's work message (`seq` of the work stream), so that no node runs it
-    (a message gone already is fine)."""
-
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class Ignore:
-    """Nothing to do; `reason` is for the log (a superseded attempt, a duplicate…)."""
-
-    reason: str
-
-
-JobAction = (
-    DeliverResult | DeliverProgress | DeliverError | CheckAt | DispatchWork | WithdrawWork | Ignore
-)
+JobInput = AttemptInput | TimerFired | ResultReceipted
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +205,14 @@ class JobLedger:
         self.job_timeout = job_timeout
         self.max_attempts = max_attempts
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobLedger:
+        return cls(
+            pending_timeout=settings.pending_timeout_s,
+            job_timeout=settings.job_timeout_s,
+            max_attempts=settings.max_attempts,
+        )
+
     def submitted(
         self,
         *,
@@ -228,17 +221,20 @@ class JobLedger:
         user: str | None = None,
         kind: str,
         trace_id: str,
-        now: float,
-    ) -> Outcome:
-        record = JobRecord(
+        job_seq: int,
+        at: float,
+    ) -> JobRecord:
+        """The record of a job stored at `at` that nothing happened to yet (it is written
+        only once something did: most jobs' first write is their start)."""
+        return JobRecord(
             job_id=job_id,
             session_id=session_id,
             user=user,
             kind=kind,
             trace_id=trace_id,
-            waiting_since=now,
+            job_seq=job_seq,
+            waiting_since=at,
         )
-        return Outcome(record, (DispatchWork(), CheckAt(now + self.pending_timeout)))
 
     def apply(self, record: JobRecord, event: JobInput, now: float) -> Outcome:
         """The record after `event`, and what to do about it."""
@@ -253,7 +249,7 @@ class JobLedger:
 
     def _started(self, record: JobRecord, event: Started, now: float) -> Outcome:
         running = _heard_from(record, event.attempt, now).model_copy(update={"node": event.node})
-        return Outcome(running, (CheckAt(now + self.job_timeout),))
+        return Outcome(running, (RunHandler(),))
 
     def _progressed(self, record: JobRecord, event: Progressed, now: float) -> Outcome:
         running = _heard_from(record, event.attempt, now)
@@ -263,15 +259,13 @@ class JobLedger:
         return Outcome(_heard_from(record, event.attempt, now), ())
 
     def _succeeded(self, record: JobRecord, event: Succeeded, now: float) -> Outcome:
-        done = record.model_copy(
-            update={"state": JobState.DONE, "attempt": event.attempt, "last_heard_at": now}
-        )
-        return Outcome(done, (DeliverResult(event.data),))
+        done = record.model_copy(update={"attempt": event.attempt, "last_heard_at": now})
+        return _ended(done, JobState.DONE, DeliverResult(event.data))
 
     def _attempt_failed(self, record: JobRecord, event: AttemptFailed, now: float) -> Outcome:
         if event.attempt >= self.max_attempts:
-            failed = record.model_copy(update={"state": JobState.FAILED, "attempt": event.attempt})
-            return Outcome(failed, (DeliverError("failed", event.message),))
+            failed = record.model_copy(update={"attempt": event.attempt})
+            return _ended(failed, JobState.FAILED, DeliverError("failed", event.message))
         waiting = record.model_copy(
             update={"state": JobState.PENDING, "attempt": event.attempt, "waiting_since": now}
         )
@@ -280,29 +274,12 @@ class JobLedger:
     def _pending_timer(self, record: JobRecord, _event: TimerFired, now: float) -> Outcome:
         deadline = record.waiting_since + self.pending_timeout
         if now < deadline:
-            if record.attempt == 0 and record.work_seq is None:  # its dispatch failed, or is slow
-                return Outcome(record, (DispatchWork(), CheckAt(deadline)))
             return Outcome(record, (CheckAt(deadline),))
         if record.attempt == 0:
             message = f"no node took a {record.kind!r} job within {self.pending_timeout:g} s"
-            return _timed_out(record, JobState.NO_CAPACITY, DeliverError("no_capacity", message))
+            return _ended(record, JobState.NO_CAPACITY, DeliverError("no_capacity", message))
         message = f"attempt {record.attempt} was lost and no node took the job again"
-        return _timed_out(record, JobState.FAILED, DeliverError("failed", message))
-
-    def _work_dispatched(self, record: JobRecord, event: WorkDispatched, _now: float) -> Outcome:
-        return Outcome(record.model_copy(update={"work_seq": event.seq}), ())
-
-    def _work_dispatched_too_late(
-        self, record: JobRecord, event: WorkDispatched, _now: float
-    ) -> Outcome:
-        """The job ended while the store took its work: withdraw that."""
-        ended = record.model_copy(update={"work_seq": event.seq})
-        return Outcome(ended, _withdrawal(ended))
-
-    def _receipted(self, record: JobRecord, event: ResultReceipted, _now: float) -> Outcome:
-        if record.receipt is not None:
-            return Outcome(record, (Ignore(f"receipt already {record.receipt}"),))
-        return Outcome(record.model_copy(update={"receipt": event.outcome}), ())
+        return _ended(record, JobState.FAILED, DeliverError("failed", message))
 
     def _running_timer(self, record: JobRecord, _event: TimerFired, now: float) -> Outcome:
         heard = record.last_heard_at if record.last_heard_at is not None else record.waiting_since
@@ -311,24 +288,30 @@ class JobLedger:
             return Outcome(record, (CheckAt(deadline),))
         if record.attempt >= self.max_attempts:
             message = f"node {record.node} went silent on the last attempt ({record.attempt})"
-            return _timed_out(record, JobState.FAILED, DeliverError("failed", message))
+            return _ended(record, JobState.FAILED, DeliverError("failed", message))
         # JetStream redelivers the work message to another node; wait for it to start.
         waiting = record.model_copy(update={"state": JobState.PENDING, "waiting_since": now})
         return Outcome(waiting, (CheckAt(now + self.pending_timeout),))
 
-    # A terminal job meeting the input that ended it, again (see the module's rules).
+    def _receipted(self, record: JobRecord, event: ResultReceipted, _now: float) -> Outcome:
+        if record.receipt is not None:
+            return Outcome(record, (Ignore(f"receipt already {record.receipt}"),))
+        return Outcome(record.model_copy(update={"receipt": event.outcome}), ())
+
+    # A terminal job meeting its timer, or the input that ended it, again (see the rules).
 
     def _result_again(self, record: JobRecord, event: Succeeded, _now: float) -> Outcome:
-        return _again(record, event.attempt == record.attempt, DeliverResult(event.data))
+        ended_by_it = record.ended_with == DeliverResult(event.data)
+        return _again(record, ended_by_it and event.attempt == record.attempt)
 
     def _failure_again(self, record: JobRecord, event: AttemptFailed, _now: float) -> Outcome:
-        ended_by_it = record.timed_out is None and event.attempt == record.attempt
-        return _again(record, ended_by_it, DeliverError("failed", event.message))
+        ended_by_it = record.ended_with == DeliverError("failed", event.message)
+        return _again(record, ended_by_it and event.attempt == record.attempt)
 
     def _timer_again(self, record: JobRecord, _event: TimerFired, _now: float) -> Outcome:
-        if record.timed_out is None:  # a report ended the job; this is its timer's last call
-            return _again(record, False)
-        return _again(record, True, *_withdrawal(record), record.timed_out)
+        if record.receipt is not None:  # delivered or expired: only the message is left
+            return Outcome(record, (WithdrawJob(record.job_seq),))
+        return _again(record, True)
 
 
 def _heard_from(record: JobRecord, attempt: int, now: float) -> JobRecord:
@@ -338,24 +321,18 @@ def _heard_from(record: JobRecord, attempt: int, now: float) -> JobRecord:
     )
 
 
-def _timed_out(record: JobRecord, state: JobState, error: DeliverError) -> Outcome:
-    """A timer ends the job with `error`, its work withdrawn first."""
-    ended = record.model_copy(update={"state": state, "timed_out": error})
-    return Outcome(ended, (*_withdrawal(ended), error))
+def _ended(record: JobRecord, state: JobState, delivery: DeliverResult | DeliverError) -> Outcome:
+    """The job ends with `delivery`; its message is withdrawn once that is stored."""
+    ended = record.model_copy(update={"state": state, "ended_with": delivery})
+    return Outcome(ended, (delivery, WithdrawJob(ended.job_seq)))
 
 
-def _withdrawal(record: JobRecord) -> tuple[WithdrawWork, ...]:
-    """Withdraw the job's work, if the store confirmed it (else a node that gets it finds the
-    job ended; see `JobRecord.refuses`)."""
-    return () if record.work_seq is None else (WithdrawWork(record.work_seq),)
-
-
-def _again(record: JobRecord, ended_by_it: bool, *actions: JobAction) -> Outcome:
-    """The terminal job's `actions` again if the input `ended_by_it`, and the client's receipt
-    does not show them done already; else the input is ignored."""
-    if not ended_by_it or record.receipt is not None:
+def _again(record: JobRecord, ended_by_it: bool) -> Outcome:
+    """The terminal delivery and the withdrawal again, if the input `ended_by_it` (or is the
+    job's timer) and the client's receipt does not show them done already."""
+    if not ended_by_it or record.receipt is not None or record.ended_with is None:
         return Outcome(record, (Ignore(f"job already {record.state.value}"),))
-    return Outcome(record, actions)
+    return Outcome(record, (record.ended_with, WithdrawJob(record.job_seq)))
 
 
 _P, _R = JobState.PENDING, JobState.RUNNING
@@ -376,13 +353,8 @@ _TRANSITIONS: dict[tuple[JobState, type[JobInput]], Transition] = {
     (_R, AttemptFailed): JobLedger._attempt_failed,
     (_P, TimerFired): JobLedger._pending_timer,
     (_R, TimerFired): JobLedger._running_timer,
-    (_P, WorkDispatched): JobLedger._work_dispatched,
-    (_R, WorkDispatched): JobLedger._work_dispatched,
     (_DONE, Succeeded): JobLedger._result_again,
     (_FAILED, AttemptFailed): JobLedger._failure_again,
-    (_FAILED, TimerFired): JobLedger._timer_again,
-    (_NO_CAPACITY, TimerFired): JobLedger._timer_again,
-    (_FAILED, WorkDispatched): JobLedger._work_dispatched_too_late,
-    (_NO_CAPACITY, WorkDispatched): JobLedger._work_dispatched_too_late,
+    **{(state, TimerFired): JobLedger._timer_again for state in JobState if state.terminal},
     **{(state, ResultReceipted): JobLedger._receipted for state in JobState if state.terminal},
 }

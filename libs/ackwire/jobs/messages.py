@@ -1,11 +1,12 @@
-"""What travels on the bus about jobs: the stored job, and what nodes report of attempts."""
+"""What travels on the bus about jobs: the job as a gateway stored it."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AfterValidator, Field, JsonValue
 
@@ -15,7 +16,7 @@ from ackwire.bus.models import BusModel, utc_now
 #: A job's one terminal delivery (kind `result` or `error`) has the id `<job_id>:result`.
 TERMINAL_SUFFIX = ":result"
 
-#: A job id as `new_job_id` makes them: a report naming anything else is unreadable (and
+#: A job id as `new_job_id` makes them: a job naming anything else is unreadable (and
 #: refused), never a key the ledger's bucket would reject on every redelivery.
 JobId = Annotated[str, AfterValidator(subjects.job_token)]
 
@@ -29,7 +30,7 @@ def new_job_id(session_id: str, idempotency_key: str | None) -> str:
 
 
 class JobSubmitted(BusModel):
-    """A job as the gateway stored it (and as nodes receive it as work)."""
+    """A job as the gateway stored it: what nodes run, and what its timer supervises."""
 
     job_id: JobId
     session_id: str
@@ -40,39 +41,9 @@ class JobSubmitted(BusModel):
     submitted_at: datetime = Field(default_factory=utc_now)
 
 
-class _Reported(BusModel):
-    job_id: JobId
-    attempt: int
-    node: str
-    trace_id: str
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    """A job and where the store keeps it (`seq` in the jobs stream)."""
 
-
-class AttemptStarted(_Reported):
-    event: Literal["started"] = "started"
-
-
-class AttemptProgressed(_Reported):
-    event: Literal["progress"] = "progress"
-    percent: Annotated[float, Field(ge=0, le=100)]
-
-
-class AttemptAlive(_Reported):
-    """The attempt still runs (sent when it reported nothing else for a while)."""
-
-    event: Literal["alive"] = "alive"
-
-
-class AttemptSucceeded(_Reported):
-    event: Literal["succeeded"] = "succeeded"
-    data: JsonValue
-
-
-class AttemptFailedEvent(_Reported):
-    event: Literal["failed"] = "failed"
-    message: str
-
-
-JobEvent = Annotated[
-    AttemptStarted | AttemptProgressed | AttemptAlive | AttemptSucceeded | AttemptFailedEvent,
-    Field(discriminator="event"),
-]
+    job: JobSubmitted
+    seq: int

@@ -201,6 +201,7 @@ class ClientConnection:
         metrics.SESSIONS_OPENED.labels(outcome=opened.reason or "resumed").inc()
         metrics.CONNECTIONS.inc()
         topics: ConnectionTopics | None = None
+        intake: JobIntake | None = None
         try:
             if not self._guard.opened(sent_before=opened.sent_before):
                 return  # taken over before it began; 4409 is on its way
@@ -226,10 +227,11 @@ class ClientConnection:
                 return
             self._pump = pump
             await topics.start_restored()
-            await self._read_frames(_Handlers(pump, self._intake(identity, opened), topics))
+            intake = self._intake(identity, opened)
+            await self._read_frames(_Handlers(pump, intake, topics))
         finally:
             metrics.CONNECTIONS.dec()
-            await self._end(opened, identity, topics)
+            await self._end(opened, identity, topics, intake)
 
     def _topics(self, identity: Identity) -> ConnectionTopics:
         settings = self._gateway.settings
@@ -282,6 +284,7 @@ class ClientConnection:
             self._gateway.js,
             self._gateway.nodes,
             TokenBucket(rate=settings.submit_rate_per_s, burst=settings.submit_burst),
+            self._send,
             session_id=opened.session_id,
             user=identity.user,
         )
@@ -296,12 +299,18 @@ class ClientConnection:
         )
 
     async def _end(
-        self, opened: Opened, identity: Identity, topics: ConnectionTopics | None
+        self,
+        opened: Opened,
+        identity: Identity,
+        topics: ConnectionTopics | None,
+        intake: JobIntake | None,
     ) -> None:
         """Confirm what was acked, then, unless the session moved on or ended, record
         that it is detached."""
         if self._expiry is not None:
             self._expiry.cancel()
+        if intake is not None:
+            await intake.finish()
         if topics is not None:
             await topics.leave_all()
         if self._pump is not None:
@@ -336,7 +345,7 @@ class ClientConnection:
             case Bye():
                 await self._bye(handlers.pump)
             case Submit():
-                await self._send(await handlers.intake.submit(frame))
+                await handlers.intake.take(frame)
             case Subscribe():
                 await handlers.topics.subscribe(frame)
             case Unsubscribe():

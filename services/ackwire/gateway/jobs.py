@@ -1,4 +1,10 @@
-"""Taking a client's `submit`: check it, store it, and answer only what the store confirmed."""
+"""Taking a client's `submit`: check it, store it, and answer only what the store confirmed.
+
+A connection's submits are stored side by side, each answered (by its `ref`)
+the moment the store confirmed it: one client's jobs never queue behind each
+other's round trips. At most `SUBMITS_IN_FLIGHT` at once; past that, the
+connection reads its next frame once one is answered.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +12,27 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 
 import structlog
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from nats.js import JetStreamContext
+from websockets.exceptions import ConnectionClosed
 
 from ackwire.bus import subjects
 from ackwire.bus.boundary import bus_errors
 from ackwire.bus.nodes import NodeDirectory
 from ackwire.errors import BusError
 from ackwire.jobs.messages import JobSubmitted, new_job_id
+from ackwire.lifecycle import BackgroundTasks
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.frames import Accepted, Error, Submit
 from ackwire.wire.rate import TokenBucket
 
 _STORE_TIMEOUT_S = 5.0
+SUBMITS_IN_FLIGHT = 64
 
 _log = structlog.get_logger("ackwire.gateway")
 
@@ -35,6 +45,7 @@ class JobIntake:
         js: JetStreamContext,
         nodes: NodeDirectory,
         budget: TokenBucket,
+        answer: Callable[[Accepted | Error], Awaitable[None]],
         *,
         session_id: str,
         user: str,
@@ -42,8 +53,28 @@ class JobIntake:
         self._js = js
         self._nodes = nodes
         self._budget = budget
+        self._answer = answer
         self._session_id = session_id
         self._user = user
+        self._in_flight = asyncio.Semaphore(SUBMITS_IN_FLIGHT)
+        self._storing = BackgroundTasks()
+
+    async def take(self, frame: Submit) -> None:
+        """Start on `frame`: returns once it is under way, answered when it is done."""
+        await self._in_flight.acquire()
+        self._storing.spawn(self._answered(frame), name=f"submit {frame.ref}")
+
+    async def finish(self) -> None:
+        """Wait for the submits under way (each bounded by the store's timeout)."""
+        await self._storing.finish()
+
+    async def _answered(self, frame: Submit) -> None:
+        try:
+            await self._answer(await self.submit(frame))
+        except ConnectionClosed:
+            pass  # stored or not, the client's resubmit under its idempotency key tells
+        finally:
+            self._in_flight.release()
 
     async def submit(self, frame: Submit) -> Accepted | Error:
         wait = self._budget.take(time.monotonic())
@@ -68,7 +99,7 @@ class JobIntake:
             with bus_errors(f"storing job {job.job_id}"):
                 async with asyncio.timeout(_STORE_TIMEOUT_S):
                     await self._js.publish(
-                        subjects.JOB_SUBMITTED,
+                        subjects.job_subject(job.kind),
                         job.to_bytes(),
                         headers={"Nats-Msg-Id": job.job_id},
                     )

@@ -11,6 +11,9 @@ from ackwire.bus import subjects
 from ackwire.bus.broker import ServiceBroker
 from ackwire.bus.lease import Lease
 from ackwire.bus.models import NodeRegistration
+from ackwire.bus.session_queue import SessionQueue
+from ackwire.jobs.ledger import JobLedger
+from ackwire.jobs.records import JobRecords
 from ackwire.node.worker import Worker
 from ackwire.nodekit import JobKind
 from ackwire.settings import Settings
@@ -56,8 +59,15 @@ class Node:
 
     async def start(self) -> None:
         js = await self._bus.connect()
+        nc = self._bus.broker.connection
+        records = JobRecords(
+            nc,
+            await js.key_value(subjects.JOBS_BUCKET),
+            SessionQueue(nc, js),
+            JobLedger.from_settings(self._settings),
+        )
         self._worker = Worker(
-            js, self._settings, node=self._name, kinds=self._kinds, capacity=self._capacity
+            js, records, self._settings, node=self._name, kinds=self._kinds, capacity=self._capacity
         )
         await self._worker.start()
         self._lease = Lease(

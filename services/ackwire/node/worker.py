@@ -1,16 +1,18 @@
-"""Running attempts: pull work of each kind only while a slot is free, report every step.
+"""Running attempts: pull work of each kind only while a slot is free, and tell the ledger.
 
-One durable consumer per kind, shared by every node serving it. Its `ack_wait`
-is the job timeout and its `max_deliver` the attempt limit, so JetStream
-itself takes a job from a node that died or went silent and hands it to the
-next one. A running attempt keeps itself alive, for JetStream (`in_progress`
-on its work message) and for the ledger (a report), whenever it reported
-nothing for a third of the job timeout; a progress report does both.
-The attempt number is JetStream's delivery count of the work message.
+A job's work is the job's own message in the jobs stream, as the gateway
+stored it: one durable consumer per kind, shared by every node serving it,
+reads it beside the scheduler's. Its `ack_wait` is the job timeout and its
+`max_deliver` the attempt limit, so JetStream itself takes a job from a node
+that died or went silent and hands it to the next one. The attempt number is
+JetStream's delivery count of the message.
 
-Before it runs a handler, a node reads the job's record: work of a job that
-ended (the client was told its outcome) or that a newer attempt runs is
-dropped unrun.
+A node writes the job's record itself (`JobRecords`): it asks the ledger
+before it runs a handler (work of a job that ended, or that a newer attempt
+runs, is dropped unrun), keeps the attempt alive whenever it reported nothing
+for a third of the job timeout (for JetStream, `in_progress`, and for the
+ledger), and ends it: the result is stored for the client's session straight
+from here, once the record's compare-and-set said this attempt decides the job.
 """
 
 from __future__ import annotations
@@ -25,21 +27,22 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import Error as JetStreamError
-from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 from pydantic import BaseModel, JsonValue, ValidationError
+from structlog.typing import FilteringBoundLogger
 
 from ackwire.bus import subjects
-from ackwire.jobs.ledger import JobRecord
-from ackwire.jobs.messages import (
-    TERMINAL_SUFFIX,
-    AttemptAlive,
-    AttemptFailedEvent,
-    AttemptProgressed,
-    AttemptStarted,
-    AttemptSucceeded,
-    JobSubmitted,
+from ackwire.errors import BusError, ConflictError
+from ackwire.jobs.ledger import (
+    AttemptFailed,
+    JobInput,
+    KeptAlive,
+    Progressed,
+    RunHandler,
+    Started,
+    Succeeded,
 )
+from ackwire.jobs.messages import TERMINAL_SUFFIX, JobSubmitted, StoredJob
+from ackwire.jobs.records import Applied, JobRecords, Version
 from ackwire.lifecycle import cancel_and_wait
 from ackwire.nodekit import JobKind
 from ackwire.settings import Settings
@@ -48,6 +51,11 @@ from ackwire.wire.bounds import refuse_oversized_deliver
 _FETCH_WAIT_S = 1.0
 #: A handler's exception may carry anything (a whole payload, a megabyte of stack).
 _FAILURE_MESSAGE_MAX = 500
+#: How long an attempt's end is retried while the bus fails (a NATS failover takes
+#: seconds); after that its work comes back after the job timeout, and runs again.
+_END_REPORTED_WITHIN_S = 30.0
+_END_RETRY_FIRST_S = 0.1
+_END_RETRY_MAX_S = 2.0
 
 _log = structlog.get_logger("ackwire.node")
 
@@ -61,42 +69,59 @@ def _failure_message(exc: Exception) -> str:
 
 
 class Attempt:
-    """The `JobContext` a handler gets: reports progress and keeps the work message alive."""
+    """The `JobContext` a handler gets: tells the ledger of the attempt, keeps its work alive."""
 
-    def __init__(self, js: JetStreamContext, msg: Msg, work: JobSubmitted, node: str) -> None:
-        self._js = js
+    def __init__(
+        self, records: JobRecords, msg: Msg, stored: StoredJob, node: str, log: FilteringBoundLogger
+    ) -> None:
+        self._records = records
         self._msg = msg
-        self._work = work
+        self._stored = stored
         self._node = node
+        self._log = log
         self.attempt = msg.metadata.num_delivered
+        self._version: Version | None = None
         self._loop = asyncio.get_running_loop()
         self._reported_at = self._loop.time()
 
     @property
     def job_id(self) -> str:
-        return self._work.job_id
+        return self._stored.job.job_id
 
     @property
     def trace_id(self) -> str:
-        return self._work.trace_id
+        return self._stored.job.trace_id
+
+    async def start(self) -> bool:
+        """Whether the ledger lets this node run the attempt."""
+        applied = await self.report(Started(self.attempt, self._node))
+        return applied is not None and RunHandler() in applied.outcome.actions
 
     async def progress(self, percent: float) -> None:
         await self._msg.in_progress()
-        await self.report(AttemptProgressed, percent=max(0.0, min(100.0, percent)))
+        await self.report(Progressed(self.attempt, max(0.0, min(100.0, percent))))
 
-    async def report(self, event: type[BaseModel], **fields: JsonValue) -> None:
-        """Publish one report of this attempt; returns once it is stored."""
-        message = event(
-            job_id=self._work.job_id,
-            attempt=self.attempt,
-            node=self._node,
-            trace_id=self.trace_id,
-            **fields,
+    async def report(self, event: JobInput) -> Applied | None:
+        """Apply `event` to the job's record (and carry out the outcome); raises `BusError`."""
+        applied = await self._records.apply(
+            self.job_id, event, self._log, stored=self._stored, known=self._version
         )
-        await self._js.publish(
-            subjects.job_event_subject(self._work.job_id), message.model_dump_json().encode()
-        )
+        if applied is not None:
+            self._version = applied.version
         self._reported_at = self._loop.time()
+        return applied
+
+    async def end(self, event: Succeeded | AttemptFailed) -> Applied | None:
+        """Report the attempt's end, again while the bus fails, for a bounded time."""
+        delay = _END_RETRY_FIRST_S
+        async with asyncio.timeout(_END_REPORTED_WITHIN_S):
+            while True:
+                try:
+                    return await self.report(event)
+                except BusError as exc:
+                    self._log.warning("job.end_unreported", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, _END_RETRY_MAX_S)
 
     async def keep_alive(self, every: float) -> None:
         """Tell JetStream and the ledger that the attempt runs, whenever it reported nothing
@@ -108,14 +133,9 @@ class Attempt:
             self._reported_at = self._loop.time()
             try:
                 await self._msg.in_progress()
-                await self.report(AttemptAlive)
-            except (NatsError, JetStreamError, TimeoutError) as exc:
-                _log.warning(
-                    "job.keep_alive_lost",
-                    job_id=self.job_id,
-                    attempt=self.attempt,
-                    error=str(exc) or type(exc).__name__,
-                )
+                await self.report(KeptAlive(self.attempt))
+            except (NatsError, JetStreamError, TimeoutError, BusError, ConflictError) as exc:
+                self._log.warning("job.keep_alive_lost", error=str(exc) or type(exc).__name__)
 
 
 class Worker:
@@ -124,6 +144,7 @@ class Worker:
     def __init__(
         self,
         js: JetStreamContext,
+        records: JobRecords,
         settings: Settings,
         *,
         node: str,
@@ -131,6 +152,7 @@ class Worker:
         capacity: int,
     ) -> None:
         self._js = js
+        self._records = records
         self._settings = settings
         self._node = node
         self._kinds = kinds
@@ -138,16 +160,14 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._pulls: list[JetStreamContext.PullSubscription] = []
         self._running: set[asyncio.Task[None]] = set()
-        self._records: KeyValue | None = None
 
     async def start(self) -> None:
-        self._records = await self._js.key_value(subjects.JOBS_BUCKET)
         for kind in self._kinds:
             await self._js.add_consumer(
-                subjects.WORK_STREAM,
+                subjects.JOBS_STREAM,
                 ConsumerConfig(
                     durable_name=subjects.work_consumer(kind),
-                    filter_subject=subjects.work_subject(kind),
+                    filter_subject=subjects.job_subject(kind),
                     ack_policy=AckPolicy.EXPLICIT,
                     ack_wait=self._settings.job_timeout_s,
                     max_deliver=self._settings.max_attempts,
@@ -155,7 +175,7 @@ class Worker:
                 ),
             )
             pull = await self._js.pull_subscribe_bind(
-                subjects.work_consumer(kind), stream=subjects.WORK_STREAM
+                subjects.work_consumer(kind), stream=subjects.JOBS_STREAM
             )
             self._pulls.append(pull)
             self._loops.append(asyncio.create_task(self._pull(kind, pull), name=f"pull {kind}"))
@@ -171,6 +191,7 @@ class Worker:
             await asyncio.wait(self._running, timeout=self._settings.job_timeout_s)
 
     async def _pull(self, kind: str, pull: JetStreamContext.PullSubscription) -> None:
+        # A pull waiting at the server gets a job the moment it is stored: no polling.
         while True:
             await self._slots.acquire()
             try:
@@ -198,41 +219,31 @@ class Worker:
             _log.error("node.unreadable_work", kind=kind, error=str(exc))
             await msg.term()
             return
-        attempt = Attempt(self._js, msg, work, self._node)
         log = _log.bind(
             job_id=work.job_id,
             trace_id=work.trace_id,
             session_id=work.session_id,
-            attempt=attempt.attempt,
+            attempt=msg.metadata.num_delivered,
+        )
+        attempt = Attempt(
+            self._records, msg, StoredJob(work, msg.metadata.sequence.stream), self._node, log
         )
         try:
-            refusal = await self._refusal(work.job_id, attempt.attempt)
-            if refusal is not None:
-                log.info("job.work_dropped", reason=refusal)
+            if not await attempt.start():
+                log.info("job.work_dropped")
                 await msg.term()
                 return
-            await attempt.report(AttemptStarted)
             log.info("job.attempt_started", kind=kind)
             try:
                 data = await self._run(kind, work, attempt)
-                # Stored, a result no client accepts would never be delivered.
-                refuse_oversized_deliver(
-                    self._settings.max_frame_bytes,
-                    delivery_id=work.job_id + TERMINAL_SUFFIX,
-                    kind="result",
-                    job_id=work.job_id,
-                    data=data,
-                )
             except Exception as exc:
                 failure = _failure_message(exc)
                 log.warning("job.attempt_failed", error=failure)
-                await attempt.report(AttemptFailedEvent, message=failure)
-                await (msg.nak() if attempt.attempt < self._settings.max_attempts else msg.term())
-                return
-            await attempt.report(AttemptSucceeded, data=data)
-            await msg.ack_sync()
-            log.info("job.attempt_succeeded")
-        except (NatsError, JetStreamError, TimeoutError) as exc:
+                ended = await attempt.end(AttemptFailed(attempt.attempt, failure))
+            else:
+                ended = await attempt.end(Succeeded(attempt.attempt, data))
+            await self._settle(msg, attempt.attempt, ended, log)
+        except (NatsError, JetStreamError, TimeoutError, BusError, ConflictError) as exc:
             # Unreported or unacked: JetStream gives the work to a node again after ack_wait.
             log.warning("job.attempt_unreported", error=str(exc) or type(exc).__name__)
 
@@ -241,24 +252,32 @@ class Worker:
         beat after the attempt's last report would say a failed attempt still runs)."""
         keep_alive = asyncio.create_task(attempt.keep_alive(self._settings.job_timeout_s / 3))
         try:
-            return await self._kinds[kind](work.payload, attempt)
+            data = await self._kinds[kind](work.payload, attempt)
         finally:
             await cancel_and_wait(keep_alive)
+        # Stored, a result no client accepts would never be delivered.
+        refuse_oversized_deliver(
+            self._settings.max_frame_bytes,
+            delivery_id=work.job_id + TERMINAL_SUFFIX,
+            kind="result",
+            job_id=work.job_id,
+            data=data,
+        )
+        return data
 
-    async def _refusal(self, job_id: str, attempt: int) -> str | None:
-        """Why the job's record says not to run this attempt (None: run it). A record not
-        found or not readable does not stop it: a replica may not have the record yet, and
-        the ledger fences what the attempt reports anyway."""
-        assert self._records is not None
-        try:
-            entry = await self._records.get(job_id)
-        except KeyNotFoundError:
-            return None
-        if entry.value is None:
-            return None
-        try:
-            record = JobRecord.model_validate_json(entry.value)
-        except ValidationError as exc:
-            _log.error("node.unreadable_job_record", job_id=job_id, error=str(exc))
-            return None
-        return record.refuses(attempt)
+    async def _settle(
+        self, msg: Msg, attempt: int, ended: Applied | None, log: FilteringBoundLogger
+    ) -> None:
+        """Answer JetStream for the work once the ledger took the attempt's end."""
+        if ended is None:  # the job's record is gone (expired): nothing waits for it
+            await msg.term()
+            return
+        record = ended.outcome.record
+        if record.attempt > attempt:
+            # A newer attempt runs this same message: its answer is that attempt's to give.
+            log.info("job.superseded_attempt_ended")
+            return
+        if record.state.terminal:
+            await msg.ack()  # the message is withdrawn already, or will be by the job's timer
+        else:
+            await msg.nak()  # a failed attempt with attempts left: the next one, at once

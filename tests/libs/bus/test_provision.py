@@ -25,8 +25,8 @@ async def test_provisioning_creates_every_bucket_and_is_idempotent(
         f"KV_{subjects.JOBS_BUCKET}",
         subjects.SESSIONS_STREAM,
         subjects.JOBS_STREAM,
-        subjects.JOB_EVENTS_STREAM,
-        subjects.WORK_STREAM,
+        subjects.RECEIPTS_STREAM,
+        subjects.TOPICS_STREAM,
     }
     assert first == second
 

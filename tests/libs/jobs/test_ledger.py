@@ -10,7 +10,6 @@ from ackwire.jobs.ledger import (
     DeliverError,
     DeliverProgress,
     DeliverResult,
-    DispatchWork,
     Ignore,
     JobInput,
     JobLedger,
@@ -20,27 +19,23 @@ from ackwire.jobs.ledger import (
     Outcome,
     Progressed,
     ResultReceipted,
+    RunHandler,
     Started,
     Succeeded,
     TimerFired,
-    WithdrawWork,
-    WorkDispatched,
+    WithdrawJob,
 )
 
 LEDGER = JobLedger(pending_timeout=10, job_timeout=300, max_attempts=3)
+#: Where the job's message sits in the jobs stream.
+SEQ = 7
 
 
-def submitted(now: float = 0.0) -> JobRecord:
-    outcome = LEDGER.submitted(job_id="j-1", session_id="s-1", kind="echo", trace_id="t", now=now)
-    assert outcome.actions == (DispatchWork(), CheckAt(now + 10))
-    return outcome.record
-
-
-def new_job(now: float = 0.0) -> JobRecord:
-    """A job submitted at `now`, its work stored for nodes."""
-    outcome = LEDGER.apply(submitted(now), WorkDispatched(seq=7), now)
-    assert outcome.actions == ()
-    return outcome.record
+def new_job(at: float = 0.0) -> JobRecord:
+    """A job stored at `at`, its message at `SEQ` of the jobs stream."""
+    return LEDGER.submitted(
+        job_id="j-1", session_id="s-1", kind="echo", trace_id="t", job_seq=SEQ, at=at
+    )
 
 
 def run(record: JobRecord, *steps: tuple[JobInput, float]) -> tuple[JobRecord, list[object]]:
@@ -52,7 +47,7 @@ def run(record: JobRecord, *steps: tuple[JobInput, float]) -> tuple[JobRecord, l
     return record, actions
 
 
-def test_a_job_runs_and_its_result_is_delivered() -> None:
+def test_a_job_runs_and_its_result_is_delivered_before_its_message_is_withdrawn() -> None:
     record, actions = run(
         new_job(),
         (Started(1, "node-1"), 1),
@@ -60,17 +55,37 @@ def test_a_job_runs_and_its_result_is_delivered() -> None:
         (Succeeded(1, {"text": "hello"}), 3),
     )
     assert record.state is JobState.DONE
-    assert actions == [CheckAt(301), DeliverProgress(1, 50), DeliverResult({"text": "hello"})]
+    assert record.ended_with == DeliverResult({"text": "hello"})
+    assert actions == [
+        RunHandler(),
+        DeliverProgress(1, 50),
+        DeliverResult({"text": "hello"}),
+        WithdrawJob(SEQ),
+    ]
+
+
+def test_the_timer_of_a_job_nobody_started_changes_nothing_before_its_deadline() -> None:
+    """So the scheduler writes no record for it: a node's start is most jobs' first write."""
+    fresh = new_job()
+    assert LEDGER.apply(fresh, TimerFired(), 9.9) == Outcome(fresh, (CheckAt(10),))
 
 
 def test_no_node_within_the_pending_timeout_is_no_capacity() -> None:
     record, actions = run(new_job(), (TimerFired(), 9.9), (TimerFired(), 10))
     assert record.state is JobState.NO_CAPACITY
     assert actions[0] == CheckAt(10)
-    # The work goes before the client is told: no node may run a job it was told did not run.
-    assert actions[1] == WithdrawWork(7)
-    assert isinstance(actions[2], DeliverError)
-    assert actions[2].code == "no_capacity"
+    assert isinstance(actions[1], DeliverError)
+    assert actions[1].code == "no_capacity"
+    # The client is told first; the message (no node gets its work after) goes once it is.
+    assert actions[2] == WithdrawJob(SEQ)
+
+
+def test_a_node_may_not_run_a_job_that_ended_or_an_attempt_a_newer_one_superseded() -> None:
+    ended, _ = run(new_job(), (TimerFired(), 10))
+    assert LEDGER.apply(ended, Started(1, "n"), 11).actions == (Ignore("job already no_capacity"),)
+    running, _ = run(new_job(), (Started(2, "n"), 1))
+    assert LEDGER.apply(running, Started(1, "n"), 2).actions == (Ignore("superseded attempt 1"),)
+    assert LEDGER.apply(running, Started(3, "m"), 2).actions == (RunHandler(),)
 
 
 def test_the_seed_bug_no_timeout_after_the_result_came_back() -> None:
@@ -79,7 +94,8 @@ def test_the_seed_bug_no_timeout_after_the_result_came_back() -> None:
     )
     assert record.state is JobState.DONE
     assert [a for a in actions if isinstance(a, DeliverError)] == []
-    assert actions[-1] == Ignore("job already done")
+    # A timer that outlived the result only makes sure of its delivery, and ends.
+    assert actions[-2:] == [DeliverResult("ok"), WithdrawJob(SEQ)]
 
 
 def test_a_silent_node_hands_the_job_to_the_next_attempt() -> None:
@@ -117,41 +133,24 @@ def test_a_raising_handler_is_a_failed_attempt_until_the_last() -> None:
         (AttemptFailed(3, "boom at last"), 6),
     )
     assert record.state is JobState.FAILED
-    assert actions[-1] == DeliverError("failed", "boom at last")
+    assert actions[-2:] == [DeliverError("failed", "boom at last"), WithdrawJob(SEQ)]
 
 
 def test_silence_on_the_last_attempt_fails_the_job() -> None:
     record, actions = run(new_job(), (Started(3, "n"), 1), (TimerFired(), 301))
     assert record.state is JobState.FAILED
-    assert isinstance(actions[-1], DeliverError)
-    assert actions[-1].code == "failed"
+    assert isinstance(actions[-2], DeliverError)
+    assert actions[-2].code == "failed"
+    assert actions[-1] == WithdrawJob(SEQ)
 
 
-def test_a_lost_attempt_nobody_took_again_has_its_work_withdrawn() -> None:
-    _record, actions = run(
-        new_job(), (Started(1, "n"), 1), (TimerFired(), 301), (TimerFired(), 311)
-    )
+def test_a_lost_attempt_nobody_took_again_fails_and_its_message_is_withdrawn() -> None:
+    record, actions = run(new_job(), (Started(1, "n"), 1), (TimerFired(), 301), (TimerFired(), 311))
+    assert record.state is JobState.FAILED  # not no_capacity: an attempt did start
     assert actions[-2:] == [
-        WithdrawWork(7),
         DeliverError("failed", "attempt 1 was lost and no node took the job again"),
+        WithdrawJob(SEQ),
     ]
-
-
-def test_work_stored_after_a_timer_ended_the_job_is_withdrawn() -> None:
-    ended, _ = run(submitted(), (TimerFired(), 10))
-    record, actions = run(ended, (WorkDispatched(seq=4), 11))
-    assert (record.state, actions) == (JobState.NO_CAPACITY, [WithdrawWork(4)])
-    assert run(record, (TimerFired(), 12))[1][0] == WithdrawWork(4)  # and again, if asked
-
-
-def test_a_node_may_not_run_work_of_a_job_that_ended_or_moved_on() -> None:
-    record = new_job()
-    assert record.refuses(1) is None
-    running, _ = run(record, (Started(2, "n"), 1))
-    assert running.refuses(1) == "superseded attempt 1"
-    assert running.refuses(3) is None
-    ended, _ = run(record, (TimerFired(), 10))
-    assert ended.refuses(1) == "job already no_capacity"
 
 
 def test_progress_keeps_a_long_job_alive() -> None:
@@ -175,7 +174,7 @@ def test_the_nodes_keep_alive_keeps_a_long_job_alive_without_progress() -> None:
         (KeptAlive(1), 201),
         (TimerFired(), 301),
     )
-    assert (record.state, actions) == (JobState.RUNNING, [CheckAt(301), CheckAt(501)])
+    assert (record.state, actions) == (JobState.RUNNING, [RunHandler(), CheckAt(501)])
 
 
 def test_a_keep_alive_of_an_attempt_thought_lost_has_it_running_again() -> None:
@@ -185,48 +184,36 @@ def test_a_keep_alive_of_an_attempt_thought_lost_has_it_running_again() -> None:
     assert (record.state, actions) == (JobState.RUNNING, [CheckAt(602)])
 
 
-def test_a_lost_attempt_nobody_retries_ends_failed_not_no_capacity() -> None:
-    record, _actions = run(
-        new_job(), (Started(1, "n"), 1), (TimerFired(), 301), (TimerFired(), 311)
-    )
-    assert record.state is JobState.FAILED
-
-
-def test_a_job_whose_work_the_store_did_not_confirm_is_dispatched_again_by_its_timer() -> None:
-    record, actions = run(submitted(), (TimerFired(), 0.5))
-    assert actions == [DispatchWork(), CheckAt(10)]
-    record, actions = run(record, (WorkDispatched(seq=3), 0.6), (TimerFired(), 1))
-    assert (record.work_seq, actions) == (3, [CheckAt(10)])
-    # Once an attempt started, the work is JetStream's to redeliver: never dispatched again.
-    record, actions = run(submitted(), (Started(1, "n"), 1), (AttemptFailed(1, "boom"), 2))
-    assert DispatchWork() not in run(record, (TimerFired(), 3))[1]
-
-
 def test_the_input_that_ended_a_job_asks_for_its_delivery_again() -> None:
-    """The scheduler records an outcome before it stores the delivery; if it stopped in
-    between, the input comes again, and so does the delivery (the store dedupes it)."""
+    """The writer records an outcome before it stores the delivery; if it stopped in
+    between, its input (or the job's timer) comes again, and so does the delivery."""
     done, _ = run(new_job(), (Started(1, "n"), 1), (Succeeded(1, "ok"), 2))
-    assert LEDGER.apply(done, Succeeded(1, "ok"), 3) == Outcome(done, (DeliverResult("ok"),))
+    again = (DeliverResult("ok"), WithdrawJob(SEQ))
+    assert LEDGER.apply(done, Succeeded(1, "ok"), 3) == Outcome(done, again)
+    assert LEDGER.apply(done, TimerFired(), 3) == Outcome(done, again)
     failed, _ = run(new_job(), (Started(3, "n"), 1), (AttemptFailed(3, "boom"), 2))
     assert LEDGER.apply(failed, AttemptFailed(3, "boom"), 3).actions == (
         DeliverError("failed", "boom"),
+        WithdrawJob(SEQ),
     )
-    no_capacity, [*_, error] = run(new_job(), (TimerFired(), 10))
-    repeat = Outcome(no_capacity, (WithdrawWork(7), error))
-    assert LEDGER.apply(no_capacity, TimerFired(), 11) == repeat
+    no_capacity, [_check, error, withdrawal] = run(new_job(), (TimerFired(), 9), (TimerFired(), 10))
+    assert LEDGER.apply(no_capacity, TimerFired(), 11) == Outcome(no_capacity, (error, withdrawal))
 
 
 def test_only_the_input_that_ended_a_job_asks_for_its_delivery_again() -> None:
-    failed, _ = run(new_job(), (Started(3, "n"), 1), (AttemptFailed(3, "boom"), 2))
-    assert LEDGER.apply(failed, TimerFired(), 300).actions == (Ignore("job already failed"),)
     silent, _ = run(new_job(), (Started(3, "n"), 1), (TimerFired(), 301))
     late = LEDGER.apply(silent, AttemptFailed(3, "boom"), 302)
     assert late.actions == (Ignore("job already failed"),)
+    assert LEDGER.apply(silent, Succeeded(3, "late"), 302).actions == (
+        Ignore("job already failed"),
+    )
     done, _ = run(new_job(), (Started(1, "n"), 1), (Succeeded(1, "ok"), 2))
-    assert LEDGER.apply(done, TimerFired(), 300).actions == (Ignore("job already done"),)
-    # Once the client acked the delivery, it was stored: nothing asks for it again.
+    assert LEDGER.apply(done, Succeeded(1, "other"), 3).actions == (Ignore("job already done"),)
+    # Once the client acked the delivery, it was stored: nothing asks for it again, and a
+    # timer left over only withdraws the message.
     acked, _ = run(done, (ResultReceipted("delivered"), 3))
     assert LEDGER.apply(acked, Succeeded(1, "ok"), 4).actions == (Ignore("job already done"),)
+    assert LEDGER.apply(acked, TimerFired(), 4).actions == (WithdrawJob(SEQ),)
 
 
 def result_of(attempt: int) -> Succeeded:
@@ -241,7 +228,7 @@ events = st.one_of(
     st.integers(1, 4).map(result_of),
     st.builds(AttemptFailed, attempt=st.integers(1, 4), message=st.just("x")),
     st.builds(TimerFired),
-    st.builds(WorkDispatched, seq=st.integers(1, 3)),
+    st.builds(ResultReceipted, outcome=st.sampled_from(["delivered", "expired"])),
 )
 
 
@@ -249,40 +236,42 @@ events = st.one_of(
 def test_any_history_ends_in_at_most_one_terminal_delivery(
     steps: list[tuple[JobInput, float]],
 ) -> None:
-    """At most one, asked for again only as itself (a repeat the store dedupes by its id)."""
-    record = submitted()
+    """At most one, asked for again only as itself (a repeat the store dedupes by its id),
+    never a handler run for an ended job or a superseded attempt, and the message withdrawn
+    only after its terminal delivery."""
+    record = new_job()
     now = 0.0
     terminal: list[object] = []
-    withdrawn: set[int] = set()
     newest_attempt = 0
     for event, dt in steps:
         now += dt
         before = record
         outcome = LEDGER.apply(record, event, now)
         record = outcome.record
-        for action in outcome.actions:
+        for i, action in enumerate(outcome.actions):
             if isinstance(action, DeliverResult | DeliverError):
                 terminal.append(action)
                 assert record.state.terminal
+                assert record.ended_with == action
             if isinstance(action, DeliverResult):
-                assert isinstance(event, Succeeded)
-                assert event.attempt >= newest_attempt, "a superseded result was delivered"
+                assert isinstance(event, Succeeded | TimerFired)
+                if isinstance(event, Succeeded):
+                    assert event.attempt >= newest_attempt, "a superseded result was delivered"
+            if isinstance(action, RunHandler):
+                assert isinstance(event, Started)
+                assert not before.state.terminal
+                assert event.attempt >= newest_attempt, "a superseded attempt was run"
             if isinstance(action, CheckAt):
                 assert action.at >= now
-            if isinstance(action, DispatchWork):
-                assert (before.state, before.attempt, before.work_seq) == (
-                    JobState.PENDING,
-                    0,
-                    None,
-                )
-            if isinstance(action, WithdrawWork):
+            if isinstance(action, WithdrawJob):
                 assert record.state.terminal
-                withdrawn.add(action.seq)
-        if before.state.terminal:  # nothing changes, but where its work was stored is noted
-            assert record.model_copy(update={"work_seq": before.work_seq}) == before
+                delivered = any(
+                    isinstance(a, DeliverResult | DeliverError) for a in outcome.actions[:i]
+                )
+                assert delivered or record.receipt is not None, "withdrawn before it was told"
+        if before.state.terminal:  # nothing changes but the receipt
+            assert record.model_copy(update={"receipt": before.receipt}) == before
         if isinstance(event, AttemptInput) and not before.state.terminal:
             newest_attempt = max(newest_attempt, event.attempt)
     assert all(t == terminal[0] for t in terminal), "two different terminal deliveries"
     assert record.state.terminal == bool(terminal)
-    if record.timed_out is not None and record.work_seq is not None:
-        assert record.work_seq in withdrawn, "a timer ended the job and left its work for nodes"

@@ -1,30 +1,27 @@
-"""What nodes report of jobs, as the scheduler reads it."""
-
-import json
+"""Jobs as the bus carries them."""
 
 import pytest
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from ackwire.jobs.messages import AttemptAlive, JobEvent, new_job_id
-
-EVENTS: TypeAdapter[JobEvent] = TypeAdapter(JobEvent)
+from ackwire.jobs.messages import JobSubmitted, new_job_id
 
 
-def report(job_id: str) -> bytes:
-    return json.dumps(
-        {"event": "alive", "job_id": job_id, "attempt": 1, "node": "n", "trace_id": "t"}
-    ).encode()
-
-
-def test_a_keep_alive_report_reads_as_one() -> None:
-    job_id = new_job_id("s-" + "a" * 22, "k")
-    assert EVENTS.validate_json(report(job_id)) == AttemptAlive(
-        job_id=job_id, attempt=1, node="n", trace_id="t"
+def job(job_id: str) -> JobSubmitted:
+    return JobSubmitted(
+        job_id=job_id, session_id="s-1", user="alice", kind="echo", payload={}, trace_id="t"
     )
 
 
+def test_the_same_idempotency_key_in_the_same_session_is_the_same_job() -> None:
+    session = "s-" + "a" * 22
+    assert new_job_id(session, "k") == new_job_id(session, "k")
+    assert new_job_id(session, "k") != new_job_id("s-" + "b" * 22, "k")
+    assert new_job_id(session, None) != new_job_id(session, None)
+    assert job(new_job_id(session, "k")).job_id == new_job_id(session, "k")
+
+
 @pytest.mark.parametrize("job_id", ["", "j-short", "j-" + "a" * 20 + ".x", "s-" + "a" * 22])
-def test_a_report_naming_no_job_id_is_unreadable(job_id: str) -> None:
-    """Never a key the ledger's bucket refuses on every redelivery of the report."""
+def test_a_job_naming_no_job_id_is_unreadable(job_id: str) -> None:
+    """Never a key the ledger's bucket refuses on every redelivery of the job."""
     with pytest.raises(ValidationError, match="not a job id"):
-        EVENTS.validate_json(report(job_id))
+        job(job_id)

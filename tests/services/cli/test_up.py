@@ -257,7 +257,7 @@ async def test_up_restarts_a_killed_gateway_and_node_and_their_client_loses_noth
     await send(ws, Submit(ref="c-1", kind="sleep", payload={"seconds": 2}))
     accepted = await receive(ws)
     assert isinstance(accepted, Accepted), accepted
-    running = await up.log_event("job.state", job_id=accepted.job_id, state="running")
+    running = await up.log_event("job.attempt_started", job_id=accepted.job_id)
     node = running["node"]
 
     # Kill the gateway holding the client and the node running its job.

@@ -1,7 +1,9 @@
 """Nodes die, start early, report late: the seeds' failures, against real node processes."""
 
+import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 import nats
 import pytest
@@ -9,8 +11,10 @@ import structlog
 
 from ackwire.bus import subjects
 from ackwire.bus.embedded import EmbeddedNats, free_port
+from ackwire.bus.session_queue import SessionQueue
 from ackwire.gateway.server import Gateway
-from ackwire.jobs.messages import AttemptSucceeded
+from ackwire.jobs.ledger import Ignore, JobLedger, Succeeded
+from ackwire.jobs.records import JobRecords
 from ackwire.scheduler.service import Scheduler
 from ackwire.settings import Settings
 from ackwire.wire.frames import Accepted, Ping, Pong, Submit
@@ -71,8 +75,7 @@ async def test_a_node_killed_mid_job_and_the_job_completes_on_another_exactly_on
         client = await connect(gateway.url, make_token())
         accepted = await client.submit(Submit(ref="c-1", kind="sleep", payload={"seconds": 2}))
         assert isinstance(accepted, Accepted)
-        started = await logs.wait_for("job.state", job_id=accepted.job_id, state="running")
-        victim = nodes[started["node"]]
+        victim = await first_to_log(nodes.values(), "job.attempt_started", job_id=accepted.job_id)
         await victim.stop(signal.SIGKILL)
 
         seen = await client.until_terminal(accepted.job_id, timeout=30)
@@ -80,18 +83,23 @@ async def test_a_node_killed_mid_job_and_the_job_completes_on_another_exactly_on
         assert seen[-1].data == {"slept": 2.0}
         assert [d.kind for d in seen].count("result") == 1
         survivor = next(n for n in nodes.values() if n is not victim)
-        finished = await survivor.log_event("job.attempt_succeeded", job_id=accepted.job_id)
+        finished = await survivor.log_event("job.state", job_id=accepted.job_id, state="done")
         assert finished["attempt"] == 2
 
         # The killed node's attempt "comes back" late: dropped, never delivered twice.
         nc = await nats.connect(nats_server.url)
-        late = AttemptSucceeded(
-            job_id=accepted.job_id, attempt=1, node="node-late", trace_id="t", data={"late": True}
+        js = nc.jetstream()
+        records = JobRecords(
+            nc,
+            await js.key_value(subjects.JOBS_BUCKET),
+            SessionQueue(nc, js),
+            JobLedger.from_settings(job_settings),
         )
-        await nc.jetstream().publish(subjects.job_event_subject(accepted.job_id), late.to_bytes())
+        log = structlog.get_logger("test").bind(job_id=accepted.job_id)
+        late = await records.apply(accepted.job_id, Succeeded(1, {"late": True}), log)
         await nc.close()
-        dropped = await logs.wait_for("job.input_ignored", job_id=accepted.job_id, attempt=1)
-        assert dropped["reason"] in {"superseded attempt 1", "job already done"}
+        assert late is not None
+        assert late.outcome.actions == (Ignore("superseded attempt 1"),)
         await send(client.ws, Ping())
         assert isinstance(await receive(client.ws), Pong)  # no second result came first
         await client.ws.close()
@@ -120,66 +128,92 @@ async def gateway_only(job_settings: Settings, logs: LogWatch) -> AsyncIterator[
     await gateway.drain()
 
 
-async def test_the_seed_bug_a_node_started_before_the_scheduler_serves_once_it_is_up(
+async def test_the_seed_bug_a_node_started_before_the_scheduler_serves_at_once(
     nats_server: EmbeddedNats,
     job_settings: Settings,
     gateway_only: Gateway,
     make_token: MakeToken,
     logs: LogWatch,
 ) -> None:
-    node = await start_node("node-early", nats_server, job_settings)  # no scheduler yet
+    """No scheduler is on a job's way: a node that starts first runs jobs, and a scheduler
+    started later only notes the client's receipt."""
+    node = await start_node("node-early", nats_server, job_settings)
     try:
         await logs.wait_for("node.joined", service="gw-t", node="node-early")
         client = await connect(gateway_only.url, make_token())
         accepted = await client.submit(Submit(ref="c-1", kind="echo", payload={"early": True}))
-        assert isinstance(accepted, Accepted)  # stored, though no scheduler runs yet
-        scheduler = await start_scheduler("scheduler-late", nats_server, job_settings)
+        assert isinstance(accepted, Accepted)
         [result] = await client.until_terminal(accepted.job_id)
         assert result.data == {"early": True}
+        scheduler = await start_scheduler("scheduler-late", nats_server, job_settings)
+        await scheduler.log_event("job.result_receipted", job_id=accepted.job_id)
         await scheduler.stop()
         await client.ws.close()
     finally:
         await node.stop()
 
 
-async def test_a_scheduler_killed_mid_job_is_replaced_and_two_replicas_run_each_job_once(
+async def test_a_scheduler_killed_is_replaced_and_one_replica_ends_a_job_its_node_lost(
     nats_server: EmbeddedNats,
     job_settings: Settings,
     gateway_only: Gateway,
     make_token: MakeToken,
     logs: LogWatch,
 ) -> None:
+    """The killed scheduler's timers live in JetStream: of its two replacements, one fails
+    the job whose node died too (no other node takes it), and only one tells the client."""
     node = await start_node("node-1", nats_server, job_settings)
     first = await start_scheduler("scheduler-1", nats_server, job_settings)
     replicas: list[AckwireProcess] = []
     try:
         await logs.wait_for("node.joined", service="gw-t", node="node-1")
         client = await connect(gateway_only.url, make_token())
-        slow = await client.submit(Submit(ref="s", kind="sleep", payload={"seconds": 1.5}))
-        assert isinstance(slow, Accepted)
-        await first.log_event("job.state", job_id=slow.job_id, state="running")
-        await first.stop(signal.SIGKILL)  # its ledger lives on the bus, its timers in JetStream
-
+        quick = [
+            await client.submit(Submit(ref=f"q-{i}", kind="echo", payload={"i": i}))
+            for i in range(3)
+        ]
+        lost = await client.submit(Submit(ref="s", kind="sleep", payload={"seconds": 30}))
+        assert isinstance(lost, Accepted)
+        await node.log_event("job.attempt_started", job_id=lost.job_id)
+        await first.stop(signal.SIGKILL)
+        await node.stop(signal.SIGKILL)
         replicas = [
             await start_scheduler(f"scheduler-{i}", nats_server, job_settings) for i in (2, 3)
         ]
-        quick = [
-            await client.submit(Submit(ref=f"q-{i}", kind="echo", payload={"i": i}))
-            for i in range(4)
-        ]
-        job_ids = [a.job_id for a in (slow, *quick) if isinstance(a, Accepted)]
-        assert len(job_ids) == 5
-        results = {job_id: await client.until_terminal(job_id, timeout=30) for job_id in job_ids}
-        assert all([d.kind for d in seen].count("result") == 1 for seen in results.values())
-        dispatched = [
-            e["job_id"]
-            for p in (first, *replicas)
+        for answer in quick:
+            assert isinstance(answer, Accepted)
+            [result] = await client.until_terminal(answer.job_id)
+            assert result.kind == "result"
+        # Silent past the job timeout, then nobody takes it again within the pending one.
+        within = job_settings.job_timeout_s + job_settings.pending_timeout_s + 15
+        seen = await client.until_terminal(lost.job_id, timeout=within)
+        [error] = [d for d in seen if d.kind != "progress"]
+        assert error.kind == "error"
+        assert error.data["code"] == "failed"  # type: ignore[index,call-overload]
+        ended_by = [
+            p
+            for p in replicas
             for e in p.logs
-            if e.get("event") == "job.pending"
+            if e.get("event") == "job.state" and e.get("job_id") == lost.job_id
         ]
-        assert sorted(dispatched) == sorted(job_ids)  # each job dispatched once, by one replica
+        assert len(ended_by) == 1, "both replicas ended the job"
+        await send(client.ws, Ping())
+        assert isinstance(await receive(client.ws), Pong)  # no second error came first
         await client.ws.close()
     finally:
         for process in (*replicas, first, node):
             if process.process.returncode is None:
                 await process.stop()
+
+
+async def first_to_log(
+    processes: Iterable[AckwireProcess], name: str, **fields: Any
+) -> AckwireProcess:
+    """The process that logs `name` with `fields` first (waiting up to its bound)."""
+    waits = {asyncio.ensure_future(p.log_event(name, **fields)): p for p in processes}
+    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in pending:
+        wait.cancel()
+    first = done.pop()
+    first.result()
+    return waits[first]

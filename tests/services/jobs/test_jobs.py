@@ -3,13 +3,10 @@
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
 
 import nats
 import pytest
-from nats.js import JetStreamContext
-from nats.js.api import PubAck
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import NotFoundError
 from pydantic import JsonValue
 from websockets.asyncio.client import ClientConnection
 
@@ -82,14 +79,16 @@ async def test_an_echo_job_is_accepted_run_and_its_result_delivered(
         {"a": [1, "二"]},
     )
     delivered = await logs.wait_for("delivery.delivered", job_id=accepted.job_id)
+    await logs.wait_for("job.result_receipted", job_id=accepted.job_id)
     # One grep of the trace id tells the job's story, each line saying where it happened.
     story = [e for e in logs.events if e.get("trace_id") == delivered["trace_id"]]
     steps = {e["event"]: e for e in story}
     assert steps["job.accepted"]["gateway"] == "gw-t"
-    assert steps["job.pending"]["scheduler"] == "scheduler-t"
     assert steps["job.attempt_started"]["node"] == "node-t"
-    assert steps["job.queued_for_session"]["scheduler"] == "scheduler-t"
+    # The node stores the result for the session itself: the scheduler is not on the way.
+    assert steps["job.queued_for_session"]["node"] == "node-t"
     assert steps["delivery.delivered"]["gateway"] == "gw-t"
+    assert steps["job.result_receipted"]["scheduler"] == "scheduler-t"
     assert all(e["job_id"] == accepted.job_id for e in story)
     assert all(e.get("session_id") == delivered["session_id"] for e in story if "gateway" in e)
     await client.ws.close()
@@ -278,14 +277,19 @@ async def test_submitting_too_fast_is_rate_limited(stack: Stack, make_token: Mak
 async def test_the_seed_bug_no_timeout_for_a_job_whose_result_came_back(
     stack: Stack, make_token: MakeToken, logs: LogWatch
 ) -> None:
-    """The seeds' "Job dispatched timeout" logged after the result had returned."""
+    """The seeds' "Job dispatched timeout" logged after the result had returned: once the
+    result is stored, the job's message (its timer too) is gone, so no timer can fire."""
     client = await connect(stack.gateway.url, make_token())
     accepted = await client.submit(Submit(ref="c-1", kind="echo", payload={}))
     assert isinstance(accepted, Accepted)
     await client.until_terminal(accepted.job_id)
-    # The job's timer still fires once after the result (pending_timeout later): it is ignored.
-    fired = await logs.wait_for("job.input_ignored", job_id=accepted.job_id, timeout=10)
-    assert fired["reason"] == "job already done"
+    withdrawn = await logs.wait_for("job.withdrawn", job_id=accepted.job_id)
+    nc = await nats.connect(stack.settings.nats_url)
+    try:
+        with pytest.raises(NotFoundError):
+            await nc.jetstream().get_msg(subjects.JOBS_STREAM, withdrawn["seq"])
+    finally:
+        await nc.close()
     assert not [
         e for e in logs.events if e.get("job_id") == accepted.job_id and "timeout" in str(e)
     ]
@@ -327,31 +331,6 @@ async def test_a_job_longer_than_the_job_timeout_is_kept_alive_by_its_node(
     assert [d.kind for d in seen if d.kind != "progress"] == ["result"]
     assert seen[-1].data == {"slept": seconds}
     assert len(logs.named("job.attempt_started", job_id=accepted.job_id)) == 1  # never re-run
-    await client.ws.close()
-
-
-async def test_a_job_whose_work_the_store_did_not_confirm_is_dispatched_again(
-    stack: Stack, make_token: MakeToken, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A NATS failover: the first publish of the job's work raises NoStreamResponseError."""
-    publish = JetStreamContext.publish
-    refused: list[str] = []
-
-    async def publish_refusing_the_first_work(
-        js: JetStreamContext, subject: str, *args: Any, **kwargs: Any
-    ) -> PubAck:
-        if subject == subjects.work_subject("echo") and not refused:
-            refused.append(subject)
-            raise NoStreamResponseError
-        return await publish(js, subject, *args, **kwargs)
-
-    monkeypatch.setattr(JetStreamContext, "publish", publish_refusing_the_first_work)
-    client = await connect(stack.gateway.url, make_token())
-    accepted = await client.submit(Submit(ref="c-1", kind="echo", payload={"again": True}))
-    assert isinstance(accepted, Accepted)
-    [result] = await client.until_terminal(accepted.job_id)
-    assert refused == [subjects.work_subject("echo")]
-    assert (result.kind, result.data) == ("result", {"again": True})
     await client.ws.close()
 
 

@@ -1,10 +1,11 @@
-"""Two inputs for one job racing in a real scheduler, forced into their worst interleaving at
-the bus boundary: both read the same version of the job's record, and the first to write it
-loses the compare-and-set."""
+"""A node's result and the scheduler's timer racing on one job, forced into their worst
+interleaving at the bus boundary: both read the same version of the job's record, and the
+first to write it loses the compare-and-set."""
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import nats
@@ -13,9 +14,11 @@ import structlog
 from nats.js.kv import KeyValue
 
 from ackwire.bus import subjects
+from ackwire.bus.provision import provision
 from ackwire.bus.session_queue import SessionQueue
-from ackwire.jobs.ledger import JobRecord, JobState
-from ackwire.jobs.messages import TERMINAL_SUFFIX, AttemptSucceeded, JobSubmitted, new_job_id
+from ackwire.jobs.ledger import JobLedger, JobRecord, JobState, Succeeded
+from ackwire.jobs.messages import TERMINAL_SUFFIX, JobSubmitted, StoredJob, new_job_id
+from ackwire.jobs.records import JobRecords
 from ackwire.scheduler.service import Scheduler
 from ackwire.settings import Settings
 from support.logs import LogWatch
@@ -58,24 +61,34 @@ def gate(monkeypatch: pytest.MonkeyPatch, method: str, rendezvous: Rendezvous) -
 async def test_a_timer_and_a_result_racing_end_in_one_terminal_delivery_matching_the_ledger(
     job_settings: Settings, logs: LogWatch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    scheduler = Scheduler(job_settings, name="scheduler-t", host="127.0.0.1")
-    with structlog.contextvars.bound_contextvars(scheduler=scheduler.name):
-        await scheduler.start()
     nc = await nats.connect(job_settings.nats_url)
+    scheduler = Scheduler(job_settings, name="scheduler-t", host="127.0.0.1")
     try:
         js = nc.jetstream()
         session_id = subjects.new_session_id()
         job_id = new_job_id(session_id, None)
         last = job_settings.max_attempts
         now = time.time()
+        # The job's message, stored a minute ago: its timer is due at its first sight.
+        job = JobSubmitted(
+            job_id=job_id,
+            session_id=session_id,
+            user="alice",
+            kind="echo",
+            payload={},
+            trace_id="t-race",
+            submitted_at=datetime.fromtimestamp(now - 60, UTC),
+        )
+        await provision(js, job_settings)
         # The last attempt runs; its node was last heard a job timeout ago, so the job's
-        # timer fails it, while its result is on the way.
+        # timer fails it, while its node stores its result.
         running = JobRecord(
             job_id=job_id,
             session_id=session_id,
             user="alice",
             kind="echo",
             trace_id="t-race",
+            job_seq=0,
             state=JobState.RUNNING,
             attempt=last,
             node="node-x",
@@ -83,38 +96,35 @@ async def test_a_timer_and_a_result_racing_end_in_one_terminal_delivery_matching
             last_heard_at=now - job_settings.job_timeout_s - 1,
         )
         kv = await js.key_value(subjects.JOBS_BUCKET)
-        await kv.create(job_id, running.model_dump_json().encode())
+        ack = await js.publish(subjects.job_subject("echo"), job.to_bytes())
+        record = running.model_copy(update={"job_seq": ack.seq})
+        await kv.create(job_id, record.model_dump_json().encode())
         gate(monkeypatch, "get", Rendezvous(job_id))
         gate(monkeypatch, "update", Rendezvous(job_id))
+        with structlog.contextvars.bound_contextvars(scheduler=scheduler.name):
+            await scheduler.start()  # its timer reads the record, and waits for the node's read
 
-        timer = JobSubmitted(
-            job_id=job_id,
-            session_id=session_id,
-            user="alice",
-            kind="echo",
-            payload={},
-            trace_id="t-race",
-        )
-        result = AttemptSucceeded(
-            job_id=job_id, attempt=last, node="node-x", trace_id="t-race", data={"ok": True}
-        )
-        await js.publish(subjects.JOB_SUBMITTED, timer.to_bytes())
-        await js.publish(subjects.job_event_subject(job_id), result.to_bytes())
+        node = JobRecords(nc, kv, SessionQueue(nc, js), JobLedger.from_settings(job_settings))
+        log = structlog.get_logger("test").bind(job_id=job_id, node="node-x")
+        await node.apply(job_id, Succeeded(last, {"ok": True}), log, stored=StoredJob(job, ack.seq))
 
-        # The loser read the winner's record, and the winner stored its delivery.
-        await logs.wait_for("job.input_ignored", job_id=job_id, timeout=15)
-        stored = await logs.wait_for("job.queued_for_session", id=job_id + TERMINAL_SUFFIX)
+        # The timer's handling is over once it withdrew the job's message: as the winner,
+        # or as the loser that found the job ended and made sure of the winner's delivery.
+        await logs.wait_for("job.withdrawn", job_id=job_id, scheduler="scheduler-t", timeout=15)
 
         final = JobRecord.model_validate_json((await kv.get(job_id)).value or b"")
         queue = await SessionQueue(nc, js).read(session_id, after=0, limit=10)
         terminal = [m.delivery for m in queue.messages if m.delivery.id == job_id + TERMINAL_SUFFIX]
         assert len(terminal) == 1
         expected = {JobState.DONE: "result", JobState.FAILED: "error"}[final.state]
-        assert (terminal[0].kind, stored["kind"]) == (expected, expected), (
+        assert terminal[0].kind == expected, (
             f"the ledger says {final.state.value}, the client is given {terminal[0].kind}"
         )
-        # Only the winner stored a delivery (a loser that stored first is the bug above).
-        assert len(logs.named("job.queued_for_session", id=job_id + TERMINAL_SUFFIX)) == 1
+        # Whoever stored it, winner or loser, stored the winner's (a loser storing its own
+        # is the bug above).
+        stored = logs.named("job.queued_for_session", id=job_id + TERMINAL_SUFFIX)
+        assert stored
+        assert {e["kind"] for e in stored} == {expected}
     finally:
         await nc.close()
         await scheduler.drain()
