@@ -74,6 +74,23 @@ async def closed_loop(
     return RoundTrips(latencies, began, now())
 
 
+async def open_loop(count: int, rate: float, one: Callable[[int], Awaitable[None]]) -> RoundTrips:
+    """`one(0)` … `one(count - 1)`, started `rate` per second whether or not the earlier ones
+    are done, each timed from when it was due (so a stall shows as latency, not as fewer
+    operations offered)."""
+    latencies: list[float] = []
+    began = now()
+
+    async def due(i: int) -> None:
+        at = began + i / rate
+        await asyncio.sleep(max(0.0, at - now()))  # the load's schedule, not a wait for an event
+        await one(i)
+        latencies.append(now() - at)
+
+    await asyncio.gather(*(due(i) for i in range(count)))
+    return RoundTrips(latencies, began, now())
+
+
 @dataclass(frozen=True, slots=True)
 class Measured:
     key: str

@@ -2,7 +2,10 @@
 
 Closed loop: sessions each keep jobs in flight (submit; the terminal `deliver`; ack it;
 the next submit): jobs/s, and each job's latency from its submit to its terminal
-`deliver`. One at a time on the idle stack: the `accepted` latency and the result's.
+`deliver`. Open loop: the same sessions submit at a fixed rate between them, whether or
+not earlier jobs are done (how a real-time product loads it): each job's latency from
+when it was due, and how many took longer than `LATE_S`. One at a time on the idle
+stack: the `accepted` latency and the result's.
 Beside them, in the same run, with the same payload and as many in flight: raw
 JetStream (publish, pull, confirmed ack), raw `websockets` and python-socketio.
 """
@@ -24,6 +27,7 @@ from ackwire.bench.figures import (
     RoundTrips,
     closed_loop,
     now,
+    open_loop,
     percentile,
 )
 from ackwire.bench.programs import Link, beside
@@ -48,10 +52,15 @@ class Sizes:
     baseline_count: int
     """Round trips of each baseline at the closed loop's load."""
     idle_baseline_count: int
+    open_rate: float
+    """Jobs per second the open loop offers, between all its sessions."""
+    open_count: int
 
 
-FULL = Sizes(20, 32, 100, 200, 20_000, 500)
-QUICK = Sizes(4, 8, 25, 20, 2_000, 50)
+FULL = Sizes(20, 32, 100, 200, 20_000, 500, 200.0, 2_000)
+QUICK = Sizes(4, 8, 25, 20, 2_000, 50, 50.0, 200)
+#: An open-loop job slower than this is late for anything called real time.
+LATE_S = 10.0
 
 # The per-session submit limit (20/s by default) is lifted: the closed loop measures the
 # job path, not the limiter.
@@ -67,6 +76,8 @@ class JobsParams:
     """One session each."""
     in_flight: int
     jobs_per_session: int
+    rate_per_session: float | None = None
+    """Open loop at this rate; `None`: closed loop, `in_flight` at a time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +107,12 @@ class _JobSession:
     _by_job_id: dict[str, _Job] = field(default_factory=dict)
     _ended_early: set[str] = field(default_factory=set)
 
-    async def run(self, count: int, in_flight: int) -> RoundTrips:
-        jobs = closed_loop(count, in_flight, self._job)
+    async def run(self, params: JobsParams) -> RoundTrips:
+        count = params.jobs_per_session
+        if params.rate_per_session is None:
+            jobs = closed_loop(count, params.in_flight, self._job)
+        else:
+            jobs = open_loop(count, params.rate_per_session, self._job)
         return await beside(jobs, self._read(), helper_name="the gateway's socket")
 
     async def _job(self, i: int) -> None:
@@ -140,9 +155,7 @@ async def run_jobs(params: JobsParams, _link: Link) -> JobTimes:
         )
         sessions = [_JobSession(ws) for ws, _ in opened]
         try:
-            parts = await asyncio.gather(
-                *(s.run(params.jobs_per_session, params.in_flight) for s in sessions)
-            )
+            parts = await asyncio.gather(*(s.run(params) for s in sessions))
         finally:
             await asyncio.gather(*(s.ws.close() for s in sessions))
     return JobTimes(
@@ -156,14 +169,19 @@ async def measure(sizes: Sizes, workdir: Path, nats_url: str | None) -> Report:
     report = Report(
         "jobs",
         f"closed loop: {sizes.sessions} sessions x {sizes.in_flight} echo jobs in flight,"
-        f" {sizes.jobs_per_session} each; one at a time: {sizes.one_at_a_time} jobs;"
-        f" stack: {STACK.describe()}",
+        f" {sizes.jobs_per_session} each; open loop: {sizes.open_count} jobs offered at"
+        f" {sizes.open_rate:g}/s by {sizes.sessions} sessions; one at a time:"
+        f" {sizes.one_at_a_time} jobs; stack: {STACK.describe()}",
     )
     async with BenchStack(STACK, workdir, nats_url) as stack:
         tokens = [mint_token(stack.secret, f"bench-{i}") for i in range(sizes.sessions)]
         url = stack.gateway_urls[0]
         idle = await _jobs(JobsParams(url, tokens[:1], 1, sizes.one_at_a_time))
         loaded = await _jobs(JobsParams(url, tokens, sizes.in_flight, sizes.jobs_per_session))
+        per_session = sizes.open_count // sizes.sessions
+        offered = await _jobs(
+            JobsParams(url, tokens, 0, per_session, sizes.open_rate / sizes.sessions)
+        )
         one = Load(sizes.idle_baseline_count)
         many = Load(sizes.baseline_count, sizes.sessions, sizes.in_flight)
         js_idle = await baselines.raw_jetstream(stack.nats_url, one, gated=True)
@@ -188,6 +206,12 @@ async def measure(sizes: Sizes, workdir: Path, nats_url: str | None) -> Report:
             RAW_WEBSOCKETS.measured(key, ws_loaded.ms(q), "ms"),
             SOCKETIO.measured(key, sio_loaded.ms(q), "ms"),
         )
+    rate = f"{sizes.open_rate:g} jobs/s offered"
+    for q in (50, 99):
+        key = f"open_latency_p{q}"
+        report.add(Measured(key, f"open loop, {rate}, p{q}", offered.trips.ms(q), "ms"))
+    late = sum(latency > LATE_S for latency in offered.trips.latencies)
+    report.add(Measured("open_late", f"open loop, jobs over {LATE_S:g} s", late, COUNT))
     accepted_p50 = percentile(idle.accepted, 50) * 1000
     report.add(
         Measured("idle_accepted_p50", "one at a time, accepted p50", accepted_p50, "ms"),
@@ -202,7 +226,8 @@ async def measure(sizes: Sizes, workdir: Path, nats_url: str | None) -> Report:
             RAW_WEBSOCKETS.measured(key, ws_idle.ms(q), "ms"),
             SOCKETIO.measured(key, sio_idle.ms(q), "ms"),
         )
-    report.add(Measured("failed", "jobs that ended in `error`", idle.failed + loaded.failed, COUNT))
+    failed = idle.failed + loaded.failed + offered.failed
+    report.add(Measured("failed", "jobs that ended in `error`", failed, COUNT))
     return report
 
 

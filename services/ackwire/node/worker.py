@@ -49,6 +49,9 @@ from ackwire.settings import Settings
 from ackwire.wire.bounds import refuse_oversized_deliver
 
 _FETCH_WAIT_S = 1.0
+_FETCH_BATCH_MAX = 16
+#: Attempts whose end is being stored, per handler slot: past that, slots wait.
+_ENDING_PER_SLOT = 4
 #: A handler's exception may carry anything (a whole payload, a megabyte of stack).
 _FAILURE_MESSAGE_MAX = 500
 #: How long an attempt's end is retried while the bus fails (a NATS failover takes
@@ -138,8 +141,21 @@ class Attempt:
                 self._log.warning("job.keep_alive_lost", error=str(exc) or type(exc).__name__)
 
 
+class _HeldSlot:
+    """One handler slot, let go once (when the handler is done, or the attempt over)."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots: asyncio.Semaphore | None = slots
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+            self._slots = None
+
+
 class Worker:
-    """Pulls and runs work of the node's kinds, never more at once than its capacity."""
+    """Pulls and runs work of the node's kinds, never more handlers at once than its
+    capacity (an attempt's end is stored after its slot took the next job)."""
 
     def __init__(
         self,
@@ -157,6 +173,7 @@ class Worker:
         self._node = node
         self._kinds = kinds
         self._slots = asyncio.Semaphore(capacity)
+        self._ending = asyncio.Semaphore(capacity * _ENDING_PER_SLOT)
         self._loops: list[asyncio.Task[None]] = []
         self._pulls: list[JetStreamContext.PullSubscription] = []
         self._running: set[asyncio.Task[None]] = set()
@@ -191,28 +208,37 @@ class Worker:
             await asyncio.wait(self._running, timeout=self._settings.job_timeout_s)
 
     async def _pull(self, kind: str, pull: JetStreamContext.PullSubscription) -> None:
-        # A pull waiting at the server gets a job the moment it is stored: no polling.
+        # A pull waiting at the server gets a job the moment it is stored: no polling. It
+        # asks for as many as there are free slots, so a backlog comes in few round trips.
         while True:
             await self._slots.acquire()
+            free = 1
+            while free < _FETCH_BATCH_MAX and not self._slots.locked():
+                await self._slots.acquire()  # free: returns at once
+                free += 1
             try:
-                messages = await pull.fetch(1, timeout=_FETCH_WAIT_S)
+                messages = await pull.fetch(free, timeout=_FETCH_WAIT_S)
             except (NatsTimeoutError, TimeoutError):
-                self._slots.release()
-                continue
+                messages = []
             except (NatsError, JetStreamError) as exc:
-                self._slots.release()
                 _log.warning("node.fetch_failed", kind=kind, error=str(exc) or type(exc).__name__)
+                messages = []
                 await asyncio.sleep(_FETCH_WAIT_S)
-                continue
-            task = asyncio.create_task(self._attempt(kind, messages[0]))
-            self._running.add(task)
-            task.add_done_callback(self._finished)
+            for _ in range(free - len(messages)):
+                self._slots.release()
+            for msg in messages:
+                task = asyncio.create_task(self._attempt(kind, msg, _HeldSlot(self._slots)))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        self._slots.release()
+    async def _attempt(self, kind: str, msg: Msg, slot: _HeldSlot) -> None:
+        try:
+            await self._run_attempt(kind, msg, slot)
+        finally:
+            slot.release()
 
-    async def _attempt(self, kind: str, msg: Msg) -> None:
+    async def _run_attempt(self, kind: str, msg: Msg, slot: _HeldSlot) -> None:
+        """Ask the ledger, run the handler, store its end (the slot let go before that)."""
         try:
             work = JobSubmitted.model_validate_json(msg.data)
         except ValidationError as exc:
@@ -234,15 +260,17 @@ class Worker:
                 await msg.term()
                 return
             log.info("job.attempt_started", kind=kind)
+            end: Succeeded | AttemptFailed
             try:
-                data = await self._run(kind, work, attempt)
+                end = Succeeded(attempt.attempt, await self._run(kind, work, attempt))
             except Exception as exc:
                 failure = _failure_message(exc)
                 log.warning("job.attempt_failed", error=failure)
-                ended = await attempt.end(AttemptFailed(attempt.attempt, failure))
-            else:
-                ended = await attempt.end(Succeeded(attempt.attempt, data))
-            await self._settle(msg, attempt.attempt, ended, log)
+                end = AttemptFailed(attempt.attempt, failure)
+            async with self._ending:
+                # The handler is done: its slot takes the next job while its end is stored.
+                slot.release()
+                await self._settle(msg, attempt.attempt, await attempt.end(end), log)
         except (NatsError, JetStreamError, TimeoutError, BusError, ConflictError) as exc:
             # Unreported or unacked: JetStream gives the work to a node again after ack_wait.
             log.warning("job.attempt_unreported", error=str(exc) or type(exc).__name__)

@@ -22,6 +22,9 @@ EXPECTED = {
         "idle_accepted_p50": ["raw_jetstream", "raw_websockets"],
         "idle_result_p50": ["raw_jetstream", "raw_websockets", "socketio"],
         "idle_result_p90": ["raw_jetstream", "raw_websockets", "socketio"],
+        "open_latency_p50": [],
+        "open_latency_p99": [],
+        "open_late": [],
         "failed": [],
     },
     "messages": {
