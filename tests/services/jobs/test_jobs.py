@@ -32,21 +32,23 @@ class JobClient:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.by_job: dict[str | None, list[Deliver]] = defaultdict(list)
+        self._answers: dict[str | None, Accepted | Error] = {}
 
     async def submit(self, frame: Submit, timeout: float = 5) -> Accepted | Error:
         await send(self.ws, frame)
         return await self.answer(frame, timeout)
 
     async def answer(self, frame: Submit, timeout: float = 5) -> Accepted | Error:
-        """The answer to `frame` (answers come in the order of the submits)."""
-        while True:
+        """The answer to `frame` (a connection's submits are answered as each is stored,
+        so not necessarily in the order they were sent)."""
+        while frame.ref not in self._answers:
             answer = await receive(self.ws, timeout=timeout)
             if isinstance(answer, Deliver):
                 await self._file(answer)
                 continue
             assert isinstance(answer, Accepted | Error), answer
-            assert answer.ref == frame.ref
-            return answer
+            self._answers[answer.ref] = answer
+        return self._answers.pop(frame.ref)
 
     async def until_terminal(self, job_id: str, timeout: float = 15) -> list[Deliver]:
         """Every deliver for `job_id`, up to its result or error."""
