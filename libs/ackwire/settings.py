@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     pending_timeout_s: Seconds = 10.0
     job_timeout_s: Seconds = 300.0
     max_attempts: Annotated[int, Field(ge=1)] = 3
+    node_drain_s: Seconds = 20.0
+    """How long a node stopping (SIGTERM) lets its running attempts finish; the rest are
+    handed back to JetStream and start on another node at once."""
 
     lease_heartbeat_s: Seconds = 2.0
     """How often a node or gateway refreshes its lease; it expires after three missed."""

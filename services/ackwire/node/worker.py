@@ -63,6 +63,13 @@ _END_RETRY_MAX_S = 2.0
 _log = structlog.get_logger("ackwire.node")
 
 
+def _job_id(msg: Msg) -> str | None:
+    try:
+        return JobSubmitted.model_validate_json(msg.data).job_id
+    except ValidationError:
+        return None
+
+
 def _failure_message(exc: Exception) -> str:
     """Why an attempt failed, short enough to reach the client in an `error` delivery."""
     message = str(exc) or type(exc).__name__
@@ -176,7 +183,8 @@ class Worker:
         self._ending = asyncio.Semaphore(capacity * _ENDING_PER_SLOT)
         self._loops: list[asyncio.Task[None]] = []
         self._pulls: list[JetStreamContext.PullSubscription] = []
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[asyncio.Task[None], Msg] = {}
+        """Every attempt under way, and its work message."""
 
     async def start(self) -> None:
         for kind in self._kinds:
@@ -198,14 +206,21 @@ class Worker:
             self._loops.append(asyncio.create_task(self._pull(kind, pull), name=f"pull {kind}"))
 
     async def drain(self) -> None:
-        """Stop pulling; let the attempts in flight finish."""
+        """Stop pulling; let the attempts in flight finish for `ACKWIRE_NODE_DRAIN_S`, then
+        hand the rest back: their work goes to another node at once (a nak), not after the
+        job timeout, and the attempt reports nothing (the next one supersedes it)."""
         for loop in self._loops:
             await cancel_and_wait(loop)
         for pull in self._pulls:  # an open pull subscription holds up the connection's drain
             with contextlib.suppress(NatsError):
                 await pull.unsubscribe()
         if self._running:
-            await asyncio.wait(self._running, timeout=self._settings.job_timeout_s)
+            await asyncio.wait(self._running, timeout=self._settings.node_drain_s)
+        for task, msg in list(self._running.items()):
+            await cancel_and_wait(task)
+            with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
+                await msg.nak()
+            _log.info("job.handed_back", job_id=_job_id(msg), attempt=msg.metadata.num_delivered)
 
     async def _pull(self, kind: str, pull: JetStreamContext.PullSubscription) -> None:
         # A pull waiting at the server gets a job the moment it is stored: no polling. It
@@ -228,8 +243,11 @@ class Worker:
                 self._slots.release()
             for msg in messages:
                 task = asyncio.create_task(self._attempt(kind, msg, _HeldSlot(self._slots)))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
+                self._running[task] = msg
+                task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
 
     async def _attempt(self, kind: str, msg: Msg, slot: _HeldSlot) -> None:
         try:
