@@ -18,6 +18,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import APIError
 from nats.js.errors import Error as JetStreamError
 
+from ackwire.bus.telemetry import BUS_ERRORS
 from ackwire.errors import BusUnavailableError, StoreRejectedError
 
 _SERVICE_UNAVAILABLE = 503
@@ -33,9 +34,12 @@ def bus_errors(doing: str) -> Iterator[None]:
         yield
     except APIError as exc:
         if exc.code == _SERVICE_UNAVAILABLE:  # JetStream is there but not answering
+            BUS_ERRORS.labels(error="unavailable").inc()
             raise BusUnavailableError(f"{doing}: {exc.description or exc}") from exc
+        BUS_ERRORS.labels(error="rejected").inc()
         raise StoreRejectedError(f"{doing}: {exc.description or exc}") from exc
     except (NatsError, JetStreamError, TimeoutError, OSError) as exc:
+        BUS_ERRORS.labels(error="unavailable").inc()
         raise BusUnavailableError(f"{doing}: {str(exc) or type(exc).__name__}") from exc
 
 

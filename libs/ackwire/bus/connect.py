@@ -20,6 +20,8 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoServersError, SlowConsumerError
 
+from ackwire.bus.telemetry import NATS_DISCONNECTS, NATS_RECONNECTS
+
 T = TypeVar("T")
 
 UNREACHABLE = (OSError, TimeoutError, NoServersError)
@@ -70,9 +72,11 @@ def client_options(
 
     async def on_disconnected() -> None:
         if not stopping():
+            NATS_DISCONNECTS.inc()
             _log.warning("nats.disconnected")
 
     async def on_reconnected() -> None:
+        NATS_RECONNECTS.inc()
         _log.info("nats.reconnected")
         reconnected()
 

@@ -120,6 +120,7 @@ class JobRecord(BaseModel):
     trace_id: str
     job_seq: int
     """The job's message in the jobs stream (its work and its timer)."""
+    submitted_at: float
     state: JobState = JobState.PENDING
     attempt: int = 0
     """The newest attempt heard of (JetStream's delivery count of the work message)."""
@@ -233,6 +234,7 @@ class JobLedger:
             kind=kind,
             trace_id=trace_id,
             job_seq=job_seq,
+            submitted_at=at,
             waiting_since=at,
         )
 

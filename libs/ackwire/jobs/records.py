@@ -21,6 +21,7 @@ from typing import Literal
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from prometheus_client import Counter, Histogram
 from pydantic import JsonValue
 from structlog.typing import FilteringBoundLogger
 
@@ -38,6 +39,7 @@ from ackwire.jobs.ledger import (
     JobInput,
     JobLedger,
     JobRecord,
+    JobState,
     Outcome,
     WithdrawJob,
 )
@@ -45,6 +47,18 @@ from ackwire.jobs.messages import TERMINAL_SUFFIX, StoredJob
 
 #: Who hears the receipt of a job's terminal delivery: the scheduler notes it on the record.
 RECEIPTS_TO = "scheduler"
+
+# Counted where the record was written: by whichever node or scheduler decided.
+ATTEMPTS_STARTED = Counter(
+    "ackwire_job_attempts_started_total", "Attempts a node was granted (a job running again counts)"
+)
+JOBS_ENDED = Counter("ackwire_jobs_ended_total", "Jobs that ended, by their final state", ["state"])
+JOB_SECONDS = Histogram(
+    "ackwire_job_duration_seconds",
+    "From a job's submit to its end being recorded, by final state",
+    ["state"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 _MAX_CAS_RETRIES = 10
 
 
@@ -181,7 +195,14 @@ class JobRecords:
 
 
 def _log_state(before: JobRecord, after: JobRecord, log: FilteringBoundLogger) -> None:
-    if after.state is not before.state:
-        (log.info if after.state.terminal else log.debug)(
-            "job.state", state=after.state.value, was=before.state.value, attempt=after.attempt
-        )
+    """Log (and count) a change of the job's state, as written."""
+    if after.state is before.state:
+        return
+    if after.state is JobState.RUNNING:
+        ATTEMPTS_STARTED.inc()
+    if after.state.terminal:
+        JOBS_ENDED.labels(state=after.state.value).inc()
+        JOB_SECONDS.labels(state=after.state.value).observe(time.time() - after.submitted_at)
+    (log.info if after.state.terminal else log.debug)(
+        "job.state", state=after.state.value, was=before.state.value, attempt=after.attempt
+    )

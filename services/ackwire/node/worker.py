@@ -27,6 +27,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import Error as JetStreamError
+from prometheus_client import Counter
 from pydantic import BaseModel, JsonValue, ValidationError
 from structlog.typing import FilteringBoundLogger
 
@@ -61,6 +62,11 @@ _END_RETRY_FIRST_S = 0.1
 _END_RETRY_MAX_S = 2.0
 
 _log = structlog.get_logger("ackwire.node")
+
+HANDED_BACK = Counter(
+    "ackwire_node_attempts_handed_back_total",
+    "Attempts still running when the node drained, handed back to start elsewhere",
+)
 
 
 def _job_id(msg: Msg) -> str | None:
@@ -220,6 +226,7 @@ class Worker:
             await cancel_and_wait(task)
             with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
                 await msg.nak()
+            HANDED_BACK.inc()
             _log.info("job.handed_back", job_id=_job_id(msg), attempt=msg.metadata.num_delivered)
 
     async def _pull(self, kind: str, pull: JetStreamContext.PullSubscription) -> None:

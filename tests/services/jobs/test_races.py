@@ -89,6 +89,7 @@ async def test_a_timer_and_a_result_racing_end_in_one_terminal_delivery_matching
             kind="echo",
             trace_id="t-race",
             job_seq=0,
+            submitted_at=now - 60,
             state=JobState.RUNNING,
             attempt=last,
             node="node-x",
