@@ -61,13 +61,43 @@ class UndeliveredMessage(BaseModel):
     age_s: float
 
 
+class KindBacklog(BaseModel):
+    kind_consumer: str
+    waiting: int
+    """Jobs stored that no node of the kind took yet."""
+    running: int
+    """Jobs a node took and has not answered for yet."""
+
+
+class StackOverview(BaseModel):
+    """The whole stack at one moment, as `ackwire top` shows it."""
+
+    at: datetime
+    gateways: list[str]
+    """The gateways whose lease is alive."""
+    sessions: list[SessionSummary]
+    stored_total: int
+    """Messages ever stored for sessions (the queue stream's last sequence)."""
+    owed_total: int
+    oldest_owed_at: datetime | None
+    jobs: list[KindBacklog]
+
+
 async def session_summaries(nc: Client) -> list[SessionSummary]:
     """Every session on record, oldest change first."""
+    return (await stack_overview(nc)).sessions
+
+
+async def stack_overview(nc: Client) -> StackOverview:
+    """Gateways, sessions and what each is owed, the queue's totals, and each kind's jobs."""
     js = nc.jetstream()
     gateways = GatewayDirectory()
     await gateways.follow(await js.key_value(subjects.GATEWAYS_BUCKET))
     try:
-        owed = await _owed_by_subject(nc)
+        info = await js.stream_info(
+            subjects.SESSIONS_STREAM, subjects_filter=subjects.SESSION_SUBJECTS
+        )
+        owed = dict(info.state.subjects or {})
         table = await SessionTable.open(js)
         summaries = [
             SessionSummary(
@@ -81,9 +111,32 @@ async def session_summaries(nc: Client) -> list[SessionSummary]:
             )
             async for found in table.every()
         ]
+        alive = sorted(gateways.gateways)
     finally:
         await gateways.stop()
-    return sorted(summaries, key=lambda summary: summary.since)
+    state = info.state
+    first = await SessionQueue(nc, js).read_subject(subjects.SESSION_SUBJECTS, after=0, limit=1)
+    oldest = first.messages[0].delivery.created_at if first.messages else None
+    return StackOverview(
+        at=datetime.now(UTC),
+        gateways=alive,
+        sessions=sorted(summaries, key=lambda summary: summary.since),
+        stored_total=state.last_seq,
+        owed_total=state.messages,
+        oldest_owed_at=oldest,
+        jobs=await _job_backlogs(nc),
+    )
+
+
+async def _job_backlogs(nc: Client) -> list[KindBacklog]:
+    consumers = await nc.jetstream().consumers_info(subjects.JOBS_STREAM)
+    return [
+        KindBacklog(
+            kind_consumer=c.name, waiting=c.num_pending or 0, running=c.num_ack_pending or 0
+        )
+        for c in sorted(consumers, key=lambda c: c.name)
+        if c.name.startswith("work-")
+    ]
 
 
 async def user_presence(nc: Client, user: str) -> UserPresence:
@@ -150,10 +203,3 @@ async def undelivered(
         if read.complete or not read.messages:
             return
         after = read.messages[-1].seq
-
-
-async def _owed_by_subject(nc: Client) -> dict[str, int]:
-    info = await nc.jetstream().stream_info(
-        subjects.SESSIONS_STREAM, subjects_filter=subjects.SESSION_SUBJECTS
-    )
-    return dict(info.state.subjects or {})

@@ -99,6 +99,11 @@ def _add_driving_commands(commands: argparse._SubParsersAction[argparse.Argument
     owed.add_argument("--json", action="store_true", help="one JSON object a line")
     _nats_url_flag(owed)
 
+    top = commands.add_parser(
+        "top", help="the stack live: gateways, sessions, rates, jobs, who is owed most"
+    )
+    _nats_url_flag(top)
+
     bench = commands.add_parser(
         "bench", help="measure: each figure beside raw baselines from the same run"
     )
@@ -129,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         parser.exit(2, f"ackwire: bad setting: {_first_error(exc)}\n")
     # The operator's tools print their answer on stdout; their info lines would be noise.
-    quiet = args.command in ("token", "sessions", "undelivered", "publish", "send", "bench")
+    quiet = args.command in ("token", "sessions", "undelivered", "publish", "send", "bench", "top")
     configure_logging(settings.log_format, "warning" if quiet else settings.log_level)
     try:
         return _run(args, settings)
@@ -150,6 +155,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         "token": _print_token,
         "sessions": _print_view,
         "undelivered": _print_view,
+        "top": _top,
         "publish": _publish,
         "send": _publish,
         "bench": _bench,
@@ -316,6 +322,18 @@ def _print_view(args: argparse.Namespace, settings: Settings) -> int:
             asyncio.run(print_undelivered(settings, session, as_json=args.json))
     except NatsUnreachableError as exc:
         print(f"ackwire {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _top(_args: argparse.Namespace, settings: Settings) -> int:
+    from ackwire.cli.bus import NatsUnreachableError
+    from ackwire.cli.top import run_top
+
+    try:
+        asyncio.run(run_top(settings))
+    except NatsUnreachableError as exc:
+        print(f"ackwire top: {exc}", file=sys.stderr)
         return 1
     return 0
 
