@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 import structlog
 
+from ackwire.tracing import export_if_configured
+
 _log = structlog.get_logger("ackwire")
 
 
@@ -54,6 +56,7 @@ async def run_until_stopped(kind: str, service: Service) -> None:
     A signal while the service still waits for NATS stops it cleanly too.
     """
     structlog.contextvars.bind_contextvars(**{kind: service.name})
+    export_if_configured(kind)
     stop = stop_signal()
     starting = asyncio.ensure_future(service.start())
     either: list[asyncio.Future[Any]] = [starting, stop]

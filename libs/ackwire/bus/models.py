@@ -56,6 +56,8 @@ class Delivery(BusModel):
     """The producer that wants a receipt when this is delivered or expires undelivered."""
     job_id: str | None = None
     trace_id: str | None = None
+    traceparent: str | None = None
+    """The trace context its producer stored it under (the gateway's span is its child)."""
     created_at: datetime = Field(default_factory=utc_now)
 
 

@@ -118,6 +118,8 @@ class JobRecord(BaseModel):
     user: str | None = None
     kind: str
     trace_id: str
+    traceparent: str | None = None
+    """The trace context of the job's submit: its later spans are children of it."""
     job_seq: int
     """The job's message in the jobs stream (its work and its timer)."""
     submitted_at: float
@@ -224,6 +226,7 @@ class JobLedger:
         trace_id: str,
         job_seq: int,
         at: float,
+        traceparent: str | None = None,
     ) -> JobRecord:
         """The record of a job stored at `at` that nothing happened to yet (it is written
         only once something did: most jobs' first write is their start)."""
@@ -233,6 +236,7 @@ class JobLedger:
             user=user,
             kind=kind,
             trace_id=trace_id,
+            traceparent=traceparent,
             job_seq=job_seq,
             submitted_at=at,
             waiting_since=at,

@@ -47,3 +47,5 @@ class StoredJob:
 
     job: JobSubmitted
     seq: int
+    traceparent: str | None = None
+    """The gateway's span of the submit, from the message's `traceparent` header."""

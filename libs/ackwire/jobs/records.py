@@ -136,6 +136,7 @@ class JobRecords:
             trace_id=job.trace_id,
             job_seq=stored.seq,
             at=job.submitted_at.timestamp(),
+            traceparent=stored.traceparent,
         )
         return Version(fresh, 0)
 
@@ -185,6 +186,7 @@ class JobRecords:
             receipt_to=None if kind == "progress" else RECEIPTS_TO,
             job_id=record.job_id,
             trace_id=record.trace_id,
+            traceparent=record.traceparent,
             data=data,
         )
         seq = await self._queue.put(delivery)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from ackwire.wire.codes import ErrorCode
+from ackwire.wire.tracecontext import usable_traceparent
 
 SUBPROTOCOL = "ackwire.v1"
 
@@ -69,6 +70,8 @@ class Submit(Frame):
     kind: Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
     payload: dict[str, JsonValue]
     idempotency_key: Annotated[str, Field(min_length=1, max_length=NAME_MAX)] | None = None
+    traceparent: Annotated[str, AfterValidator(usable_traceparent)] | None = None
+    """(extension) The W3C trace context the job's trace continues."""
 
 
 class Subscribe(Frame):
@@ -128,6 +131,8 @@ class Deliver(Frame):
     job_id: str | None = None
     data: JsonValue
     redelivered: bool = False
+    trace_id: str | None = None
+    """(extension) The job's trace id, on a job's deliveries."""
 
 
 class Accepted(Frame):

@@ -33,6 +33,7 @@ from ackwire.bus.session_queue import SessionQueue, Stored
 from ackwire.errors import BusError
 from ackwire.gateway import metrics
 from ackwire.lifecycle import BackgroundTasks, cancel_and_wait
+from ackwire.tracing import span
 from ackwire.wire.frames import Ack, Deliver
 from ackwire.wire.window import ConfirmAcks, DeliveryWindow, FetchBacklog, Send
 
@@ -249,6 +250,7 @@ class DeliveryPump:
                 job_id=delivery.job_id,
                 data=delivery.data,
                 redelivered=send.redelivered,
+                trace_id=delivery.trace_id,
             )
         )
         if send.redelivered:
@@ -279,6 +281,9 @@ class DeliveryPump:
                 _log.warning("delivery.expired_before_ack", **context)
                 continue  # its producer was told `expired`
             metrics.DELIVERED.labels(kind=delivery.kind).inc()
+            if delivery.traceparent is not None:
+                with span("ackwire.delivered", delivery.traceparent, id=delivery.id, seq=seq):
+                    pass  # the moment the store confirmed the client's ack
             _log.info("delivery.delivered", **context)
             if delivery.receipt_to is not None:
                 receipted.append((delivery, seq))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 
@@ -27,9 +26,11 @@ from ackwire.bus.nodes import NodeDirectory
 from ackwire.errors import BusError
 from ackwire.jobs.messages import JobSubmitted, new_job_id
 from ackwire.lifecycle import BackgroundTasks
+from ackwire.tracing import span
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.frames import Accepted, Error, Submit
 from ackwire.wire.rate import TokenBucket
+from ackwire.wire.tracecontext import new_traceparent, trace_id_of
 
 _STORE_TIMEOUT_S = 5.0
 SUBMITS_IN_FLIGHT = 64
@@ -86,14 +87,21 @@ class JobIntake:
         problem = _payload_problem(schema, frame.payload)
         if problem is not None:
             return _error(frame, ErrorCode.BAD_PAYLOAD, problem)
-        job = JobSubmitted(
-            job_id=new_job_id(self._session_id, frame.idempotency_key),
-            session_id=self._session_id,
-            user=self._user,
-            kind=frame.kind,
-            payload=frame.payload,
-            trace_id=uuid.uuid4().hex,
-        )
+        job_id = new_job_id(self._session_id, frame.idempotency_key)
+        # The client's trace continues here, or a new one starts.
+        parent = frame.traceparent or new_traceparent()
+        with span("ackwire.submit", parent, job_id=job_id, kind=frame.kind) as context:
+            job = JobSubmitted(
+                job_id=job_id,
+                session_id=self._session_id,
+                user=self._user,
+                kind=frame.kind,
+                payload=frame.payload,
+                trace_id=trace_id_of(context),
+            )
+            return await self._store(frame, job, context)
+
+    async def _store(self, frame: Submit, job: JobSubmitted, context: str) -> Accepted | Error:
         log = _log.bind(job_id=job.job_id, trace_id=job.trace_id, kind=job.kind)
         try:
             with bus_errors(f"storing job {job.job_id}"):
@@ -101,7 +109,7 @@ class JobIntake:
                     await self._js.publish(
                         subjects.job_subject(job.kind),
                         job.to_bytes(),
-                        headers={"Nats-Msg-Id": job.job_id},
+                        headers={"Nats-Msg-Id": job.job_id, "traceparent": context},
                     )
         except BusError as exc:
             # Maybe stored, maybe not: the client may resubmit under its idempotency key.

@@ -47,7 +47,9 @@ from ackwire.jobs.records import Applied, JobRecords, Version
 from ackwire.lifecycle import cancel_and_wait
 from ackwire.nodekit import JobKind
 from ackwire.settings import Settings
+from ackwire.tracing import span
 from ackwire.wire.bounds import refuse_oversized_deliver
+from ackwire.wire.tracecontext import new_traceparent, usable_or_none
 
 _FETCH_WAIT_S = 1.0
 _FETCH_BATCH_MAX = 16
@@ -99,6 +101,10 @@ class Attempt:
         self._version: Version | None = None
         self._loop = asyncio.get_running_loop()
         self._reported_at = self._loop.time()
+
+    @property
+    def work(self) -> JobSubmitted:
+        return self._stored.job
 
     @property
     def job_id(self) -> str:
@@ -276,9 +282,16 @@ class Worker:
             session_id=work.session_id,
             attempt=msg.metadata.num_delivered,
         )
-        attempt = Attempt(
-            self._records, msg, StoredJob(work, msg.metadata.sequence.stream), self._node, log
-        )
+        traceparent = usable_or_none((msg.headers or {}).get("traceparent"))
+        stored = StoredJob(work, msg.metadata.sequence.stream, traceparent)
+        attempt = Attempt(self._records, msg, stored, self._node, log)
+        parent = traceparent or new_traceparent(work.trace_id)
+        with span("ackwire.attempt", parent, job_id=work.job_id, attempt=attempt.attempt):
+            await self._ask_and_run(kind, msg, slot, attempt, log)
+
+    async def _ask_and_run(
+        self, kind: str, msg: Msg, slot: _HeldSlot, attempt: Attempt, log: FilteringBoundLogger
+    ) -> None:
         try:
             if not await attempt.start():
                 log.info("job.work_dropped")
@@ -287,7 +300,7 @@ class Worker:
             log.info("job.attempt_started", kind=kind)
             end: Succeeded | AttemptFailed
             try:
-                end = Succeeded(attempt.attempt, await self._run(kind, work, attempt))
+                end = Succeeded(attempt.attempt, await self._run(kind, attempt))
             except Exception as exc:
                 failure = _failure_message(exc)
                 log.warning("job.attempt_failed", error=failure)
@@ -300,20 +313,20 @@ class Worker:
             # Unreported or unacked: JetStream gives the work to a node again after ack_wait.
             log.warning("job.attempt_unreported", error=str(exc) or type(exc).__name__)
 
-    async def _run(self, kind: str, work: JobSubmitted, attempt: Attempt) -> JsonValue:
+    async def _run(self, kind: str, attempt: Attempt) -> JsonValue:
         """The handler's result, the attempt kept alive while it runs (and only then: a
         beat after the attempt's last report would say a failed attempt still runs)."""
         keep_alive = asyncio.create_task(attempt.keep_alive(self._settings.job_timeout_s / 3))
         try:
-            data = await self._kinds[kind](work.payload, attempt)
+            data = await self._kinds[kind](attempt.work.payload, attempt)
         finally:
             await cancel_and_wait(keep_alive)
         # Stored, a result no client accepts would never be delivered.
         refuse_oversized_deliver(
             self._settings.max_frame_bytes,
-            delivery_id=work.job_id + TERMINAL_SUFFIX,
+            delivery_id=attempt.job_id + TERMINAL_SUFFIX,
             kind="result",
-            job_id=work.job_id,
+            job_id=attempt.job_id,
             data=data,
         )
         return data

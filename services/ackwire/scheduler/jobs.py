@@ -48,6 +48,8 @@ from ackwire.jobs.ledger import CheckAt, JobLedger, ResultReceipted, TimerFired
 from ackwire.jobs.messages import TERMINAL_SUFFIX, JobSubmitted, StoredJob
 from ackwire.jobs.records import RECEIPTS_TO, JobRecords
 from ackwire.settings import Settings
+from ackwire.tracing import span
+from ackwire.wire.tracecontext import new_traceparent, usable_or_none
 
 #: A handler takes milliseconds; a message a dead replica had pulled comes back after this.
 _HANDLER_ACK_WAIT_S = 5.0
@@ -103,8 +105,17 @@ class JobSupervisor:
             # A job's first sight needs no read: nothing of it can be due before this.
             await msg.nack(delay=deadline - time.time())
             return
+        traceparent = usable_or_none((msg.headers or {}).get("traceparent"))
+        parent = traceparent or new_traceparent(job.trace_id)
+        with span("ackwire.timer", parent, job_id=job.job_id):
+            await self._timer_fired(msg, StoredJob(job, metadata.sequence.stream, traceparent), log)
+
+    async def _timer_fired(
+        self, msg: NatsMessage, stored: StoredJob, log: FilteringBoundLogger
+    ) -> None:
+        assert self._records is not None
+        job = stored.job
         async with _retried_soon(msg, log):
-            stored = StoredJob(job, metadata.sequence.stream)
             applied = await self._records.apply(job.job_id, TimerFired(), log, stored=stored)
             check = None if applied is None else _check_at(applied.outcome.actions)
             if check is None:  # the job ended, and its message is withdrawn: tidy up
@@ -124,8 +135,11 @@ class JobSupervisor:
         log = _log.bind(job_id=job_id, session_id=receipt.session_id, outcome=receipt.outcome)
         async with _retried_soon(msg, log):
             applied = await self._records.apply(job_id, ResultReceipted(receipt.outcome), log)
-            if applied is not None and applied.outcome.record.receipt == receipt.outcome:
-                log.info("job.result_receipted", trace_id=applied.outcome.record.trace_id)
+            record = None if applied is None else applied.outcome.record
+            if record is not None and record.receipt == receipt.outcome:
+                parent = record.traceparent or new_traceparent(record.trace_id)
+                with span("ackwire.receipt", parent, job_id=job_id, outcome=receipt.outcome):
+                    log.info("job.result_receipted", trace_id=record.trace_id)
             await msg.ack_sync()
 
 
