@@ -48,8 +48,6 @@ async def stack_up(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[U
     index = 0
     while not (await up.stdout_line(index, timeout=90)).startswith("ackwire ready"):
         index += 1
-    gateways = {
-        m[1]: (int(m[2]), m[3]) for m in map(_GATEWAY_LINE.fullmatch, up.stdout_lines) if m
-    }
+    gateways = {m[1]: (int(m[2]), m[3]) for m in map(_GATEWAY_LINE.fullmatch, up.stdout_lines) if m}
     yield UpStack(up, nats_server.url, gateways)
     assert await up.stop() == 0
