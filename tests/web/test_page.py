@@ -71,6 +71,22 @@ async def each_result_once(page: Page, job_ids: list[str]) -> None:
     assert sorted(shown) == sorted([*job_ids, last]), shown
 
 
+async def sleeping_job(
+    browser: Browser, url: str, seconds: int
+) -> tuple[Page, list[str], str, str]:
+    """The page open at `url` with a `sleep` job running: the page, its sockets' URLs, its
+    session and the job's id."""
+    page, sockets = await open_page(browser, url)
+    session = await page.inner_text("#session")
+    return page, sockets, session, await submit(page, "sleep", {"seconds": seconds})
+
+
+async def back_on(page: Page, session: str) -> None:
+    """The page is connected again, on the session it had: resumed, not started anew."""
+    await expect(page.locator("#state")).to_have_text("open", timeout=WAIT_MS)
+    assert await page.inner_text("#session") == session, "the same session, resumed"
+
+
 async def set_hidden(page: Page, hidden: bool) -> None:
     """The tab hidden or shown, as the page sees it (headless Chromium has no real tabs)."""
     state = "hidden" if hidden else "visible"
@@ -133,8 +149,7 @@ async def test_a_killed_gateway_the_page_resumes_on_the_other_and_shows_each_res
 
     os.kill(stack_up.gateways["gw-1"][0], signal.SIGKILL)
     await expect(page.locator("#gateway")).to_have_text("gw-2", timeout=WAIT_MS)
-    await expect(page.locator("#state")).to_have_text("open")
-    assert await page.inner_text("#session") == session, "the same session, resumed"
+    await back_on(page, session)
     assert '"slept":3' in await result_of(page, running)
     await each_result_once(page, [done, running])
 
@@ -142,9 +157,7 @@ async def test_a_killed_gateway_the_page_resumes_on_the_other_and_shows_each_res
 async def test_twenty_seconds_offline_the_page_recovers_and_shows_each_result_once(
     stack_up: UpStack, browser: Browser
 ) -> None:
-    page, sockets = await open_page(browser, stack_up.http() + "/")
-    session = await page.inner_text("#session")
-    running = await submit(page, "sleep", {"seconds": 2})
+    page, sockets, session, running = await sleeping_job(browser, stack_up.http() + "/", 2)
 
     await page.context.set_offline(True)
     await expect(page.locator("#state")).to_have_text("paused")
@@ -155,8 +168,7 @@ async def test_twenty_seconds_offline_the_page_recovers_and_shows_each_result_on
     assert await page.locator("#results li").count() == 0
     await page.context.set_offline(False)
 
-    await expect(page.locator("#state")).to_have_text("open", timeout=WAIT_MS)
-    assert await page.inner_text("#session") == session
+    await back_on(page, session)
     assert '"slept":2' in await result_of(page, running)
     queued = await page.locator("#jobs li").first.get_attribute("data-job-id")
     assert queued
@@ -168,9 +180,8 @@ async def test_twenty_seconds_offline_the_page_recovers_and_shows_each_result_on
 async def test_a_hidden_tab_pauses_then_recovers_and_shows_each_result_once(
     stack_up: UpStack, browser: Browser
 ) -> None:
-    page, _ = await open_page(browser, stack_up.http() + "/?pause_hidden_ms=200")
-    session = await page.inner_text("#session")
-    running = await submit(page, "sleep", {"seconds": 1})
+    url = stack_up.http() + "/?pause_hidden_ms=200"
+    page, _, session, running = await sleeping_job(browser, url, 1)
 
     await set_hidden(page, True)
     await expect(page.locator("#state")).to_have_text("paused")
@@ -186,7 +197,6 @@ async def test_a_hidden_tab_pauses_then_recovers_and_shows_each_result_once(
     assert await page.locator("#results li").count() == 0
 
     await set_hidden(page, False)
-    await expect(page.locator("#state")).to_have_text("open", timeout=WAIT_MS)
-    assert await page.inner_text("#session") == session
+    await back_on(page, session)
     assert '"slept":1' in await result_of(page, running)
     await each_result_once(page, [running])
