@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,6 +15,22 @@ from typing import Any, ClassVar
 from ackwire.lifecycle import cancel_and_wait
 
 WAIT_S = 30.0
+
+
+def two_free_ports() -> int:
+    """A port p such that p and p+1 are free now."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port < 65535:
+            with socket.socket() as next_one:
+                try:
+                    next_one.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise AssertionError("no two consecutive free ports")
 
 
 class AckwireProcess:

@@ -26,6 +26,7 @@ from ackwire.gateway.connection import ClientConnection, GatewayContext
 from ackwire.gateway.presence import PresenceNotices
 from ackwire.gateway.sessions import HeldSessions
 from ackwire.gateway.topics import TopicHub
+from ackwire.gateway.web import WebPages
 from ackwire.lifecycle import BackgroundTasks
 from ackwire.probes import Probes
 from ackwire.sessions.gateways import GatewayDirectory
@@ -89,6 +90,11 @@ class Gateway:
             return "not connected to NATS"
         return None
 
+    def gateway_urls(self) -> list[str]:
+        """This gateway's URL first, then every other live gateway's."""
+        others = {} if self._gateways is None else self._gateways.gateways
+        return [self.url, *(gw.url for name, gw in sorted(others.items()) if name != self._name)]
+
     def _refusing(self) -> str | None:
         """Why a new WebSocket upgrade is answered 503 now, if it is."""
         return "draining" if self._draining else None
@@ -143,13 +149,16 @@ class Gateway:
             await ClientConnection(ws, context).run()
 
         heartbeat = self._settings.heartbeat_s
+        pages = WebPages(self._settings, host=self._host, gateway_urls=self.gateway_urls)
         self._server = await serve(
             handler,
             self._host,
             self._port,
             subprotocols=[Subprotocol(SUBPROTOCOL)],
             select_subprotocol=select_subprotocol,
-            process_request=Probes(self.readiness, refusing_upgrades=self._refusing).respond,
+            process_request=Probes(
+                self.readiness, refusing_upgrades=self._refusing, pages=pages.respond
+            ).respond,
             max_size=self._settings.max_frame_bytes,
             compression="deflate" if self._settings.ws_compression else None,
             ping_interval=heartbeat,

@@ -16,26 +16,10 @@ from ackwire.bus.embedded import EmbeddedNats
 from ackwire.wire.frames import Accepted, Ack, Deliver, Ping, Pong, Submit
 from support.auth import TEST_SECRET
 from support.client import closed_with, next_deliver, receive, resumed, send, welcomed
-from support.processes import AckwireProcess
+from support.processes import AckwireProcess, two_free_ports
 
 #: `ackwire started|restarted <service> <name> pid=<pid> [url]`
 ANNOUNCED = re.compile(r"ackwire (started|restarted) (\w+) ([\w-]+) pid=(\d+)(?: (\S+))?")
-
-
-def two_free_ports() -> int:
-    """A port p such that p and p+1 are free now."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port < 65535:
-            with socket.socket() as next_one:
-                try:
-                    next_one.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise AssertionError("no two consecutive free ports")
 
 
 def cmdline(pid: int) -> str:
