@@ -6,6 +6,7 @@ the code: probe paths and ports, variables, commands and grace periods.
 it (`compose/config/compose_spec.json`, Apache-2.0)."""
 
 import json
+import re
 import shlex
 import subprocess
 from collections.abc import Iterator
@@ -14,12 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import prometheus_client
 import pytest
 import yaml
 from jsonschema import Draft201909Validator
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
+import ackwire.bus.telemetry
+import ackwire.gateway.metrics
+import ackwire.jobs.records
+import ackwire.node.worker  # noqa: F401 (with the three above: every metric, registered)
 from ackwire.bus import subjects
 from ackwire.cli.main import build_parser
 from ackwire.gateway.connection import _CONFIRM_ON_CLOSE_S
@@ -209,3 +215,23 @@ def test_the_compose_file_follows_the_compose_specification_and_the_code() -> No
         port = parsed.port if parsed.command == "gateway" else int(env["ACKWIRE_HTTP_PORT"])
         assert f"127.0.0.1:{port}/readyz" in probe, name
     assert {k: len(v) for k, v in by_command.items()} == {"gateway": 2, "scheduler": 2, "node": 2}
+
+
+def test_the_dashboard_asks_only_for_metrics_the_services_export() -> None:
+    """Every series a panel's query names is registered by the code (imported here as
+    the services import it); a renamed metric would leave a panel silently empty."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    exported = {
+        family.name + suffix
+        for family in prometheus_client.REGISTRY.collect()
+        for suffix in suffixes.get(family.type, ("",))
+    }
+    dashboard = json.loads((ROOT / "infra/grafana/ackwire-dashboard.json").read_text())
+    asked = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(ackwire_[a-z_]+)", target["expr"])
+    }
+    assert len(asked) >= 10
+    assert asked - exported == set()
