@@ -400,6 +400,11 @@ class ClientMachine:
         return self._closed_reason
 
     @property
+    def closed_by_application(self) -> bool:
+        """Stopped because the application closed the client (not a failure)."""
+        return self._closed_reason is _CLOSED_BY_APP
+
+    @property
     def gateway(self) -> str | None:
         """The gateway holding the connection, while welcomed."""
         return self._gateway if self._phase is Phase.WELCOMED else None
