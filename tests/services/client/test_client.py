@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from ackwire.client import Backoff, Client, Deliver, JobFailedError, Phase, StateChanged
+from ackwire.client import Backoff, Client, Deliver, Event, JobFailedError, Phase, StateChanged
+from ackwire.publisher import Publisher
 from services.jobs.conftest import Stack
 from support.proxy import TcpProxy
 
@@ -30,6 +31,14 @@ class StateLog:
             await self._changed.wait()
 
 
+async def proxy_to(stack: Stack) -> TcpProxy:
+    """A network path to the gateway that the test can cut."""
+    host, port = stack.gateway.url.removeprefix("ws://").rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    return proxy
+
+
 async def test_run_returns_the_result_and_its_progress(
     stack: Stack, make_token: Callable[..., str]
 ) -> None:
@@ -49,9 +58,7 @@ async def test_run_returns_the_result_and_its_progress(
 async def test_a_submit_made_while_the_network_is_cut_succeeds_after_the_resume(
     stack: Stack, make_token: Callable[..., str], quick_backoff: Backoff
 ) -> None:
-    host, port = stack.gateway.url.removeprefix("ws://").rsplit(":", 1)
-    proxy = TcpProxy(host, int(port))
-    await proxy.start()
+    proxy = await proxy_to(stack)
     changes = StateLog()
     try:
         async with (
@@ -114,3 +121,82 @@ async def test_a_token_expiring_mid_session_is_refreshed_with_no_gap(
     assert results == [{"n": i} for i in range(n)]  # each once, in order
     # One connection throughout: welcomed once, never backing off, then the app's close.
     assert [c.phase for c in changes] == [Phase.WELCOMED, Phase.CLOSED]
+
+
+async def test_a_subscription_gives_the_snapshot_then_live_events_and_survives_a_resume(
+    stack: Stack, make_token: Callable[..., str], quick_backoff: Backoff
+) -> None:
+    proxy = await proxy_to(stack)
+    publisher = await Publisher.connect(stack.settings.nats_url)
+    token = make_token(topics=["pipeline.>"])
+    changes = StateLog()
+    try:
+        first = await publisher.publish("pipeline.42", {"percent": 10}, snapshot=True)
+        async with (
+            asyncio.timeout(WAIT_S),
+            Client(
+                f"ws://127.0.0.1:{proxy.port}",
+                token=token,
+                backoff=quick_backoff,
+                on_state_change=changes.append,
+            ) as client,
+        ):
+            events = aiter(client.subscribe("pipeline.42"))
+            snapshot = await anext(events)
+            assert isinstance(snapshot, Event)
+            assert (snapshot.seq, snapshot.data, snapshot.snapshot) == (
+                first,
+                {"percent": 10},
+                True,
+            )
+            live = await publisher.publish("pipeline.42", {"percent": 20}, snapshot=True)
+            assert await anext(events) == Event(
+                topic="pipeline.42", seq=live, data={"percent": 20}, snapshot=False
+            )
+            await proxy.cut()
+            await changes.until(Phase.BACKING_OFF, times=1)
+            await proxy.restore()
+            await changes.until(Phase.WELCOMED, times=2)  # resumed: the gateway restores it
+            after = await publisher.publish("pipeline.42", {"percent": 30})
+            # The snapshot sent again (seq `live`) is not handed over twice: next is new.
+            assert await anext(events) == Event(
+                topic="pipeline.42", seq=after, data={"percent": 30}, snapshot=False
+            )
+    finally:
+        await publisher.close()
+        await proxy.stop()
+
+
+async def test_messages_reach_the_application_once_each_across_a_resume(
+    stack: Stack, make_token: Callable[..., str], quick_backoff: Backoff
+) -> None:
+    proxy = await proxy_to(stack)
+    publisher = await Publisher.connect(stack.settings.nats_url)
+    changes = StateLog()
+    try:
+        async with (
+            asyncio.timeout(WAIT_S),
+            Client(
+                f"ws://127.0.0.1:{proxy.port}",
+                token=make_token(),
+                backoff=quick_backoff,
+                on_state_change=changes.append,
+            ) as client,
+        ):
+            await client.wait_connected()
+            messages = aiter(client.messages())
+            await publisher.send({"n": 1}, user="alice")
+            assert (await anext(messages)).data == {"n": 1}
+            await publisher.send({"n": 2}, user="alice")
+            second = await anext(messages)  # acks the first; the second is in hand
+            await proxy.cut()  # the second's ack, once handled, waits for the resume
+            await changes.until(Phase.BACKING_OFF, times=1)
+            await publisher.send({"n": 3}, user="alice")
+            await proxy.restore()
+            third = await anext(messages)  # the second came again: not handed over twice
+            assert [second.data, third.data] == [{"n": 2}, {"n": 3}]
+            await publisher.send({"n": 4}, user="alice")
+            assert (await anext(messages)).data == {"n": 4}
+    finally:
+        await publisher.close()
+        await proxy.stop()
