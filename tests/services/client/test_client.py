@@ -2,7 +2,9 @@
 result once, a submit made while the network is cut, a token that expires mid-session."""
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import pytest
 
@@ -31,12 +33,32 @@ class StateLog:
             await self._changed.wait()
 
 
-async def proxy_to(stack: Stack) -> TcpProxy:
-    """A network path to the gateway that the test can cut."""
+@dataclass
+class CuttableClient:
+    client: Client
+    proxy: TcpProxy
+    """The client's only network path to the gateway: the test cuts and restores it."""
+    changes: StateLog
+
+
+@contextlib.asynccontextmanager
+async def cuttable_client(
+    stack: Stack, token: str, backoff: Backoff
+) -> AsyncIterator[CuttableClient]:
     host, port = stack.gateway.url.removeprefix("ws://").rsplit(":", 1)
     proxy = TcpProxy(host, int(port))
     await proxy.start()
-    return proxy
+    changes = StateLog()
+    try:
+        async with Client(
+            f"ws://127.0.0.1:{proxy.port}",
+            token=token,
+            backoff=backoff,
+            on_state_change=changes.append,
+        ) as client:
+            yield CuttableClient(client, proxy, changes)
+    finally:
+        await proxy.stop()
 
 
 async def test_run_returns_the_result_and_its_progress(
@@ -58,31 +80,22 @@ async def test_run_returns_the_result_and_its_progress(
 async def test_a_submit_made_while_the_network_is_cut_succeeds_after_the_resume(
     stack: Stack, make_token: Callable[..., str], quick_backoff: Backoff
 ) -> None:
-    proxy = await proxy_to(stack)
-    changes = StateLog()
-    try:
-        async with (
-            asyncio.timeout(WAIT_S),
-            Client(
-                f"ws://127.0.0.1:{proxy.port}",
-                token=make_token(),
-                backoff=quick_backoff,
-                on_state_change=changes.append,
-            ) as client,
-        ):
-            await client.wait_connected()
-            session = client.session_id
-            await proxy.cut()
-            await changes.until(Phase.BACKING_OFF, times=1)  # the client saw the loss
-            submitted = asyncio.create_task(client.run("echo", {"while": "cut"}, timeout=15))
-            await changes.until(Phase.BACKING_OFF, times=3)  # queued through failed attempts
-            assert not submitted.done()
-            await proxy.restore()
-            assert await submitted == {"while": "cut"}
-            assert client.session_id == session  # resumed, not a new session
-    finally:
-        await proxy.stop()
-    phases = [c.phase for c in changes.seen]
+    async with (
+        asyncio.timeout(WAIT_S),
+        cuttable_client(stack, make_token(), quick_backoff) as cut,
+    ):
+        client = cut.client
+        await client.wait_connected()
+        session = client.session_id
+        await cut.proxy.cut()
+        await cut.changes.until(Phase.BACKING_OFF, times=1)  # the client saw the loss
+        submitted = asyncio.create_task(client.run("echo", {"while": "cut"}, timeout=15))
+        await cut.changes.until(Phase.BACKING_OFF, times=3)  # queued through failed attempts
+        assert not submitted.done()
+        await cut.proxy.restore()
+        assert await submitted == {"while": "cut"}
+        assert client.session_id == session  # resumed, not a new session
+    phases = [c.phase for c in cut.changes.seen]
     assert phases[:2] == [Phase.WELCOMED, Phase.BACKING_OFF]
     assert Phase.RESUMING in phases
     assert phases[-2:] == [Phase.WELCOMED, Phase.CLOSED]
@@ -126,22 +139,14 @@ async def test_a_token_expiring_mid_session_is_refreshed_with_no_gap(
 async def test_a_subscription_gives_the_snapshot_then_live_events_and_survives_a_resume(
     stack: Stack, make_token: Callable[..., str], quick_backoff: Backoff
 ) -> None:
-    proxy = await proxy_to(stack)
     publisher = await Publisher.connect(stack.settings.nats_url)
-    token = make_token(topics=["pipeline.>"])
-    changes = StateLog()
     try:
         first = await publisher.publish("pipeline.42", {"percent": 10}, snapshot=True)
         async with (
             asyncio.timeout(WAIT_S),
-            Client(
-                f"ws://127.0.0.1:{proxy.port}",
-                token=token,
-                backoff=quick_backoff,
-                on_state_change=changes.append,
-            ) as client,
+            cuttable_client(stack, make_token(topics=["pipeline.>"]), quick_backoff) as cut,
         ):
-            events = aiter(client.subscribe("pipeline.42"))
+            events = aiter(cut.client.subscribe("pipeline.42"))
             snapshot = await anext(events)
             assert isinstance(snapshot, Event)
             assert (snapshot.seq, snapshot.data, snapshot.snapshot) == (
@@ -153,10 +158,10 @@ async def test_a_subscription_gives_the_snapshot_then_live_events_and_survives_a
             assert await anext(events) == Event(
                 topic="pipeline.42", seq=live, data={"percent": 20}, snapshot=False
             )
-            await proxy.cut()
-            await changes.until(Phase.BACKING_OFF, times=1)
-            await proxy.restore()
-            await changes.until(Phase.WELCOMED, times=2)  # resumed: the gateway restores it
+            await cut.proxy.cut()
+            await cut.changes.until(Phase.BACKING_OFF, times=1)
+            await cut.proxy.restore()
+            await cut.changes.until(Phase.WELCOMED, times=2)  # resumed: the gateway restores it
             after = await publisher.publish("pipeline.42", {"percent": 30})
             # The snapshot sent again (seq `live`) is not handed over twice: next is new.
             assert await anext(events) == Event(
@@ -164,39 +169,30 @@ async def test_a_subscription_gives_the_snapshot_then_live_events_and_survives_a
             )
     finally:
         await publisher.close()
-        await proxy.stop()
 
 
 async def test_messages_reach_the_application_once_each_across_a_resume(
     stack: Stack, make_token: Callable[..., str], quick_backoff: Backoff
 ) -> None:
-    proxy = await proxy_to(stack)
     publisher = await Publisher.connect(stack.settings.nats_url)
-    changes = StateLog()
     try:
         async with (
             asyncio.timeout(WAIT_S),
-            Client(
-                f"ws://127.0.0.1:{proxy.port}",
-                token=make_token(),
-                backoff=quick_backoff,
-                on_state_change=changes.append,
-            ) as client,
+            cuttable_client(stack, make_token(), quick_backoff) as cut,
         ):
-            await client.wait_connected()
-            messages = aiter(client.messages())
+            await cut.client.wait_connected()
+            messages = aiter(cut.client.messages())
             await publisher.send({"n": 1}, user="alice")
             assert (await anext(messages)).data == {"n": 1}
             await publisher.send({"n": 2}, user="alice")
             second = await anext(messages)  # acks the first; the second is in hand
-            await proxy.cut()  # the second's ack, once handled, waits for the resume
-            await changes.until(Phase.BACKING_OFF, times=1)
+            await cut.proxy.cut()  # the second's ack, once handled, waits for the resume
+            await cut.changes.until(Phase.BACKING_OFF, times=1)
             await publisher.send({"n": 3}, user="alice")
-            await proxy.restore()
+            await cut.proxy.restore()
             third = await anext(messages)  # the second came again: not handed over twice
             assert [second.data, third.data] == [{"n": 2}, {"n": 3}]
             await publisher.send({"n": 4}, user="alice")
             assert (await anext(messages)).data == {"n": 4}
     finally:
         await publisher.close()
-        await proxy.stop()
