@@ -27,8 +27,10 @@ class Receipts:
 
     async def issue(
         self, delivery: Delivery, seq: int, outcome: Literal["delivered", "expired"]
-    ) -> None:
-        """Store a receipt for `delivery` (which must name its producer). Raises `BusError`."""
+    ) -> Literal["delivered", "expired"]:
+        """Store a receipt for `delivery` (which must name its producer); the outcome that
+        stands: the first receipt stored for the message in its session (within the store's
+        duplicate window) is the one its producer hears. Raises `BusError`."""
         assert delivery.receipt_to is not None
         receipt = Receipt(
             message_id=delivery.id,
@@ -38,11 +40,16 @@ class Receipts:
             outcome=outcome,
         )
         with bus_errors(f"storing the receipt of {delivery.id}"):
-            await self._js.publish(
+            ack = await self._js.publish(
                 subjects.receipt_subject(delivery.receipt_to, delivery.id, delivery.session_id),
                 receipt.to_bytes(),
                 headers={"Nats-Msg-Id": f"receipt/{delivery.session_id}/{delivery.id}"},
             )
+            if not ack.duplicate:
+                return outcome
+            # Ours again (a retry whose first answer was lost), or another's first.
+            first = await self._js.get_msg(subjects.RECEIPTS_STREAM, ack.seq)
+        return Receipt.model_validate_json(first.data or b"").outcome
 
     async def first(self, producer: str, message_id: str) -> Receipt:
         """The first receipt for `message_id` (any session), stored before or after the

@@ -273,31 +273,28 @@ class DeliveryPump:
             return
         self._window.confirmed(confirm)
         self._wake.set()
-        receipted: list[tuple[Delivery, int]] = []
+        receipted: list[tuple[int, Delivery]] = []
         for seq, delivery in confirm.released:
-            context = {"seq": seq, "id": delivery.id, "kind": delivery.kind}
-            context |= {"job_id": delivery.job_id, "trace_id": delivery.trace_id}
             if seq in old and seq in gone:
-                _log.warning("delivery.expired_before_ack", **context)
-                continue  # its producer was told `expired`
-            metrics.DELIVERED.labels(kind=delivery.kind).inc()
-            if delivery.traceparent is not None:
-                with span("ackwire.delivered", delivery.traceparent, id=delivery.id, seq=seq):
-                    pass  # the moment the store confirmed the client's ack
-            _log.info("delivery.delivered", **context)
-            if delivery.receipt_to is not None:
-                receipted.append((delivery, seq))
+                _log.warning("delivery.expired_before_ack", **_context(seq, delivery))
+            elif delivery.receipt_to is None:
+                _delivered(seq, delivery)
+            else:
+                receipted.append((seq, delivery))
         # One batch of acks, its receipts stored side by side rather than one round trip
         # after the other.
-        await asyncio.gather(*(self._issue_receipt(d, seq) for d, seq in receipted))
+        await asyncio.gather(*(self._receipted(seq, d) for seq, d in receipted))
 
-    async def _issue_receipt(self, delivery: Delivery, seq: int) -> None:
+    async def _receipted(self, seq: int, delivery: Delivery) -> None:
+        """Issue the receipt, and account for the message by the receipt that stands: the
+        sweeper may have told its producer `expired` a moment before the ack's removal
+        (it tells first, then removes), and then that is what became of it."""
         try:
             async for attempt in stamina.retry_context(
                 on=BusError, attempts=3, timeout=_RECEIPT_TIMEOUT_S
             ):
                 with attempt:
-                    await self._receipts.issue(delivery, seq, "delivered")
+                    stands = await self._receipts.issue(delivery, seq, "delivered")
         except BusError as exc:
             # Delivered all the same (the store confirmed the ack); only its producer
             # does not hear of it.
@@ -307,3 +304,27 @@ class DeliveryPump:
                 receipt_to=delivery.receipt_to,
                 error=str(exc),
             )
+            stands = "delivered"
+        if stands == "expired":
+            _log.warning("delivery.expired_before_ack", **_context(seq, delivery))
+        else:
+            _delivered(seq, delivery)
+
+
+def _context(seq: int, delivery: Delivery) -> dict[str, object]:
+    return {
+        "seq": seq,
+        "id": delivery.id,
+        "kind": delivery.kind,
+        "job_id": delivery.job_id,
+        "trace_id": delivery.trace_id,
+    }
+
+
+def _delivered(seq: int, delivery: Delivery) -> None:
+    """Count and log a message its client's ack removed (the store confirmed it)."""
+    metrics.DELIVERED.labels(kind=delivery.kind).inc()
+    if delivery.traceparent is not None:
+        with span("ackwire.delivered", delivery.traceparent, id=delivery.id, seq=seq):
+            pass  # the moment the store confirmed the client's ack
+    _log.info("delivery.delivered", **_context(seq, delivery))

@@ -10,6 +10,8 @@ import pytest
 from nats.aio.client import Client
 
 from ackwire.bus.embedded import EmbeddedNats
+from ackwire.bus.receipts import Receipts
+from ackwire.bus.session_queue import SessionQueue
 from ackwire.gateway.server import Gateway
 from ackwire.publisher import Publisher
 from ackwire.scheduler.service import Scheduler
@@ -72,3 +74,30 @@ async def test_an_ack_after_the_message_expired_is_not_delivered(
     assert logs.named("delivery.delivered", id=sent.id) == []
     assert (await publisher.receipt(sent.id)).outcome == "expired"  # and only that
     await ws.close()
+
+
+async def test_an_ack_removing_a_message_the_sweeper_just_told_expired_is_not_delivered(
+    settings: Settings, gateway: Gateway, make_token: Callable[..., str], logs: LogWatch
+) -> None:
+    """The sweeper tells the producer `expired`, then removes the message; an ack whose
+    removal lands in between must not make the message `delivered` too (forced here: the
+    sweeper's receipt is issued by hand, and its removal never comes)."""
+    nc = await nats.connect(settings.nats_url)
+    try:
+        publisher = Publisher(nc)
+        ws, welcome = await welcomed(gateway.url, make_token("ivy"))
+        sent = await publisher.send({"text": "told expired, then acked"}, user="ivy")
+        deliver = await next_deliver(ws)
+        [stored] = (
+            await SessionQueue(nc, nc.jetstream()).read(welcome.session_id, after=0, limit=10)
+        ).messages
+        await Receipts(nc).issue(stored.delivery, stored.seq, "expired")
+
+        await send(ws, Ack(seq=deliver.seq))
+        await logs.wait_for("delivery.expired_before_ack", id=sent.id)
+        assert logs.named("delivery.delivered", id=sent.id) == []
+        async with asyncio.timeout(5):
+            assert (await publisher.receipt(sent.id)).outcome == "expired"
+        await ws.close()
+    finally:
+        await nc.close()
