@@ -186,9 +186,15 @@ def marked_processes(mark: str) -> list[int]:
 
 
 async def start_stack(
-    tmp_path: Path, port: int, *, gateways: int = 2, nodes: int = 2
+    tmp_path: Path,
+    port: int,
+    *,
+    gateways: int = 2,
+    nodes: int = 2,
+    env: dict[str, str] | None = None,
 ) -> tuple[AckwireProcess, str]:
-    """`ackwire up` with short job timeouts, its children marked; (it, the mark) once ready."""
+    """`ackwire up` with short job timeouts (and `env`), its children marked; (it, the mark)
+    once ready."""
     mark = uuid.uuid4().hex
     up = await AckwireProcess.start(
         "up", "--port", str(port), "--gateways", str(gateways), "--nodes", str(nodes),
@@ -198,6 +204,7 @@ async def start_stack(
             "ACKWIRE_TEST_STACK": mark,
             # A job whose node was killed runs again after 3 s, not 300.
             "ACKWIRE_JOB_TIMEOUT_S": "3",
+            **(env or {}),
         },
     )  # fmt: skip
     await up.stdout_line(2 + gateways + nodes, timeout=90)  # `ready`
