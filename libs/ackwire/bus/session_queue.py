@@ -64,6 +64,12 @@ class SessionQueue:
         self._overflows = overflows or Overflows()
         self._replicated = replicated  # the stream has replicas that may lag its leader
 
+    async def owed(self) -> int:
+        """How many messages are stored for all sessions (none acked yet)."""
+        with bus_errors("counting what is owed"):
+            info = await self._js.stream_info(subjects.SESSIONS_STREAM)
+        return info.state.messages
+
     async def put(self, delivery: Delivery) -> int:
         """Store a message for its session; returns its `seq` once the store confirmed it.
 

@@ -382,6 +382,8 @@ class ClientConnection:
     async def _send(self, frame: Frame | str) -> None:
         """Send a frame (a `str`: one encoded already)."""
         if self._guard.may_send:  # once a close is decided, nothing more goes out
+            if isinstance(frame, Error):
+                metrics.REFUSALS.labels(code=frame.code.value).inc()
             await self._ws.send(frame if isinstance(frame, str) else encode(frame))
 
     def _carry_out(self, close: Close | None) -> None:

@@ -11,6 +11,11 @@ CLOSES = Counter(
     ["code"],
 )
 BAD_FRAMES = Counter("ackwire_gateway_bad_frames_total", "Frames answered with bad_frame")
+REFUSALS = Counter(
+    "ackwire_gateway_refusals_total",
+    "Client requests answered with an error frame, by code (rate_limited, no_such_kind…)",
+    ["code"],
+)
 DELIVERED = Counter(
     "ackwire_gateway_delivered_total",
     "Messages the client acked and the store confirmed removing, by kind",

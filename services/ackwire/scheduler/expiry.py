@@ -15,6 +15,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from prometheus_client import Gauge
 
 from ackwire.bus import subjects
 from ackwire.bus.receipts import Receipts
@@ -22,6 +23,11 @@ from ackwire.bus.session_queue import SessionQueue
 from ackwire.errors import BusError
 
 _log = structlog.get_logger("ackwire.scheduler")
+
+OWED = Gauge("ackwire_messages_owed", "Messages stored for sessions and not yet acked")
+OLDEST_OWED = Gauge(
+    "ackwire_oldest_owed_seconds", "How long ago the oldest message still owed was stored"
+)
 
 _READ_BATCH = 256
 
@@ -35,7 +41,16 @@ class ExpirySweeper:
         self.every_s = min(60.0, retention_s / 4)
 
     async def sweep(self) -> int:
-        """Expire every message older than the retention; how many were."""
+        """Expire every message older than the retention; how many were. Then say how many
+        are owed, and how old the oldest is (`ackwire_messages_owed`,
+        `ackwire_oldest_owed_seconds`)."""
+        expired, oldest = await self._expire()
+        OWED.set(await self._queue.owed())
+        OLDEST_OWED.set(0.0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds())
+        return expired
+
+    async def _expire(self) -> tuple[int, datetime | None]:
+        """How many expired, and when the oldest message left was stored."""
         cutoff = datetime.now(UTC) - self._retention
         expired = 0
         after = 0
@@ -45,8 +60,8 @@ class ExpirySweeper:
             )
             for stored in read.messages:
                 delivery = stored.delivery
-                if delivery.created_at > cutoff:
-                    return expired  # stored in order: every later one is younger
+                if delivery.created_at > cutoff:  # stored in order: every later one is younger
+                    return expired, delivery.created_at
                 if delivery.receipt_to is not None:
                     await self._receipts.issue(delivery, stored.seq, "expired")
                 await self._queue.confirm(delivery.session_id, upto=None, singles=(stored.seq,))
@@ -60,7 +75,7 @@ class ExpirySweeper:
                 )
                 expired += 1
             if read.complete or not read.messages:
-                return expired
+                return expired, None
             after = read.messages[-1].seq
 
     async def run(self) -> None:

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ackwire.wire.frames import Accepted, Submit
+from ackwire.wire.frames import Accepted, Error, Submit
 from support.logs import LogWatch
 
 from .conftest import Stack
@@ -47,6 +47,8 @@ async def test_job_and_delivery_metrics_count_what_happened(
     )
     frames = [Submit(ref=f"e-{i}", kind="echo", payload={"i": i}) for i in range(3)]
     frames.append(Submit(ref="f", kind="fail", payload={"message": "no"}))
+    refused = await client.submit(Submit(ref="t", kind="teleport", payload={}))
+    assert isinstance(refused, Error)
     for frame in frames:
         accepted = await client.submit(frame)
         assert isinstance(accepted, Accepted)
@@ -68,4 +70,5 @@ async def test_job_and_delivery_metrics_count_what_happened(
     assert moved("ackwire_gateway_delivered_total", kind="error") == 1
     assert moved("ackwire_gateway_sessions_opened_total", outcome="new") == 1
     assert moved("ackwire_bus_errors_total", error="unavailable") == 0
+    assert moved("ackwire_gateway_refusals_total", code="no_such_kind") == 1
     await client.ws.close()

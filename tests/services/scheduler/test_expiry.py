@@ -8,12 +8,17 @@ from typing import NamedTuple
 import nats
 import pytest
 from nats.aio.client import Client
+from prometheus_client import REGISTRY
 
+from ackwire.bus import subjects
 from ackwire.bus.embedded import EmbeddedNats
+from ackwire.bus.models import Delivery
+from ackwire.bus.provision import provision
 from ackwire.bus.receipts import Receipts
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.gateway.server import Gateway
 from ackwire.publisher import Publisher
+from ackwire.scheduler.expiry import ExpirySweeper
 from ackwire.scheduler.service import Scheduler
 from ackwire.sessions.overview import undelivered
 from ackwire.settings import Settings
@@ -99,5 +104,32 @@ async def test_an_ack_removing_a_message_the_sweeper_just_told_expired_is_not_de
         async with asyncio.timeout(5):
             assert (await publisher.receipt(sent.id)).outcome == "expired"
         await ws.close()
+    finally:
+        await nc.close()
+
+
+async def test_each_sweep_says_how_much_is_owed_and_how_old_the_oldest_is(
+    settings: Settings,
+) -> None:
+    nc = await nats.connect(settings.nats_url)
+    try:
+        await provision(nc.jetstream(), settings)
+        queue = SessionQueue(nc, nc.jetstream())
+        sweeper = ExpirySweeper(queue, Receipts(nc), retention_s=3600)
+        session_id = subjects.new_session_id()
+        seqs = [
+            await queue.put(Delivery(id=f"m-{i}", kind="message", session_id=session_id, data=i))
+            for i in range(2)
+        ]
+        assert await sweeper.sweep() == 0  # nothing is an hour old
+        assert REGISTRY.get_sample_value("ackwire_messages_owed") == 2
+        oldest = REGISTRY.get_sample_value("ackwire_oldest_owed_seconds")
+        assert oldest is not None
+        assert 0 <= oldest < 60
+
+        await queue.confirm(session_id, upto=max(seqs), singles=())
+        await sweeper.sweep()
+        assert REGISTRY.get_sample_value("ackwire_messages_owed") == 0
+        assert REGISTRY.get_sample_value("ackwire_oldest_owed_seconds") == 0
     finally:
         await nc.close()
