@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 
+import stamina
 import structlog
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -135,15 +137,17 @@ class Attempt:
 
     async def end(self, event: Succeeded | AttemptFailed) -> Applied | None:
         """Report the attempt's end, again while the bus fails, for a bounded time."""
-        delay = _END_RETRY_FIRST_S
-        async with asyncio.timeout(_END_REPORTED_WITHIN_S):
-            while True:
-                try:
-                    return await self.report(event)
-                except BusError as exc:
-                    self._log.warning("job.end_unreported", error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, _END_RETRY_MAX_S)
+        applied: Applied | None = None
+        async for retry in stamina.retry_context(
+            on=BusError,
+            attempts=None,
+            timeout=_END_REPORTED_WITHIN_S,
+            wait_initial=_END_RETRY_FIRST_S,
+            wait_max=_END_RETRY_MAX_S,
+        ):
+            with retry:
+                applied = await self.report(event)
+        return applied
 
     async def keep_alive(self, every: float) -> None:
         """Tell JetStream and the ledger that the attempt runs, whenever it reported nothing
@@ -255,20 +259,16 @@ class Worker:
             for _ in range(free - len(messages)):
                 self._slots.release()
             for msg in messages:
-                task = asyncio.create_task(self._attempt(kind, msg, _HeldSlot(self._slots)))
+                slot = _HeldSlot(self._slots)
+                task = asyncio.create_task(self._attempt(kind, msg, slot))
                 self._running[task] = msg
-                task.add_done_callback(self._forget)
+                task.add_done_callback(functools.partial(self._attempt_done, slot=slot))
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
+    def _attempt_done(self, task: asyncio.Task[None], slot: _HeldSlot) -> None:
         self._running.pop(task, None)
+        slot.release()  # unless the handler's end let go of it already
 
     async def _attempt(self, kind: str, msg: Msg, slot: _HeldSlot) -> None:
-        try:
-            await self._run_attempt(kind, msg, slot)
-        finally:
-            slot.release()
-
-    async def _run_attempt(self, kind: str, msg: Msg, slot: _HeldSlot) -> None:
         """Ask the ledger, run the handler, store its end (the slot let go before that)."""
         try:
             work = JobSubmitted.model_validate_json(msg.data)
