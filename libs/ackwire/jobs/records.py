@@ -82,7 +82,7 @@ class JobRecords:
         self._nc = nc
         self._kv = kv
         self._queue = queue
-        self.ledger = ledger
+        self._ledger = ledger
 
     async def apply(
         self,
@@ -106,7 +106,7 @@ class JobRecords:
                 if version is None:
                     log.warning("job.input_for_unknown_job", input=type(event).__name__)
                     return None
-                outcome = self.ledger.apply(version.record, event, time.time())
+                outcome = self._ledger.apply(version.record, event, time.time())
                 if outcome.record != version.record:  # else ignored, or a repeat
                     try:
                         written = await self._write(outcome.record, version)
@@ -128,7 +128,7 @@ class JobRecords:
         if stored is None:
             return None
         job = stored.job
-        fresh = self.ledger.submitted(
+        fresh = self._ledger.submitted(
             job_id=job.job_id,
             session_id=job.session_id,
             user=job.user,
@@ -198,10 +198,11 @@ class JobRecords:
 
 def _log_state(before: JobRecord, after: JobRecord, log: FilteringBoundLogger) -> None:
     """Log (and count) a change of the job's state, as written."""
+    running = after.state is JobState.RUNNING
+    if running and (before.state is not JobState.RUNNING or after.attempt != before.attempt):
+        ATTEMPTS_STARTED.inc()  # a newer attempt replacing one thought lost counts too
     if after.state is before.state:
         return
-    if after.state is JobState.RUNNING:
-        ATTEMPTS_STARTED.inc()
     if after.state.terminal:
         JOBS_ENDED.labels(state=after.state.value).inc()
         JOB_SECONDS.labels(state=after.state.value).observe(time.time() - after.submitted_at)
