@@ -27,16 +27,20 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from ackwire.wire.tracecontext import TRACEPARENT
+from ackwire.wire.tracecontext import TRACEPARENT, new_traceparent
 
 _tracer = trace.get_tracer("ackwire")
 
 
 @contextmanager
-def span(name: str, parent: str, **attributes: str | int) -> Iterator[str]:
-    """A span named `name`, child of the `traceparent` `parent`; yields the span's own
-    `traceparent`, to hand on. With no exporter configured it records nothing and yields
-    a context in the same trace."""
+def span(
+    name: str, parent: str | None, *, trace_id: str | None = None, **attributes: str | int
+) -> Iterator[str]:
+    """A span named `name`, child of the `traceparent` `parent`, or with none (a client or
+    an older service sent none) a root in `trace_id`'s trace, or in a new one; yields the
+    span's own `traceparent`, to hand on. With no exporter configured it records nothing
+    and yields a context in the same trace."""
+    parent = parent or new_traceparent(trace_id)
     match = TRACEPARENT.fullmatch(parent)
     assert match is not None, parent  # checked where it came in
     remote = SpanContext(

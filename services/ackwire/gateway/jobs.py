@@ -30,7 +30,7 @@ from ackwire.tracing import span
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.frames import Accepted, Error, Submit
 from ackwire.wire.rate import TokenBucket
-from ackwire.wire.tracecontext import new_traceparent, trace_id_of
+from ackwire.wire.tracecontext import trace_id_of
 
 _STORE_TIMEOUT_S = 5.0
 SUBMITS_IN_FLIGHT = 64
@@ -89,8 +89,7 @@ class JobIntake:
             return _error(frame, ErrorCode.BAD_PAYLOAD, problem)
         job_id = new_job_id(self._session_id, frame.idempotency_key)
         # The client's trace continues here, or a new one starts.
-        parent = frame.traceparent or new_traceparent()
-        with span("ackwire.submit", parent, job_id=job_id, kind=frame.kind) as context:
+        with span("ackwire.submit", frame.traceparent, job_id=job_id, kind=frame.kind) as context:
             job = JobSubmitted(
                 job_id=job_id,
                 session_id=self._session_id,

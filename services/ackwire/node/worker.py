@@ -51,7 +51,7 @@ from ackwire.nodekit import JobKind
 from ackwire.settings import Settings
 from ackwire.tracing import span
 from ackwire.wire.bounds import refuse_oversized_deliver
-from ackwire.wire.tracecontext import new_traceparent, usable_or_none
+from ackwire.wire.tracecontext import usable_or_none
 
 _FETCH_WAIT_S = 1.0
 _FETCH_BATCH_MAX = 16
@@ -285,8 +285,13 @@ class Worker:
         traceparent = usable_or_none((msg.headers or {}).get("traceparent"))
         stored = StoredJob(work, msg.metadata.sequence.stream, traceparent)
         attempt = Attempt(self._records, msg, stored, self._node, log)
-        parent = traceparent or new_traceparent(work.trace_id)
-        with span("ackwire.attempt", parent, job_id=work.job_id, attempt=attempt.attempt):
+        with span(
+            "ackwire.attempt",
+            traceparent,
+            trace_id=work.trace_id,
+            job_id=work.job_id,
+            attempt=attempt.attempt,
+        ):
             await self._ask_and_run(kind, msg, slot, attempt, log)
 
     async def _ask_and_run(

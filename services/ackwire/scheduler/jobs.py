@@ -49,7 +49,7 @@ from ackwire.jobs.messages import TERMINAL_SUFFIX, JobSubmitted, StoredJob
 from ackwire.jobs.records import RECEIPTS_TO, JobRecords
 from ackwire.settings import Settings
 from ackwire.tracing import span
-from ackwire.wire.tracecontext import new_traceparent, usable_or_none
+from ackwire.wire.tracecontext import usable_or_none
 
 #: A handler takes milliseconds; a message a dead replica had pulled comes back after this.
 _HANDLER_ACK_WAIT_S = 5.0
@@ -106,8 +106,7 @@ class JobSupervisor:
             await msg.nack(delay=deadline - time.time())
             return
         traceparent = usable_or_none((msg.headers or {}).get("traceparent"))
-        parent = traceparent or new_traceparent(job.trace_id)
-        with span("ackwire.timer", parent, job_id=job.job_id):
+        with span("ackwire.timer", traceparent, trace_id=job.trace_id, job_id=job.job_id):
             await self._timer_fired(msg, StoredJob(job, metadata.sequence.stream, traceparent), log)
 
     async def _timer_fired(
@@ -137,8 +136,13 @@ class JobSupervisor:
             applied = await self._records.apply(job_id, ResultReceipted(receipt.outcome), log)
             record = None if applied is None else applied.outcome.record
             if record is not None and record.receipt == receipt.outcome:
-                parent = record.traceparent or new_traceparent(record.trace_id)
-                with span("ackwire.receipt", parent, job_id=job_id, outcome=receipt.outcome):
+                with span(
+                    "ackwire.receipt",
+                    record.traceparent,
+                    trace_id=record.trace_id,
+                    job_id=job_id,
+                    outcome=receipt.outcome,
+                ):
                     log.info("job.result_receipted", trace_id=record.trace_id)
             await msg.ack_sync()
 
