@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import StreamState
 from pydantic import BaseModel
 
 from ackwire.bus import subjects
@@ -85,12 +87,31 @@ class StackOverview(BaseModel):
 
 async def session_summaries(nc: Client) -> list[SessionSummary]:
     """Every session on record, oldest change first."""
-    return (await stack_overview(nc)).sessions
+    summaries, _, _ = await _sessions_now(nc.jetstream())
+    return summaries
 
 
 async def stack_overview(nc: Client) -> StackOverview:
     """Gateways, sessions and what each is owed, the queue's totals, and each kind's jobs."""
     js = nc.jetstream()
+    summaries, alive, state = await _sessions_now(js)
+    first = await SessionQueue(nc, js).read_subject(subjects.SESSION_SUBJECTS, after=0, limit=1)
+    return StackOverview(
+        at=datetime.now(UTC),
+        gateways=alive,
+        sessions=summaries,
+        stored_total=state.last_seq,
+        owed_total=state.messages,
+        oldest_owed_at=first.messages[0].delivery.created_at if first.messages else None,
+        jobs=await _job_backlogs(nc),
+    )
+
+
+async def _sessions_now(
+    js: JetStreamContext,
+) -> tuple[list[SessionSummary], list[str], StreamState]:
+    """Every session on record (oldest change first), the gateways alive, and the state of
+    the queue stream the sessions' owed counts were read from."""
     gateways = GatewayDirectory()
     await gateways.follow(await js.key_value(subjects.GATEWAYS_BUCKET))
     try:
@@ -114,18 +135,7 @@ async def stack_overview(nc: Client) -> StackOverview:
         alive = sorted(gateways.gateways)
     finally:
         await gateways.stop()
-    state = info.state
-    first = await SessionQueue(nc, js).read_subject(subjects.SESSION_SUBJECTS, after=0, limit=1)
-    oldest = first.messages[0].delivery.created_at if first.messages else None
-    return StackOverview(
-        at=datetime.now(UTC),
-        gateways=alive,
-        sessions=sorted(summaries, key=lambda summary: summary.since),
-        stored_total=state.last_seq,
-        owed_total=state.messages,
-        oldest_owed_at=oldest,
-        jobs=await _job_backlogs(nc),
-    )
+    return sorted(summaries, key=lambda summary: summary.since), alive, info.state
 
 
 async def _job_backlogs(nc: Client) -> list[KindBacklog]:
