@@ -331,7 +331,6 @@ class ClientConnection:
                 case Close():
                     self._carry_out(verdict)
                 case Reject(error=error):
-                    metrics.BAD_FRAMES.inc()
                     await self._send(error)
                 case Accept(frame=frame):
                     await self._handle(frame, handlers)

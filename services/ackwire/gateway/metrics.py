@@ -10,7 +10,6 @@ CLOSES = Counter(
     "Client connections closed by the gateway, by close code",
     ["code"],
 )
-BAD_FRAMES = Counter("ackwire_gateway_bad_frames_total", "Frames answered with bad_frame")
 REFUSALS = Counter(
     "ackwire_gateway_refusals_total",
     "Client requests answered with an error frame, by code (rate_limited, no_such_kind…)",

@@ -5,7 +5,9 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from ackwire.wire.codes import ErrorCode
 from ackwire.wire.frames import Accepted, Error, Submit
+from support.client import receive
 from support.logs import LogWatch
 
 from .conftest import Stack
@@ -49,6 +51,10 @@ async def test_job_and_delivery_metrics_count_what_happened(
     frames.append(Submit(ref="f", kind="fail", payload={"message": "no"}))
     refused = await client.submit(Submit(ref="t", kind="teleport", payload={}))
     assert isinstance(refused, Error)
+    await client.ws.send("{not json")
+    bad = await receive(client.ws)
+    assert isinstance(bad, Error)
+    assert bad.code is ErrorCode.BAD_FRAME
     for frame in frames:
         accepted = await client.submit(frame)
         assert isinstance(accepted, Accepted)
@@ -71,4 +77,5 @@ async def test_job_and_delivery_metrics_count_what_happened(
     assert moved("ackwire_gateway_sessions_opened_total", outcome="new") == 1
     assert moved("ackwire_bus_errors_total", error="unavailable") == 0
     assert moved("ackwire_gateway_refusals_total", code="no_such_kind") == 1
+    assert moved("ackwire_gateway_refusals_total", code="bad_frame") == 1
     await client.ws.close()
