@@ -275,10 +275,15 @@ class JobLedger:
         waiting = record.model_copy(
             update={"state": JobState.PENDING, "attempt": event.attempt, "waiting_since": now}
         )
-        return Outcome(waiting, (CheckAt(now + self.pending_timeout),))
+        return Outcome(waiting, (CheckAt(self.pending_deadline(now)),))
+
+    def pending_deadline(self, waiting_since: float) -> float:
+        """When a job waiting for a node since then is `no_capacity` (or its lost attempt
+        `failed`) if none starts it: a job's earliest timeout."""
+        return waiting_since + self.pending_timeout
 
     def _pending_timer(self, record: JobRecord, _event: TimerFired, now: float) -> Outcome:
-        deadline = record.waiting_since + self.pending_timeout
+        deadline = self.pending_deadline(record.waiting_since)
         if now < deadline:
             return Outcome(record, (CheckAt(deadline),))
         if record.attempt == 0:
@@ -297,7 +302,7 @@ class JobLedger:
             return _ended(record, JobState.FAILED, DeliverError("failed", message))
         # JetStream redelivers the work message to another node; wait for it to start.
         waiting = record.model_copy(update={"state": JobState.PENDING, "waiting_since": now})
-        return Outcome(waiting, (CheckAt(now + self.pending_timeout),))
+        return Outcome(waiting, (CheckAt(self.pending_deadline(now)),))
 
     def _receipted(self, record: JobRecord, event: ResultReceipted, _now: float) -> Outcome:
         if record.receipt is not None:

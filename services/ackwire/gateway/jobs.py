@@ -71,13 +71,13 @@ class JobIntake:
 
     async def _answered(self, frame: Submit) -> None:
         try:
-            await self._answer(await self.submit(frame))
+            await self._answer(await self._submit(frame))
         except ConnectionClosed:
             pass  # stored or not, the client's resubmit under its idempotency key tells
         finally:
             self._in_flight.release()
 
-    async def submit(self, frame: Submit) -> Accepted | Error:
+    async def _submit(self, frame: Submit) -> Accepted | Error:
         wait = self._budget.take(time.monotonic())
         if wait > 0:
             return _error(frame, ErrorCode.RATE_LIMITED, f"too many submits; retry in {wait:.2f} s")

@@ -100,7 +100,7 @@ class JobSupervisor:
             return
         log = _log.bind(job_id=job.job_id, trace_id=job.trace_id, session_id=job.session_id)
         metadata = msg.raw_message.metadata
-        deadline = job.submitted_at.timestamp() + self._ledger.pending_timeout
+        deadline = self._ledger.pending_deadline(job.submitted_at.timestamp())
         if metadata.num_delivered == 1 and time.time() < deadline:
             # A job's first sight needs no read: nothing of it can be due before this.
             await msg.nack(delay=deadline - time.time())
