@@ -1,4 +1,4 @@
-"""Running attempts: pull work of each kind only while a slot is free, and tell the ledger.
+"""Running attempts: pull work of each kind while a slot is free, and tell the ledger.
 
 A job's work is the job's own message in the jobs stream, as the gateway
 stored it: one durable consumer per kind, shared by every node serving it,
@@ -55,6 +55,8 @@ from ackwire.wire.tracecontext import usable_or_none
 
 _FETCH_WAIT_S = 1.0
 _FETCH_BATCH_MAX = 16
+#: How long work fetched for a slot another kind took meanwhile waits for the next one.
+_SLOT_WAIT_S = 1.0
 #: Attempts whose end is being stored, per handler slot: past that, slots wait.
 _ENDING_PER_SLOT = 4
 #: A handler's exception may carry anything (a whole payload, a megabyte of stack).
@@ -71,6 +73,15 @@ HANDED_BACK = Counter(
     "ackwire_node_attempts_handed_back_total",
     "Attempts still running when the node drained, handed back to start elsewhere",
 )
+
+
+async def _pass_on(messages: list[Msg]) -> None:
+    """Give work this node has no slot for back to the stream, for any node at once. It
+    counts as a delivery (an attempt) that reported nothing: a rare race, see `_pull`."""
+    for msg in messages:
+        with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
+            await msg.nak()
+        _log.info("job.passed_on", job_id=_job_id(msg), attempt=msg.metadata.num_delivered)
 
 
 def _job_id(msg: Msg) -> str | None:
@@ -164,15 +175,46 @@ class Attempt:
                 self._log.warning("job.keep_alive_lost", error=str(exc) or type(exc).__name__)
 
 
+class _Slots:
+    """The node's handler slots, shared by all its kinds."""
+
+    def __init__(self, capacity: int) -> None:
+        self._free = capacity
+        self._freed = asyncio.Event()
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    async def until_free(self) -> None:
+        while self._free == 0:
+            self._freed.clear()
+            await self._freed.wait()
+
+    async def take(self, within: float) -> _HeldSlot | None:
+        """A slot, waiting at most `within` seconds for one to come free; else `None`."""
+        try:
+            async with asyncio.timeout(within):
+                await self.until_free()
+                self._free -= 1  # no await since the check: the slot is this caller's
+        except TimeoutError:
+            return None
+        return _HeldSlot(self)
+
+    def give_back(self) -> None:
+        self._free += 1
+        self._freed.set()
+
+
 class _HeldSlot:
     """One handler slot, let go once (when the handler is done, or the attempt over)."""
 
-    def __init__(self, slots: asyncio.Semaphore) -> None:
-        self._slots: asyncio.Semaphore | None = slots
+    def __init__(self, slots: _Slots) -> None:
+        self._slots: _Slots | None = slots
 
     def release(self) -> None:
         if self._slots is not None:
-            self._slots.release()
+            self._slots.give_back()
             self._slots = None
 
 
@@ -195,7 +237,7 @@ class Worker:
         self._settings = settings
         self._node = node
         self._kinds = kinds
-        self._slots = asyncio.Semaphore(capacity)
+        self._slots = _Slots(capacity)
         self._ending = asyncio.Semaphore(capacity * _ENDING_PER_SLOT)
         self._loops: list[asyncio.Task[None]] = []
         self._pulls: list[JetStreamContext.PullSubscription] = []
@@ -241,25 +283,31 @@ class Worker:
 
     async def _pull(self, kind: str, pull: JetStreamContext.PullSubscription) -> None:
         # A pull waiting at the server gets a job the moment it is stored: no polling. It
-        # asks for as many as there are free slots, so a backlog comes in few round trips.
+        # holds no slot while it waits (every kind has one waiting, and the slots are the
+        # node's), and asks for as many jobs as slots are free, so a backlog comes in few
+        # round trips. Two kinds may then both get work for the last free slot: the one
+        # that finds no slot free within a moment passes its work on to another node.
         while True:
-            await self._slots.acquire()
-            free = 1
-            while free < _FETCH_BATCH_MAX and not self._slots.locked():
-                await self._slots.acquire()  # free: returns at once
-                free += 1
+            await self._slots.until_free()
             try:
-                messages = await pull.fetch(free, timeout=_FETCH_WAIT_S)
+                messages = await pull.fetch(
+                    min(_FETCH_BATCH_MAX, self._slots.free), timeout=_FETCH_WAIT_S
+                )
             except (NatsTimeoutError, TimeoutError):
                 messages = []
             except (NatsError, JetStreamError) as exc:
                 _log.warning("node.fetch_failed", kind=kind, error=str(exc) or type(exc).__name__)
                 messages = []
                 await asyncio.sleep(_FETCH_WAIT_S)
-            for _ in range(free - len(messages)):
-                self._slots.release()
-            for msg in messages:
-                slot = _HeldSlot(self._slots)
+            for taken, msg in enumerate(messages):
+                try:
+                    slot = await self._slots.take(within=_SLOT_WAIT_S)
+                except asyncio.CancelledError:  # draining: what is not started goes on now
+                    await _pass_on(messages[taken:])
+                    raise
+                if slot is None:
+                    await _pass_on([msg])
+                    continue
                 task = asyncio.create_task(self._attempt(kind, msg, slot))
                 self._running[task] = msg
                 task.add_done_callback(functools.partial(self._attempt_done, slot=slot))

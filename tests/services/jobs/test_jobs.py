@@ -350,3 +350,23 @@ async def test_the_clients_ack_of_a_result_is_noted_in_the_ledger(
     await nc.close()
     assert (record.state, record.receipt) == (JobState.DONE, "delivered")
     await client.ws.close()
+
+
+async def test_a_node_runs_as_many_jobs_of_one_kind_at_once_as_it_has_slots(
+    start_stack: StartStack, make_token: MakeToken, logs: LogWatch
+) -> None:
+    """Slots are the node's, not a kind's: the node's other kinds, idle, waiting for work,
+    must not keep them from the one kind that has work."""
+    stack = await start_stack(capacity=3)  # four kinds
+    client = await connect(stack.gateway.url, make_token())
+    jobs = []
+    for ref in "abc":
+        accepted = await client.submit(Submit(ref=ref, kind="sleep", payload={"seconds": 4}))
+        assert isinstance(accepted, Accepted)
+        jobs.append(accepted.job_id)
+    for job_id in jobs:
+        await logs.wait_for("job.attempt_started", job_id=job_id, timeout=10)
+    assert not logs.named("job.state", state="done"), "a job waited for another to end"
+    for job_id in jobs:
+        assert (await client.until_terminal(job_id))[-1].kind == "result"
+    await client.ws.close()
