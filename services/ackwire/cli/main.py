@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8765, help="first gateway's port")
     up.add_argument("--gateways", type=_positive, default=2)
     up.add_argument("--nodes", type=_positive, default=2)
+    up.add_argument(
+        "--schedulers", type=_positive, default=1, help="2 or more: replicas that hand over"
+    )
     up.add_argument("--nats-url", help="use this NATS server or cluster instead of an embedded one")
     up.add_argument("--data-dir", type=Path, default=Path(".ackwire"))
 
@@ -177,6 +180,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         gateways=args.gateways,
         nodes=args.nodes,
+        schedulers=args.schedulers,
         nats_url=args.nats_url,
         data_dir=args.data_dir,
     )

@@ -1,6 +1,7 @@
 """`ackwire up`: the whole stack on one machine, as child processes, supervised.
 
-Starts (or uses) NATS, then the gateways, one scheduler and the nodes, each
+Starts (or uses) NATS, then the gateways, the scheduler (one unless asked for more:
+a replica to hand over to in a rolling update) and the nodes, each
 as `python -m ackwire.cli <service>`, so every `pid=` printed is the service
 process itself. Each child prints its own `ackwire started …` line once it is
 ready; this supervisor relays those lines in the contract's order, then
@@ -42,6 +43,7 @@ class StackOptions:
     host: str
     port: int
     gateways: int
+    schedulers: int
     nodes: int
     nats_url: str | None
     data_dir: Path
@@ -223,7 +225,9 @@ def child_specs(options: StackOptions, nats_url: str) -> list[ChildSpec]:
         )
         for i in range(1, options.gateways + 1)
     ]
-    specs.append(ChildSpec("scheduler", "scheduler-1", (), env))
+    specs.extend(
+        ChildSpec("scheduler", f"scheduler-{i}", (), env) for i in range(1, options.schedulers + 1)
+    )
     specs.extend(
         ChildSpec("node", f"node-{i}", ("--kinds", DEMO_KIND_NAMES), env)
         for i in range(1, options.nodes + 1)

@@ -191,6 +191,7 @@ async def start_stack(
     *,
     gateways: int = 2,
     nodes: int = 2,
+    schedulers: int = 1,
     env: dict[str, str] | None = None,
 ) -> tuple[AckwireProcess, str]:
     """`ackwire up` with short job timeouts (and `env`), its children marked; (it, the mark)
@@ -198,7 +199,7 @@ async def start_stack(
     mark = uuid.uuid4().hex
     up = await AckwireProcess.start(
         "up", "--port", str(port), "--gateways", str(gateways), "--nodes", str(nodes),
-        "--data-dir", str(tmp_path / "data"),
+        "--schedulers", str(schedulers), "--data-dir", str(tmp_path / "data"),
         env={
             "ACKWIRE_JWT_SECRET": TEST_SECRET,
             "ACKWIRE_TEST_STACK": mark,
@@ -207,7 +208,7 @@ async def start_stack(
             **(env or {}),
         },
     )  # fmt: skip
-    await up.stdout_line(2 + gateways + nodes, timeout=90)  # `ready`
+    await up.stdout_line(1 + gateways + schedulers + nodes, timeout=90)  # `ready`
     return up, mark
 
 

@@ -3,25 +3,32 @@ SIGTERM while SDK clients receive messages and run jobs. Counted like a chaos ru
 message sent and every job accepted arrives, once each, and promptly."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
+import pytest
 
-from ackwire.client import Backoff, Client
+from ackwire.client import Backoff, Client, Job, JobFailedError
 from ackwire.publisher import Publisher
 from services.cli.test_up import announced, start_stack, stop_cleanly, two_free_ports
 from support.processes import AckwireProcess
 
 MakeToken = Callable[..., str]
-CLIENTS = 6
+CLIENTS = 12
 MESSAGES = 60
 JOBS = 4
 #: Well under the gateway's ack wait (30 s): owed messages move with their clients.
 PROMPTLY_S = 15.0
+#: The job slots of `up`'s two nodes (4 each).
+SLOTS = 8
+#: Jobs stored while every slot is taken: they wait for their pending timeout.
+WAITING = 4
 
 
 class Tally:
@@ -51,15 +58,16 @@ async def steady_traffic(
     tallies: list[Tally],
     *,
     midway: Callable[[], Awaitable[None]],
+    jobs_each: int,
     seconds: float,
 ) -> None:
-    """Send each client's user `MESSAGES` messages at a steady pace while each runs `JOBS`
-    `sleep` jobs of `seconds`, calling `midway` a third of the way in."""
+    """Send each client's user `MESSAGES` messages at a steady pace while each runs
+    `jobs_each` `sleep` jobs of `seconds`, calling `midway` a third of the way in."""
     nc = await nats.connect(nats_url)
     publisher = Publisher(nc)
 
     async def jobs(client: Client, tally: Tally) -> None:
-        for _ in range(JOBS):
+        for _ in range(jobs_each):
             began = time.monotonic()
             result = await client.run("sleep", {"seconds": seconds}, timeout=30)
             tally.job_seconds.append(time.monotonic() - began)
@@ -82,11 +90,82 @@ async def steady_traffic(
         await nc.close()
 
 
-def assert_all_once(tallies: list[Tally]) -> None:
+def assert_all_once(tallies: list[Tally], jobs_each: int = JOBS) -> None:
     for tally in tallies:
         numbers = sorted(m["n"] for m in tally.messages)  # type: ignore[index]
         assert numbers == list(range(MESSAGES)), "lost or doubled messages"
-        assert len(tally.results) == JOBS, "a job's result lost, or doubled"
+        assert len(tally.results) == jobs_each, "a job's result lost, or doubled"
+
+
+@dataclass
+class RollingStack:
+    """`ackwire up` with two gateways and two nodes, and `CLIENTS` SDK clients on it (half
+    of them start on each gateway)."""
+
+    up: AckwireProcess
+    nats_url: str
+    urls: list[str]
+    pids: dict[str, int]
+    clients: list[Client]
+    tallies: list[Tally]
+
+    async def traffic(
+        self, midway: Callable[[], Awaitable[None]], *, jobs_each: int = JOBS, seconds: float = 0
+    ) -> None:
+        """The steady traffic, then every message must arrive within `PROMPTLY_S`."""
+        readers = [
+            asyncio.create_task(t.receive(c))
+            for c, t in zip(self.clients, self.tallies, strict=True)
+        ]
+        await steady_traffic(
+            self.nats_url,
+            self.clients,
+            self.tallies,
+            midway=midway,
+            jobs_each=jobs_each,
+            seconds=seconds,
+        )
+        async with asyncio.timeout(PROMPTLY_S):
+            await asyncio.gather(*(t.complete.wait() for t in self.tallies))
+        for reader in readers:
+            reader.cancel()
+
+
+@contextlib.asynccontextmanager
+async def rolling_stack(
+    tmp_path: Path,
+    make_token: MakeToken,
+    backoff: Backoff,
+    *,
+    schedulers: int = 1,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[RollingStack]:
+    port = two_free_ports()
+    up, mark = await start_stack(
+        tmp_path, port, gateways=2, nodes=2, schedulers=schedulers, env=env
+    )
+    urls = [f"ws://127.0.0.1:{port}", f"ws://127.0.0.1:{port + 1}"]
+    clients = [
+        Client(urls if i % 2 == 0 else urls[::-1], token=make_token(f"user-{i}"), backoff=backoff)
+        for i in range(CLIENTS)
+    ]
+    try:
+        async with asyncio.timeout(120):
+            for client in clients:
+                await client.__aenter__()
+                await client.wait_connected()
+            yield RollingStack(
+                up,
+                up.stdout_lines[0].split()[-1],
+                urls,
+                await pids_of(up),
+                clients,
+                [Tally() for _ in clients],
+            )
+    finally:
+        for client in clients:
+            await client.__aexit__(None, None, None)
+        await stop_cleanly(up, mark)
 
 
 async def run_rolling(
@@ -100,55 +179,25 @@ async def run_rolling(
     logged: str = "service.stopping",
     running_first: bool = False,
 ) -> tuple[list[str | None], float]:
-    """SIGTERM `victim` under the traffic (half the clients start on each gateway); the
-    gateway each client is on once everything arrived, and the slowest job's seconds.
-    Every message must arrive within `PROMPTLY_S` of the traffic's end, and the stack must
-    have logged `logged` (the victim's drain, by default). With `running_first`, the
-    SIGTERM waits until the victim runs a job."""
-    port = two_free_ports()
-    up, mark = await start_stack(tmp_path, port, gateways=2, nodes=2, env=env)
-    nats_url = up.stdout_lines[0].split()[-1]
-    pids = await pids_of(up)
-    urls = [f"ws://127.0.0.1:{port}", f"ws://127.0.0.1:{port + 1}"]
-    clients = [
-        Client(urls if i % 2 == 0 else urls[::-1], token=make_token(f"user-{i}"), backoff=backoff)
-        for i in range(CLIENTS)
-    ]
-    tallies = [Tally() for _ in clients]
+    """SIGTERM `victim` under the traffic; the gateway each client is on once everything
+    arrived, and the slowest job's seconds. The stack must have logged `logged` (the
+    victim's drain, by default). With `running_first`, the SIGTERM waits until the victim
+    runs a job."""
+    async with rolling_stack(tmp_path, make_token, backoff, env=env) as stack:
 
-    async def sigterm() -> None:
-        if running_first:
-            await up.log_event("job.attempt_started", **{_field(victim): victim})
-        os.kill(pids[victim], signal.SIGTERM)
+        async def sigterm() -> None:
+            if running_first:
+                await stack.up.log_event("job.attempt_started", **{_field(victim): victim})
+            os.kill(stack.pids[victim], signal.SIGTERM)
 
-    try:
-        async with asyncio.timeout(120):
-            for client in clients:
-                await client.__aenter__()
-                await client.wait_connected()
-            readers = [
-                asyncio.create_task(t.receive(c)) for c, t in zip(clients, tallies, strict=True)
-            ]
-            await steady_traffic(
-                nats_url,
-                clients,
-                tallies,
-                midway=sigterm,
-                seconds=job_seconds,
-            )
-            async with asyncio.timeout(PROMPTLY_S):
-                await asyncio.gather(*(t.complete.wait() for t in tallies))
-            for reader in readers:
-                reader.cancel()
-        assert_all_once(tallies)
+        await stack.traffic(sigterm, seconds=job_seconds)
+        assert_all_once(stack.tallies)
         # The service drained (it exited on its own, and `up` started it again).
-        await up.log_event("service.stopping", signal="SIGTERM", **{_field(victim): victim})
-        await up.log_event(logged, **{_field(victim): victim})
-        return [c.gateway for c in clients], max(s for t in tallies for s in t.job_seconds)
-    finally:
-        for client in clients:
-            await client.__aexit__(None, None, None)
-        await stop_cleanly(up, mark)
+        await stack.up.log_event("service.stopping", signal="SIGTERM", **{_field(victim): victim})
+        await stack.up.log_event(logged, **{_field(victim): victim})
+        return [c.gateway for c in stack.clients], max(
+            s for t in stack.tallies for s in t.job_seconds
+        )
 
 
 def _field(name: str) -> str:
@@ -185,8 +234,51 @@ async def test_a_node_sigterm_hands_its_work_on_and_no_job_is_lost_or_doubled(
     assert slowest < 2.0 + PROMPTLY_S  # not the 60 s job timeout
 
 
-async def test_a_scheduler_sigterm_loses_no_timer_and_no_receipt(
+async def test_a_scheduler_sigterm_hands_its_timers_and_receipts_to_its_replica(
     tmp_path: Path, make_token: MakeToken, quick_backoff: Backoff
 ) -> None:
-    _, slowest = await run_rolling(tmp_path, make_token, quick_backoff, "scheduler-1")
-    assert slowest < PROMPTLY_S
+    """Two schedulers; scheduler-1 gets SIGTERM just after `WAITING` jobs were stored that
+    no node can take (every slot runs a 6 s job) and before their 2 s pending timeout.
+    Those timers still fire (the jobs end `no_capacity`), promptly, and every job's
+    receipt is noted once; scheduler-2 takes part in it. Messages flow as before."""
+    pending_s = 2.0
+    env = {"ACKWIRE_PENDING_TIMEOUT_S": str(pending_s), "ACKWIRE_JOB_TIMEOUT_S": "60"}
+    async with (
+        rolling_stack(tmp_path, make_token, quick_backoff, schedulers=2, env=env) as stack,
+        Client(stack.urls, token=make_token("crowd"), backoff=quick_backoff) as crowd,
+    ):
+        await crowd.wait_connected()
+        running = [await crowd.submit("sleep", {"seconds": 6}, timeout=60) for _ in range(SLOTS)]
+        for job in running:
+            await stack.up.log_event("job.attempt_started", job_id=await job.accepted())
+        waiting: list[Job] = []
+
+        async def crowd_out_then_sigterm() -> None:
+            waiting.extend([await crowd.submit("echo", {}, timeout=60) for _ in range(WAITING)])
+            os.kill(stack.pids["scheduler-1"], signal.SIGTERM)
+
+        began = time.monotonic()
+        await stack.traffic(crowd_out_then_sigterm, jobs_each=0)
+        assert_all_once(stack.tallies, jobs_each=0)
+        async with asyncio.timeout(PROMPTLY_S):
+            for job in waiting:
+                with pytest.raises(JobFailedError) as failed:
+                    await job.result()
+                assert failed.value.code == "no_capacity"
+            # No later than a timer held by the stopping scheduler comes back (its 5 s ack
+            # wait), well before any retry or the 60 s job timeout.
+            assert time.monotonic() - began < pending_s + 5 + 3
+            assert [await job.result() for job in running] == [{"slept": 6}] * SLOTS
+        await stack.up.log_event("scheduler.stopped", scheduler="scheduler-1")
+        receipts = [
+            await stack.up.log_event("job.result_receipted", job_id=job.job_id)
+            for job in running + waiting
+        ]
+        assert {"scheduler-2"} <= {r["scheduler"] for r in receipts}
+        for job in running + waiting:
+            noted = [
+                e
+                for e in stack.up.logs
+                if e.get("event") == "job.result_receipted" and e.get("job_id") == job.job_id
+            ]
+            assert len(noted) == 1, f"receipt of {job.job_id} noted {len(noted)} times"
