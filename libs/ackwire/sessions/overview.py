@@ -6,7 +6,7 @@ Both read the whole of what they show: they are for operators, not hot paths.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
@@ -147,6 +147,32 @@ async def _job_backlogs(nc: Client) -> list[KindBacklog]:
         for c in sorted(consumers, key=lambda c: c.name)
         if c.name.startswith("work-")
     ]
+
+
+async def owed_since(nc: Client, session_ids: Iterable[str]) -> dict[str, datetime]:
+    """When the oldest message still owed to each of these sessions was stored (one read
+    each: for a screenful of sessions, not all); a session owed nothing is left out."""
+    queue = SessionQueue(nc, nc.jetstream())
+    since = {}
+    for session_id in session_ids:
+        read = await queue.read_subject(subjects.session_subject(session_id), after=0, limit=1)
+        if read.messages:
+            since[session_id] = read.messages[0].delivery.created_at
+    return since
+
+
+async def longest_owed(nc: Client, sessions: int) -> dict[str, datetime]:
+    """Up to `sessions` sessions owed the oldest messages of all, oldest first, and when
+    each one's oldest was stored. Read from the front of the queue (the oldest few hundred
+    messages), so its cost does not grow with what is owed."""
+    queue = SessionQueue(nc, nc.jetstream())
+    front = await queue.read_subject(subjects.SESSION_SUBJECTS, after=0, limit=_READ_BATCH)
+    since: dict[str, datetime] = {}
+    for stored in front.messages:
+        since.setdefault(stored.delivery.session_id, stored.delivery.created_at)
+        if len(since) == sessions:
+            break
+    return since
 
 
 async def user_presence(nc: Client, user: str) -> UserPresence:
