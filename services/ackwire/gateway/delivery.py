@@ -329,7 +329,7 @@ class DeliveryPump:
                 on=BusError, attempts=3, timeout=_RECEIPT_TIMEOUT_S
             ):
                 with attempt:
-                    stands = await self._receipts.issue(delivery, seq, "delivered")
+                    stands = (await self._receipts.issue(delivery, seq, "delivered")).stands
         except BusError as exc:
             # Delivered all the same (the store confirmed the ack); only its producer
             # does not hear of it.

@@ -15,11 +15,11 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from ackwire.bus import subjects
 from ackwire.bus.receipts import Receipts
-from ackwire.bus.session_queue import SessionQueue
+from ackwire.bus.session_queue import SessionQueue, Stored
 from ackwire.errors import BusError
 
 _log = structlog.get_logger("ackwire.scheduler")
@@ -27,6 +27,12 @@ _log = structlog.get_logger("ackwire.scheduler")
 OWED = Gauge("ackwire_messages_owed", "Messages stored for sessions and not yet acked")
 OLDEST_OWED = Gauge(
     "ackwire_oldest_owed_seconds", "How long ago the oldest message still owed was stored"
+)
+EXPIRED = Counter(
+    "ackwire_messages_expired_total",
+    "Messages removed unacked because their retention ran out, counted by the sweeper that"
+    " decided it, by kind",
+    ["kind"],
 )
 
 _READ_BATCH = 256
@@ -59,24 +65,31 @@ class ExpirySweeper:
                 subjects.SESSION_SUBJECTS, after=after, limit=_READ_BATCH
             )
             for stored in read.messages:
-                delivery = stored.delivery
-                if delivery.created_at > cutoff:  # stored in order: every later one is younger
-                    return expired, delivery.created_at
-                if delivery.receipt_to is not None:
-                    await self._receipts.issue(delivery, stored.seq, "expired")
-                await self._queue.confirm(delivery.session_id, upto=None, singles=(stored.seq,))
-                _log.warning(
-                    "delivery.expired_undelivered",
-                    id=delivery.id,
-                    session_id=delivery.session_id,
-                    user=delivery.user,
-                    job_id=delivery.job_id,
-                    seq=stored.seq,
-                )
-                expired += 1
+                if stored.delivery.created_at > cutoff:  # stored in order: the rest is younger
+                    return expired, stored.delivery.created_at
+                expired += await self._expire_one(stored)
             if read.complete or not read.messages:
                 return expired, None
             after = read.messages[-1].seq
+
+    async def _expire_one(self, stored: Stored) -> bool:
+        """Tell its producer, remove it, and count it if it was expired here. Each message
+        is counted once, as delivered or expired, by whoever decided: the first receipt
+        stored decides for a message that asked for one (the sweeper tells first, so that a
+        failed removal does not lose the count), else the removal that took it (an ack's,
+        or another sweeper's, may have come first)."""
+        delivery = stored.delivery
+        receipted = delivery.receipt_to is not None
+        told_first = (
+            receipted and (await self._receipts.issue(delivery, stored.seq, "expired")).first
+        )
+        if told_first:
+            _expired(stored)
+        gone = await self._queue.confirm(delivery.session_id, upto=None, singles=(stored.seq,))
+        removed_here = not receipted and stored.seq not in gone
+        if removed_here:
+            _expired(stored)
+        return told_first or removed_here
 
     async def run(self) -> None:
         while True:
@@ -85,3 +98,16 @@ class ExpirySweeper:
             except BusError as exc:
                 _log.warning("expiry.sweep_failed", error=str(exc) or type(exc).__name__)
             await asyncio.sleep(self.every_s)
+
+
+def _expired(stored: Stored) -> None:
+    delivery = stored.delivery
+    EXPIRED.labels(kind=delivery.kind).inc()
+    _log.warning(
+        "delivery.expired_undelivered",
+        id=delivery.id,
+        session_id=delivery.session_id,
+        user=delivery.user,
+        job_id=delivery.job_id,
+        seq=stored.seq,
+    )
