@@ -15,18 +15,25 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
 
 from ackwire.bus import subjects
 from ackwire.bus.receipts import Receipts
 from ackwire.bus.session_queue import SessionQueue, Stored
 from ackwire.errors import BusError
+from ackwire.sessions.overview import session_count
 
 _log = structlog.get_logger("ackwire.scheduler")
 
 OWED = Gauge("ackwire_messages_owed", "Messages stored for sessions and not yet acked")
 OLDEST_OWED = Gauge(
     "ackwire_oldest_owed_seconds", "How long ago the oldest message still owed was stored"
+)
+SESSIONS = Gauge(
+    "ackwire_sessions",
+    "Sessions on record: live (a connection holds it now) or detached (waiting for a resume)",
+    ["state"],
 )
 EXPIRED = Counter(
     "ackwire_messages_expired_total",
@@ -39,20 +46,41 @@ _READ_BATCH = 256
 
 
 class ExpirySweeper:
-    def __init__(self, queue: SessionQueue, receipts: Receipts, *, retention_s: float) -> None:
+    def __init__(
+        self,
+        queue: SessionQueue,
+        receipts: Receipts,
+        js: JetStreamContext,
+        *,
+        retention_s: float,
+        every_s: float = 60.0,
+    ) -> None:
         self._queue = queue
         self._receipts = receipts
+        self._js = js
         self._retention = timedelta(seconds=retention_s)
-        # Often enough that nothing outlives its retention by much, at most once a minute.
-        self.every_s = min(60.0, retention_s / 4)
+        # Often enough that nothing outlives its retention by much.
+        self.every_s = min(every_s, retention_s / 4)
 
     async def sweep(self) -> int:
         """Expire every message older than the retention; how many were. Then say how many
-        are owed, and how old the oldest is (`ackwire_messages_owed`,
-        `ackwire_oldest_owed_seconds`)."""
+        are owed, how old the oldest is, and how many sessions are live and detached
+        (`ackwire_messages_owed`, `ackwire_oldest_owed_seconds`, `ackwire_sessions`)."""
         expired, oldest = await self._expire()
-        OWED.set(await self._queue.owed())
+        owed = await self._queue.owed()
+        OWED.set(owed)
         OLDEST_OWED.set(0.0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds())
+        sessions = await session_count(self._js)
+        SESSIONS.labels(state="live").set(sessions.live)
+        SESSIONS.labels(state="detached").set(sessions.detached)
+        # What a scrape shows from now on (tests wait for it).
+        _log.debug(
+            "expiry.swept",
+            expired=expired,
+            owed=owed,
+            live=sessions.live,
+            detached=sessions.detached,
+        )
         return expired
 
     async def _expire(self) -> tuple[int, datetime | None]:
