@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     retention_s: Seconds = 7 * 86400.0
     """How long a message waits for its ack; then it expires undelivered, and its producer
     gets an `expired` receipt."""
+    expiry_sweep_s: Seconds = 60.0
+    """How often each scheduler expires what outlived the retention (at least four times per
+    retention) and sets the gauges of what is owed and of the sessions."""
     pending_timeout_s: Seconds = 10.0
     job_timeout_s: Seconds = 300.0
     max_attempts: Annotated[int, Field(ge=1)] = 3

@@ -26,7 +26,8 @@ import ackwire.bus.telemetry
 import ackwire.gateway.metrics
 import ackwire.jobs.records
 import ackwire.node.worker
-import ackwire.scheduler.expiry  # noqa: F401 (with the four above: every metric, registered)
+import ackwire.scheduler.expiry
+import ackwire.scheduler.jobs  # noqa: F401 (with the five above: every metric, registered)
 from ackwire.bus import subjects
 from ackwire.cli.main import build_parser
 from ackwire.gateway.connection import _CONFIRM_ON_CLOSE_S

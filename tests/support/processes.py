@@ -92,12 +92,17 @@ class AckwireProcess:
         await self._until(lambda: len(self.stdout_lines) > index, timeout, f"stdout line {index}")
         return self.stdout_lines[index]
 
-    async def log_event(self, name: str, timeout: float = WAIT_S, **fields: Any) -> dict[str, Any]:
+    async def log_event(
+        self, name: str, timeout: float = WAIT_S, *, since: int = 0, **fields: Any
+    ) -> dict[str, Any]:
+        """The first log event `name` with these fields, among the lines logged from the
+        `since`-th on (`len(process.logs)` taken earlier: only what came after)."""
+
         def found() -> dict[str, Any] | None:
             return next(
                 (
                     e
-                    for e in self.logs
+                    for e in self.logs[since:]
                     if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
                 ),
                 None,

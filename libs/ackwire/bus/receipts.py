@@ -9,6 +9,7 @@ retried one by its id.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from nats.aio.client import Client
@@ -20,6 +21,15 @@ from ackwire.bus.following import Following
 from ackwire.bus.models import Delivery, Receipt
 
 
+@dataclass(frozen=True, slots=True)
+class Issued:
+    stands: Literal["delivered", "expired"]
+    """The outcome its producer hears: the first receipt stored for the message."""
+    first: bool
+    """This call stored that first receipt: what became of the message was decided here
+    (a retry whose first answer was lost says `False`)."""
+
+
 class Receipts:
     def __init__(self, nc: Client) -> None:
         self._nc = nc
@@ -27,7 +37,7 @@ class Receipts:
 
     async def issue(
         self, delivery: Delivery, seq: int, outcome: Literal["delivered", "expired"]
-    ) -> Literal["delivered", "expired"]:
+    ) -> Issued:
         """Store a receipt for `delivery` (which must name its producer); the outcome that
         stands: the first receipt stored for the message in its session (within the store's
         duplicate window) is the one its producer hears. Raises `BusError`."""
@@ -46,10 +56,10 @@ class Receipts:
                 headers={"Nats-Msg-Id": f"receipt/{delivery.session_id}/{delivery.id}"},
             )
             if not ack.duplicate:
-                return outcome
+                return Issued(outcome, first=True)
             # Ours again (a retry whose first answer was lost), or another's first.
             first = await self._js.get_msg(subjects.RECEIPTS_STREAM, ack.seq)
-        return Receipt.model_validate_json(first.data or b"").outcome
+        return Issued(Receipt.model_validate_json(first.data or b"").outcome, first=False)
 
     async def first(self, producer: str, message_id: str) -> Receipt:
         """The first receipt for `message_id` (any session), stored before or after the

@@ -6,7 +6,9 @@ Both read the whole of what they show: they are for operators, not hot paths.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
@@ -15,6 +17,7 @@ from nats.js.api import StreamState
 from pydantic import BaseModel
 
 from ackwire.bus import subjects
+from ackwire.bus.boundary import translated
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.sessions.gateways import GatewayDirectory
 from ackwire.sessions.record import Found, SessionState, addressable
@@ -85,6 +88,39 @@ class StackOverview(BaseModel):
     jobs: list[KindBacklog]
 
 
+@dataclass(frozen=True, slots=True)
+class SessionCount:
+    live: int
+    """Held by a connection now (the record is live and its gateway's lease alive)."""
+    detached: int
+    """Waiting for a resume: the last connection ended without `bye`, or its gateway died."""
+
+
+@contextlib.asynccontextmanager
+async def _gateways_alive(js: JetStreamContext) -> AsyncIterator[GatewayDirectory]:
+    """The gateways' leases, followed for the block."""
+    gateways = GatewayDirectory()
+    await gateways.follow(await js.key_value(subjects.GATEWAYS_BUCKET))
+    try:
+        yield gateways
+    finally:
+        await gateways.stop()
+
+
+@translated("counting the sessions")
+async def session_count(js: JetStreamContext) -> SessionCount:
+    """How many sessions are live and detached now. It reads every record (and the
+    gateways' leases): each scheduler does, once a sweep."""
+    live = detached = 0
+    async with _gateways_alive(js) as gateways:
+        async for found in (await SessionTable.open(js)).every():
+            if gateways.connected(found.record):
+                live += 1
+            elif addressable(found):
+                detached += 1
+    return SessionCount(live=live, detached=detached)
+
+
 async def session_summaries(nc: Client) -> list[SessionSummary]:
     """Every session on record, oldest change first."""
     summaries, _, _ = await _sessions_now(nc.jetstream())
@@ -112,9 +148,7 @@ async def _sessions_now(
 ) -> tuple[list[SessionSummary], list[str], StreamState]:
     """Every session on record (oldest change first), the gateways alive, and the state of
     the queue stream the sessions' owed counts were read from."""
-    gateways = GatewayDirectory()
-    await gateways.follow(await js.key_value(subjects.GATEWAYS_BUCKET))
-    try:
+    async with _gateways_alive(js) as gateways:
         info = await js.stream_info(
             subjects.SESSIONS_STREAM, subjects_filter=subjects.SESSION_SUBJECTS
         )
@@ -133,8 +167,6 @@ async def _sessions_now(
             async for found in table.every()
         ]
         alive = sorted(gateways.gateways)
-    finally:
-        await gateways.stop()
     return sorted(summaries, key=lambda summary: summary.since), alive, info.state
 
 
@@ -179,9 +211,7 @@ async def user_presence(nc: Client, user: str) -> UserPresence:
     """Whether `user` is online, and on which sessions (read from the records and the
     gateways' leases: the truth, not a cache)."""
     js = nc.jetstream()
-    gateways = GatewayDirectory()
-    await gateways.follow(await js.key_value(subjects.GATEWAYS_BUCKET))
-    try:
+    async with _gateways_alive(js) as gateways:
         table = await SessionTable.open(js)
         sessions = []
         for session_id in await (await UserSessions.open(js)).of(user):
@@ -197,8 +227,6 @@ async def user_presence(nc: Client, user: str) -> UserPresence:
                     since=found.record.changed_at,
                 )
             )
-    finally:
-        await gateways.stop()
     return UserPresence(user=user, online=any(s.connected for s in sessions), sessions=sessions)
 
 

@@ -51,6 +51,33 @@ Failed = Callable[[BaseException], None]
 _unfinished = BackgroundTasks()
 
 
+class _AckClock:
+    """When each delivery sent on this connection and not yet acked was first sent, to
+    time the client's ack (`ackwire_gateway_ack_latency_seconds`). It holds the window's
+    outstanding messages only: an entry goes when its message is acked. Times are the
+    event loop's (monotonic)."""
+
+    def __init__(self) -> None:
+        self._sent: dict[int, tuple[float, str]] = {}
+
+    def sent(self, seq: int, kind: str, now: float) -> None:
+        self._sent.setdefault(seq, (now, kind))  # a redelivery keeps the first send's time
+
+    def acked(self, seq: int, now: float) -> None:
+        first = self._sent.pop(seq, None)
+        if first is not None:
+            _observe(first, now)
+
+    def acked_upto(self, upto: int, now: float) -> None:
+        for seq in [seq for seq in self._sent if seq <= upto]:
+            _observe(self._sent.pop(seq), now)
+
+
+def _observe(first: tuple[float, str], now: float) -> None:
+    sent_at, kind = first
+    metrics.ACK_LATENCY.labels(kind=kind).observe(now - sent_at)
+
+
 class DeliveryPump:
     """One connection's deliveries: started after `welcome`, stopped when the connection ends."""
 
@@ -84,6 +111,7 @@ class DeliveryPump:
         # Whether a message may have reached the client before: its send is a redelivery.
         self._seen_before = seen_before
         self._highest_sent = 0
+        self._ack_clock = _AckClock()
 
     @property
     def highest_sent(self) -> int:
@@ -105,10 +133,13 @@ class DeliveryPump:
         self._task = self._spawn(self._pump(), "deliveries")
 
     def acked(self, ack: Ack) -> None:
+        now = asyncio.get_running_loop().time()
         if ack.seq is not None:
             self._window.ack(ack.seq)
+            self._ack_clock.acked(ack.seq, now)
         if ack.upto is not None:
             self._window.ack_upto(ack.upto)
+            self._ack_clock.acked_upto(ack.upto, now)
         self._wake.set()
 
     def resync(self) -> None:
@@ -242,6 +273,8 @@ class DeliveryPump:
     async def _deliver(self, send: Send[Delivery]) -> None:
         delivery = send.message
         self._highest_sent = max(self._highest_sent, send.seq)
+        # Noted before the write: the client's ack may be read before the write returns.
+        self._ack_clock.sent(send.seq, delivery.kind, asyncio.get_running_loop().time())
         await self._send(
             Deliver(
                 seq=send.seq,
@@ -255,6 +288,8 @@ class DeliveryPump:
         )
         if send.redelivered:
             metrics.REDELIVERIES.inc()
+        else:
+            metrics.SENT.labels(kind=delivery.kind).inc()
 
     async def _confirm(self, confirm: ConfirmAcks[Delivery]) -> None:
         # Messages old enough for the sweeper to expire are removed one by one, ahead of
@@ -294,7 +329,7 @@ class DeliveryPump:
                 on=BusError, attempts=3, timeout=_RECEIPT_TIMEOUT_S
             ):
                 with attempt:
-                    stands = await self._receipts.issue(delivery, seq, "delivered")
+                    stands = (await self._receipts.issue(delivery, seq, "delivered")).stands
         except BusError as exc:
             # Delivered all the same (the store confirmed the ack); only its producer
             # does not hear of it.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 CONNECTIONS = Gauge("ackwire_gateway_connections", "Client connections past welcome, now open")
 CLOSES = Counter(
@@ -20,7 +20,20 @@ DELIVERED = Counter(
     "Messages the client acked and the store confirmed removing, by kind",
     ["kind"],
 )
+SENT = Counter(
+    "ackwire_gateway_deliveries_sent_total",
+    "Deliver frames sent for the first time, by kind (sent again: redeliveries_total)",
+    ["kind"],
+)
 REDELIVERIES = Counter("ackwire_gateway_redeliveries_total", "Deliveries sent again")
+ACK_LATENCY = Histogram(
+    "ackwire_gateway_ack_latency_seconds",
+    "From a delivery's first send on its connection to the client's ack, by kind. The first"
+    " send, not the latest: a client slower than the ack wait, acking just after the"
+    " redelivery, must not look fast",
+    ["kind"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 SESSIONS_OPENED = Counter(
     "ackwire_gateway_sessions_opened_total",
     "Sessions welcomed: resumed, or new with the reason (new, unknown, expired)",

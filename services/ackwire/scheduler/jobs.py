@@ -35,6 +35,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from nats.js.errors import Error as JetStreamError
+from prometheus_client import Counter
 from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
@@ -44,7 +45,7 @@ from ackwire.bus.broker import ServiceBroker
 from ackwire.bus.models import Receipt
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.errors import BusError, ConflictError
-from ackwire.jobs.ledger import CheckAt, JobLedger, ResultReceipted, TimerFired
+from ackwire.jobs.ledger import CheckAt, Ignore, JobLedger, ResultReceipted, TimerFired
 from ackwire.jobs.messages import TERMINAL_SUFFIX, JobSubmitted, StoredJob
 from ackwire.jobs.records import RECEIPTS_TO, JobRecords
 from ackwire.settings import Settings
@@ -59,6 +60,18 @@ _RETRY_S = 0.5
 _CONCURRENCY = 64
 
 _log = structlog.get_logger("ackwire.scheduler")
+
+TIMERS = Counter(
+    "ackwire_scheduler_job_timers_total",
+    "Job timers checked with the ledger: rearmed (the job goes on) or stopped (it is over,"
+    " ended by this timer or before; the jobs a timer ended are ackwire_jobs_ended_total here)",
+    ["outcome"],
+)
+RECEIPTS_NOTED = Counter(
+    "ackwire_scheduler_receipts_noted_total",
+    "Receipts of jobs' results and errors noted on their records (once each), by outcome",
+    ["outcome"],
+)
 
 
 class JobSupervisor:
@@ -121,6 +134,7 @@ class JobSupervisor:
                 await msg.ack()
             else:
                 await msg.nack(delay=max(0.1, check.at - time.time()))
+            TIMERS.labels(outcome="stopped" if check is None else "rearmed").inc()
 
     async def _on_receipt(self, msg: NatsMessage) -> None:
         assert self._records is not None
@@ -135,6 +149,10 @@ class JobSupervisor:
         async with _retried_soon(msg, log):
             applied = await self._records.apply(job_id, ResultReceipted(receipt.outcome), log)
             record = None if applied is None else applied.outcome.record
+            if applied is not None and not any(
+                isinstance(action, Ignore) for action in applied.outcome.actions
+            ):
+                RECEIPTS_NOTED.labels(outcome=receipt.outcome).inc()  # a repeat is ignored
             if record is not None and record.receipt == receipt.outcome:
                 with span(
                     "ackwire.receipt",

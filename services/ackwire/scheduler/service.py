@@ -50,7 +50,13 @@ class Scheduler:
         nc = self._bus.broker.connection
         queue = SessionQueue(nc, js)
         await self._jobs.bind(nc, js, queue)
-        sweeper = ExpirySweeper(queue, Receipts(nc), retention_s=self._settings.retention_s)
+        sweeper = ExpirySweeper(
+            queue,
+            Receipts(nc),
+            js,
+            retention_s=self._settings.retention_s,
+            every_s=self._settings.expiry_sweep_s,
+        )
         self._sweeping = asyncio.create_task(sweeper.run(), name="expiry sweeper")
         await self._directory.follow(await js.key_value(subjects.NODES_BUCKET))
         await self._bus.serve()

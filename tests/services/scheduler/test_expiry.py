@@ -3,6 +3,7 @@ receipt, and it is no longer owed; an ack that comes after that changes nothing.
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 import nats
@@ -115,7 +116,7 @@ async def test_each_sweep_says_how_much_is_owed_and_how_old_the_oldest_is(
     try:
         await provision(nc.jetstream(), settings)
         queue = SessionQueue(nc, nc.jetstream())
-        sweeper = ExpirySweeper(queue, Receipts(nc), retention_s=3600)
+        sweeper = ExpirySweeper(queue, Receipts(nc), nc.jetstream(), retention_s=3600)
         session_id = subjects.new_session_id()
         seqs = [
             await queue.put(Delivery(id=f"m-{i}", kind="message", session_id=session_id, data=i))
@@ -131,5 +132,49 @@ async def test_each_sweep_says_how_much_is_owed_and_how_old_the_oldest_is(
         await sweeper.sweep()
         assert REGISTRY.get_sample_value("ackwire_messages_owed") == 0
         assert REGISTRY.get_sample_value("ackwire_oldest_owed_seconds") == 0
+    finally:
+        await nc.close()
+
+
+def expired_count(kind: str) -> float:
+    return REGISTRY.get_sample_value("ackwire_messages_expired_total", {"kind": kind}) or 0.0
+
+
+async def test_a_sweep_counts_what_it_expired_and_not_what_was_delivered_meanwhile(
+    settings: Settings, logs: LogWatch
+) -> None:
+    """Every message removed is accounted for once: delivered (the gateway counts it) or
+    expired (the sweeper that decided it counts it). A message whose `delivered` receipt
+    stood before the sweeper's `expired` one was delivered, not expired."""
+    nc = await nats.connect(settings.nats_url)
+    try:
+        await provision(nc.jetstream(), settings)
+        queue = SessionQueue(nc, nc.jetstream())
+        receipts = Receipts(nc)
+        sweeper = ExpirySweeper(queue, receipts, nc.jetstream(), retention_s=60)
+        session_id = subjects.new_session_id()
+        long_ago = datetime.now(UTC) - timedelta(hours=1)
+        expires_here, acked_meanwhile = (
+            Delivery(
+                id=message_id,
+                kind="message",
+                session_id=session_id,
+                data=None,
+                receipt_to="producer-x",
+                created_at=long_ago,
+            )
+            for message_id in ("m-expired", "m-delivered")
+        )
+        await queue.put(expires_here)
+        await receipts.issue(acked_meanwhile, await queue.put(acked_meanwhile), "delivered")
+        before = expired_count("message")
+
+        assert await sweeper.sweep() == 1
+        assert expired_count("message") - before == 1
+        assert [e["id"] for e in logs.named("delivery.expired_undelivered")] == ["m-expired"]
+        assert [m async for m in undelivered(nc, session_id)] == []  # both removed all the same
+
+        await sweeper.sweep()  # nothing left: nothing counted twice
+        assert expired_count("message") - before == 1
     finally:
         await nc.close()
