@@ -36,6 +36,7 @@ from ackwire.client.machine import (
     CloseSocket,
     JobAccepted,
     JobDelivery,
+    KeepSession,
     MessageDelivery,
     Notice,
     OpenSocket,
@@ -53,6 +54,7 @@ from ackwire.client.machine import (
     TopicSubscribed,
 )
 from ackwire.client.policy import Backoff
+from ackwire.client.store import ClientState
 from ackwire.errors import AckwireError
 from ackwire.lifecycle import cancel_and_wait
 from ackwire.wire.codec import encode
@@ -75,8 +77,10 @@ class Client:
 
     `url`: one gateway or several, tried in turn. `refresh`: an async callable giving a
     fresh token, asked ahead of the token's `exp` and after a 4401; without it the
-    client stops (`InvalidTokenError`) when its token is refused. `seen_path`: an
-    SQLite file that keeps the delivery ids handled, across process restarts.
+    client stops (`InvalidTokenError`) when its token is refused. `state_path`: an
+    SQLite file of this client's own, keeping its session and the delivery ids it
+    handled across process restarts: a process started again on it resumes the
+    session, is sent what it is owed, and is handed nothing twice.
     """
 
     def __init__(
@@ -87,7 +91,7 @@ class Client:
         refresh: TokenSource | None = None,
         on_state_change: Callable[[StateChanged], None] | None = None,
         on_session_reset: Callable[[LostWork], None] | None = None,
-        seen_path: Path | None = None,
+        state_path: Path | None = None,
         backoff: Backoff | None = None,
         open_timeout_s: float = 10.0,
     ) -> None:
@@ -97,12 +101,13 @@ class Client:
                 parse_uri(each)
             except InvalidURI as exc:
                 raise ValueError(f"not a WebSocket URL: {each!r} ({exc})") from None
-        self._seen = SeenIds(path=seen_path)
+        self._state = None if state_path is None else ClientState(state_path)
         self._machine = ClientMachine(
             urls,
             token,
             can_renew=refresh is not None,
-            seen=self._seen,
+            seen=SeenIds(state=self._state),
+            session=None if self._state is None else self._state.session(),
             backoff=backoff,
             nonce=f"{uuid.uuid4().hex[:12]}-",
             client=ClientInfo(name="ackwire-py", version=version("ackwire")),
@@ -247,9 +252,12 @@ class Client:
     ) -> None:
         await self.close()
 
-    async def close(self) -> None:
-        """End the session (`bye`) and stop; what is unacked stays owed to nobody."""
-        self._apply(self._machine.close(self._now()))
+    async def close(self, *, end_session: bool = True) -> None:
+        """End the session (`bye`) and stop; what is unacked stays owed to nobody. With
+        `end_session=False`, stop and leave the session resumable for its TTL (what is
+        unacked stays owed to it): a process started again on the same `state_path`
+        resumes it, as after a crash."""
+        self._apply(self._machine.close(self._now(), end_session=end_session))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(BYE_TIMEOUT_S):
                 await self._closed.wait()
@@ -257,7 +265,8 @@ class Client:
             self._apply(self._machine.socket_closed(None, "no close after bye", self._now()))
         await cancel_and_wait(self._connection)
         await cancel_and_wait(self._renewal)
-        self._seen.close()
+        if self._state is not None:
+            self._state.close()
 
     # -- carrying out the machine's actions -------------------------------------------------
 
@@ -288,6 +297,9 @@ class Client:
                     self._cancel_timer(timer)
                 case RenewToken():
                     self._renewal = asyncio.create_task(self._renew())
+                case KeepSession(session=session):
+                    if self._state is not None:
+                        self._state.keep_session(session)
                 case _:
                     self._hand_over(action)
 

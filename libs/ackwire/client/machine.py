@@ -40,7 +40,7 @@ import itertools
 import json
 import random as random_module
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 
 from pydantic import JsonValue
 
@@ -57,6 +57,7 @@ from ackwire.client.exceptions import (
     SessionTakenOverError,
 )
 from ackwire.client.policy import Backoff, Next, after_close
+from ackwire.client.store import SavedSession
 from ackwire.errors import AckwireError, InternalError, InvalidTokenError, SessionLostError
 from ackwire.wire.codec import BadFrame, encode, parse_server_frame
 from ackwire.wire.codes import CloseCode, ErrorCode
@@ -246,6 +247,13 @@ class SessionReset:
 
 
 @dataclass(frozen=True, slots=True)
+class KeepSession:
+    """Keep this session to resume after a restart (`None`: nothing is left to resume)."""
+
+    session: SavedSession | None
+
+
+@dataclass(frozen=True, slots=True)
 class StateChanged:
     phase: Phase
     gateway: str | None
@@ -276,6 +284,7 @@ Action = (
     | TopicEnded
     | RequestFailed
     | SessionReset
+    | KeepSession
     | StateChanged
     | Notice
 )
@@ -343,6 +352,7 @@ class ClientMachine:
         *,
         can_renew: bool,
         seen: SeenIds | None = None,
+        session: SavedSession | None = None,
         backoff: Backoff | None = None,
         random: Callable[[], float] = random_module.random,
         nonce: str = "",
@@ -350,7 +360,8 @@ class ClientMachine:
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
         """`urls`: the gateways, tried in turn. `can_renew`: the application gives fresh
-        tokens (`RenewToken`). `nonce`: makes this client's idempotency keys unique.
+        tokens (`RenewToken`). `session`: one to resume, kept by an earlier process
+        (`KeepSession`). `nonce`: makes this client's idempotency keys unique.
         `wall_clock`: seconds since the epoch (a JWT's `exp` is on that clock)."""
         if not urls:
             raise ValueError("at least one gateway URL is required")
@@ -369,7 +380,7 @@ class ClientMachine:
         self._refs = itertools.count(1)
         self._phase = Phase.CONNECTING
         self._closed_reason: AckwireError | None = None
-        self._session: _Session | None = None
+        self._session = None if session is None else _Session(*astuple(session))
         self._gateway: str | None = None
         self._max_frame_bytes = DEFAULT_MAX_FRAME_BYTES
         self._jobs: dict[str, _Job] = {}  # by ref, in submit order
@@ -609,12 +620,13 @@ class ClientMachine:
             return []  # its session is gone: a seq means nothing in another one
         return self._ack(seq)
 
-    def close(self, now: float) -> list[Action]:
-        """End the session for good: `bye` when connected (after the acks, which count
-        whatever ends the connection next), else stop here."""
+    def close(self, now: float, *, end_session: bool = True) -> list[Action]:
+        """Stop. `end_session`: end the session for good with `bye` when connected
+        (after the acks, which count whatever ends the connection next); else leave it
+        resumable for its TTL, for a process started again with the same state."""
         if self._phase is Phase.CLOSED:
             return []
-        if self._phase is Phase.WELCOMED and not self._bye_sent:
+        if end_session and self._phase is Phase.WELCOMED and not self._bye_sent:
             self._bye_sent = True
             return [SendFrame(Bye())]
         return [CloseSocket(), *self._stop(_CLOSED_BY_APP, now)]
@@ -630,6 +642,7 @@ class ClientMachine:
             actions += self._reset_session(welcome.reason or "unknown")
         if self._session is None:
             self._session = _Session(welcome.session_id, welcome.resume_token)
+            actions.append(KeepSession(SavedSession(welcome.session_id, welcome.resume_token)))
         self._gateway = welcome.gateway
         self._max_frame_bytes = welcome.max_frame_bytes
         self._delays = None
@@ -891,6 +904,8 @@ class ClientMachine:
         self._closed_reason = reason.reason if isinstance(reason, ClientClosedError) else reason
         error = reason if isinstance(reason, ClientClosedError) else ClientClosedError(reason)
         actions = self._move(Input.STOP, str(self._closed_reason))
+        if self._bye_sent or isinstance(reason, SessionLostError):
+            actions.append(KeepSession(None))  # ended, or held by another connection now
         actions += [RequestFailed(ref, error) for ref in self._jobs]
         actions += [
             RequestFailed(t.waiter, error) if t.waiter else TopicEnded(topic, error)

@@ -1,10 +1,11 @@
-"""SeenIds: bounded, least recently seen out first, optionally kept in SQLite."""
+"""SeenIds: bounded, least recently seen out first, optionally kept in the client's state."""
 
 from pathlib import Path
 
 import pytest
 
 from ackwire.client.dedupe import SeenIds
+from ackwire.client.store import ClientState
 
 
 def test_the_oldest_id_goes_first_once_full() -> None:
@@ -15,11 +16,12 @@ def test_the_oldest_id_goes_first_once_full() -> None:
 
 
 def test_a_file_keeps_the_ids_for_the_next_process_within_the_bound(tmp_path: Path) -> None:
-    first = SeenIds(capacity=3, path=tmp_path / "seen.db")
+    state = ClientState(tmp_path / "state.db")
+    first = SeenIds(capacity=3, state=state)
     for n in range(5):
         first.add(f"id-{n}")
-    first.close()
-    again = SeenIds(capacity=3, path=tmp_path / "seen.db")
+    state.close()
+    again = SeenIds(capacity=3, state=ClientState(tmp_path / "state.db"))
     assert [f"id-{n}" in again for n in range(5)] == [False, False, True, True, True]
     again.add("id-5")
     assert "id-2" not in again

@@ -21,6 +21,7 @@ from ackwire.client.machine import (
     ClientMachine,
     JobAccepted,
     JobDelivery,
+    KeepSession,
     MessageDelivery,
     OpenSocket,
     Phase,
@@ -35,6 +36,7 @@ from ackwire.client.machine import (
     diagram,
     token_times,
 )
+from ackwire.client.store import ClientState, SavedSession
 from ackwire.errors import InvalidTokenError
 from ackwire.wire.codec import encode
 from ackwire.wire.codes import ErrorCode
@@ -315,11 +317,11 @@ def test_a_delivery_in_the_applications_hands_is_not_handed_over_twice() -> None
 
 
 def test_dedupe_survives_a_restart_on_the_same_file(tmp_path: Path) -> None:
-    first = machine(seen=SeenIds(path=tmp_path / "seen.db"))
+    first = machine(seen=SeenIds(state=ClientState(tmp_path / "state.db")))
     welcomed(first)
     first.frame_received(deliver(9), 0)
     first.handled("m-9")
-    again = machine(seen=SeenIds(path=tmp_path / "seen.db"))
+    again = machine(seen=SeenIds(state=ClientState(tmp_path / "state.db")))
     welcomed(again)
     assert again.frame_received(deliver(9, redelivered=True), 0) == [SendFrame(Ack(seq=9))]
 
@@ -474,6 +476,52 @@ def test_close_says_bye_and_stops_when_the_gateway_closes() -> None:
     assert m.phase is Phase.CLOSED
     with pytest.raises(ClientClosedError):
         m.submit("echo", {}, 1)
+
+
+def kept(actions: list[Action]) -> list[SavedSession | None]:
+    return [a.session for a in actions if isinstance(a, KeepSession)]
+
+
+def test_a_new_session_is_kept_and_a_saved_one_is_resumed_by_the_next_process() -> None:
+    first = machine()
+    first.start(0)
+    first.socket_opened(0)
+    assert kept(first.frame_received(welcome("s-1"), 0)) == [SavedSession("s-1", "rt")]
+    again = machine(session=SavedSession("s-1", "rt"))
+    again.start(0)
+    [hello] = frames(again.socket_opened(0))
+    assert isinstance(hello, Hello)
+    assert hello.resume is not None
+    assert (hello.resume.session_id, hello.resume.resume_token) == ("s-1", "rt")
+    assert kept(again.frame_received(welcome("s-1", resumed=True), 0)) == []  # the same one
+
+
+def test_a_saved_session_that_is_gone_is_told_and_the_new_one_kept() -> None:
+    m = machine(session=SavedSession("s-old", "rt"))
+    m.start(0)
+    m.socket_opened(0)
+    actions = m.frame_received(welcome("s-2", reason="expired"), 0)
+    [reset] = [a for a in actions if isinstance(a, SessionReset)]
+    assert (reset.lost.session_id, reset.lost.reason) == ("s-old", "expired")
+    assert kept(actions) == [SavedSession("s-2", "rt")]
+
+
+def test_a_session_ended_or_taken_over_is_not_kept_and_one_left_resumable_is() -> None:
+    ended = machine()
+    welcomed(ended)
+    ended.close(0)
+    assert kept(ended.socket_closed(1000, "bye", 1)) == [None]
+
+    taken = machine()
+    welcomed(taken)
+    assert kept(taken.socket_closed(4409, "session taken over", 1)) == [None]
+
+    left = machine()
+    welcomed(left)
+    actions = left.close(0, end_session=False)
+    assert frames(actions) == []  # no bye: the session stays resumable for its TTL
+    assert left.phase is Phase.CLOSED
+    assert kept(actions) == []
 
 
 @pytest.mark.parametrize("token", ["", "a.b", "a.!!!.c", "a.WzFd.c"])

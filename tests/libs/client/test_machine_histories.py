@@ -21,6 +21,7 @@ from ackwire.client.machine import (
     Action,
     CancelTimer,
     ClientMachine,
+    KeepSession,
     MessageDelivery,
     Notice,
     OpenSocket,
@@ -107,6 +108,9 @@ class ClientHistories(RuleBasedStateMachine):
                     self.in_hand.append(d.id)
                 case SessionReset():
                     self.reported_resets += 1
+                case KeepSession(session=kept):
+                    # What a restarted process would resume: the session being served.
+                    assert kept is None or kept.session_id == self.gateway.session, kept
                 case StateChanged() | Notice():
                     pass
                 case _:

@@ -3,14 +3,18 @@ result once, a submit made while the network is cut, a token that expires mid-se
 
 import asyncio
 import contextlib
+import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from ackwire.client import Backoff, Client, Deliver, Event, JobFailedError, Phase, StateChanged
 from ackwire.publisher import Publisher
 from services.jobs.conftest import Stack
+from support.logs import LogWatch
 from support.proxy import TcpProxy
 
 WAIT_S = 20.0
@@ -194,5 +198,89 @@ async def test_messages_reach_the_application_once_each_across_a_resume(
             assert [second.data, third.data] == [{"n": 2}, {"n": 3}]
             await publisher.send({"n": 4}, user="alice")
             assert (await anext(messages)).data == {"n": 4}
+    finally:
+        await publisher.close()
+
+
+#: A client process that runs until killed: it prints its session, then each message
+#: (on lines of their own: the SDK's log lines go to stdout too).
+CLIENT_PROCESS = """
+import asyncio, json, sys
+from pathlib import Path
+from ackwire.client import Client
+
+async def main() -> None:
+    url, token, path = sys.argv[1:]
+    async with Client(url, token=token, state_path=Path(path)) as client:
+        await client.wait_connected()
+        print("out", json.dumps({"session": client.session_id}), flush=True)
+        async for message in client.messages():
+            print("out", json.dumps(message.data), flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def printed(stdout: asyncio.StreamReader) -> object:
+    while not (line := await stdout.readline()).startswith(b"out "):
+        assert line, "the client process ended"
+    return json.loads(line.removeprefix(b"out "))
+
+
+async def test_a_process_killed_and_started_again_resumes_its_session_and_gets_what_it_is_owed(
+    stack: Stack, make_token: Callable[..., str], logs: LogWatch, tmp_path: Path
+) -> None:
+    state = tmp_path / "client.db"
+    token = make_token()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLIENT_PROCESS, stack.gateway.url, token, str(state),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    publisher = await Publisher.connect(stack.settings.nats_url)
+    try:
+        async with asyncio.timeout(WAIT_S):
+            session_id = (await printed(process.stdout))["session"]  # type: ignore[index]
+            first = await publisher.send({"n": 0}, user="alice")
+            assert await printed(process.stdout) == {"n": 0}
+            await logs.wait_for("delivery.delivered", id=first.id, timeout=WAIT_S)
+            process.kill()  # no bye, no close: a crash
+            await process.wait()
+            await logs.wait_for("session.let_go", session_id=session_id, state="detached")
+            for n in (1, 2):  # owed to the session while no process holds it
+                await publisher.send({"n": n}, user="alice")
+            async with Client(stack.gateway.url, token=token, state_path=state) as again:
+                await again.wait_connected()
+                assert again.session_id == session_id
+                messages = aiter(again.messages())
+                assert [(await anext(messages)).data for _ in range(2)] == [{"n": 1}, {"n": 2}]
+    finally:
+        await publisher.close()
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+
+
+async def test_a_client_closed_keeping_its_session_is_resumed_by_the_next_one(
+    stack: Stack, make_token: Callable[..., str], logs: LogWatch, tmp_path: Path
+) -> None:
+    state = tmp_path / "client.db"
+    publisher = await Publisher.connect(stack.settings.nats_url)
+    try:
+        async with asyncio.timeout(WAIT_S):
+            first = Client(stack.gateway.url, token=make_token(), state_path=state)
+            await first.__aenter__()
+            await first.wait_connected()
+            session_id = first.session_id
+            await first.close(end_session=False)  # a deploy's restart: no bye
+            await logs.wait_for("session.let_go", session_id=session_id, state="detached")
+            await publisher.send({"n": 1}, user="alice")
+            async with Client(stack.gateway.url, token=make_token(), state_path=state) as again:
+                await again.wait_connected()
+                assert again.session_id == session_id
+                assert (await anext(aiter(again.messages()))).data == {"n": 1}
+            # That one said bye: the next process starts a session of its own.
+            async with Client(stack.gateway.url, token=make_token(), state_path=state) as third:
+                await third.wait_connected()
+                assert third.session_id != session_id
     finally:
         await publisher.close()
