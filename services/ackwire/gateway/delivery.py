@@ -55,13 +55,17 @@ class _AckClock:
     """When each delivery sent on this connection and not yet acked was first sent, to
     time the client's ack (`ackwire_gateway_ack_latency_seconds`). It holds the window's
     outstanding messages only: an entry goes when its message is acked. Times are the
-    event loop's (monotonic)."""
+    event loop's (monotonic). A message that leaves the window unacked (expired, or
+    removed by its producer) is forgotten once more are kept than the window holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int) -> None:
+        self._window = window
         self._sent: dict[int, tuple[float, str]] = {}
 
     def sent(self, seq: int, kind: str, now: float) -> None:
         self._sent.setdefault(seq, (now, kind))  # a redelivery keeps the first send's time
+        if len(self._sent) > self._window:
+            del self._sent[next(iter(self._sent))]  # the oldest send
 
     def acked(self, seq: int, now: float) -> None:
         first = self._sent.pop(seq, None)
@@ -111,7 +115,7 @@ class DeliveryPump:
         # Whether a message may have reached the client before: its send is a redelivery.
         self._seen_before = seen_before
         self._highest_sent = 0
-        self._ack_clock = _AckClock()
+        self._ack_clock = _AckClock(window)
 
     @property
     def highest_sent(self) -> int:
