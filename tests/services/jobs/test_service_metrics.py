@@ -3,6 +3,7 @@ traffic (jobs, a message, acks) every counter, gauge and histogram moves by what
 on the service it belongs to, and nowhere else."""
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -69,12 +70,14 @@ class Services:
     node: Service
 
 
-@pytest.fixture
-async def services(nats_server: EmbeddedNats) -> AsyncIterator[Services]:
+@contextlib.asynccontextmanager
+async def running_services(nats_url: str, env: dict[str, str]) -> AsyncIterator[Services]:
+    """A node (echo, fail), a scheduler and a gateway, each its own process, with `env`."""
     common = {
-        "ACKWIRE_NATS_URL": nats_server.url,
+        "ACKWIRE_NATS_URL": nats_url,
         "ACKWIRE_JWT_SECRET": TEST_SECRET,
         "ACKWIRE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+        **env,
     }
     node_port, scheduler_port, gateway_port = free_port(), free_port(), free_port()
     node = await AckwireProcess.start(
@@ -104,13 +107,19 @@ async def services(nats_server: EmbeddedNats) -> AsyncIterator[Services]:
         await process.stdout_line(0)
     await gateway.log_event("node.joined", node="node-m", timeout=WAIT_S)
     yield Services(
-        nats_server.url,
+        nats_url,
         Service(gateway, gateway_port),
         Service(scheduler, scheduler_port),
         Service(node, node_port),
     )
     for process in (gateway, scheduler, node):
         assert await process.stop() == 0
+
+
+@pytest.fixture
+async def services(nats_server: EmbeddedNats) -> AsyncIterator[Services]:
+    async with running_services(nats_server.url, {}) as running:
+        yield running
 
 
 async def swept(scheduler: AckwireProcess, since: int, **fields: int) -> None:

@@ -1,5 +1,6 @@
 """One trace from the client through gateway, node and scheduler and back to the `deliver`:
-in every service's log lines and spans (an in-process span exporter)."""
+in every service's log lines and spans (an in-process span exporter), and exported by
+OTLP from each service's own process."""
 
 from collections.abc import Callable, Iterator
 
@@ -9,12 +10,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from ackwire.bus.embedded import EmbeddedNats
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.frames import Accepted, Error, Submit
 from support.logs import LogWatch
+from support.otlp import OtlpReceiver
 
 from .conftest import Stack
 from .test_jobs import connect
+from .test_service_metrics import running_services
 
 MakeToken = Callable[..., str]
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -102,3 +106,36 @@ async def test_a_malformed_traceparent_is_a_bad_frame(stack: Stack, make_token: 
     assert answer.code is ErrorCode.BAD_FRAME
     assert "traceparent" in answer.message
     await client.ws.close()
+
+
+async def test_with_an_otlp_endpoint_every_service_exports_its_spans_of_the_trace(
+    nats_server: EmbeddedNats, make_token: MakeToken
+) -> None:
+    """Each service a real process with `OTEL_EXPORTER_OTLP_ENDPOINT` set: a small OTLP
+    receiver gets the gateway's, the node's and the scheduler's spans of the client's
+    trace, each under its service's name."""
+    receiver = OtlpReceiver()
+    await receiver.start()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",  # milliseconds: export at once, not after 5 s
+    }
+    try:
+        async with running_services(nats_server.url, env) as services:
+            client = await connect(f"ws://127.0.0.1:{services.gateway.port}", make_token())
+            traceparent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+            accepted = await client.submit(
+                Submit(ref="c-1", kind="echo", payload={}, traceparent=traceparent)
+            )
+            assert isinstance(accepted, Accepted)
+            await client.until_terminal(accepted.job_id)
+            await receiver.until(
+                ("ackwire-gateway", "ackwire.submit", CLIENT_TRACE),
+                ("ackwire-node", "ackwire.attempt", CLIENT_TRACE),
+                ("ackwire-gateway", "ackwire.delivered", CLIENT_TRACE),
+                ("ackwire-scheduler", "ackwire.receipt", CLIENT_TRACE),
+                timeout=15,
+            )
+            await client.ws.close()
+    finally:
+        await receiver.stop()
