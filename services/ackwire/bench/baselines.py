@@ -24,7 +24,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from ackwire.bench import BenchFailedError
-from ackwire.bench.figures import Peer, RoundTrips, closed_loop, now
+from ackwire.bench.figures import Peer, RoundTrips, closed_loop, now, open_loop
 from ackwire.bench.programs import Link, Program, beside, run, started
 
 #: What every message, job and event of the bench carries.
@@ -73,6 +73,9 @@ class JetStreamParams:
     """True: a publish waits until an earlier message's ack is confirmed (a closed loop, as
     jobs run); False: publishes run `total_in_flight` ahead and consumption follows (as
     `Publisher.send` does)."""
+    rate_per_s: float | None = None
+    """Publishes started this many a second whether or not earlier ones are done (an open
+    loop, each timed from when it was due), instead of `total_in_flight` at a time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +112,14 @@ async def jetstream_round_trips(params: JetStreamParams, _link: Link) -> JetStre
             if params.gated:
                 await acked[i]
 
+        offered: RoundTrips | None = None
+
         async def publish_all_then_await_acks() -> None:
-            await closed_loop(params.load.count, params.load.total_in_flight, publish)
+            nonlocal offered
+            if params.rate_per_s is None:
+                await closed_loop(params.load.count, params.load.total_in_flight, publish)
+            else:
+                offered = await open_loop(params.load.count, params.rate_per_s, publish)
             await asyncio.gather(*acked.values())
 
         batch = min(params.load.total_in_flight, 256)
@@ -121,7 +130,8 @@ async def jetstream_round_trips(params: JetStreamParams, _link: Link) -> JetStre
                 helper_name="the pull",
             )
         ended = {i: future.result() for i, future in acked.items()}
-        return JetStreamTrips(_spans(began, ended), _spans(began, stored))
+        trips = _spans(began, ended) if offered is None or not params.gated else offered
+        return JetStreamTrips(trips, _spans(began, stored))
     finally:
         await js.delete_stream(stream)
         await nc.close()
@@ -283,8 +293,10 @@ async def socketio_round_trips(params: PeerParams, _link: Link) -> RoundTrips:
 # -- running them ------------------------------------------------------------------
 
 
-async def raw_jetstream(nats_url: str, load: Load, *, gated: bool) -> JetStreamTrips:
-    params = JetStreamParams(nats_url, load, gated)
+async def raw_jetstream(
+    nats_url: str, load: Load, *, gated: bool, rate_per_s: float | None = None
+) -> JetStreamTrips:
+    params = JetStreamParams(nats_url, load, gated, rate_per_s)
     return await run("the raw JetStream client", jetstream_round_trips, params, _RUN_WITHIN_S)
 
 

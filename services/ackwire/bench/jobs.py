@@ -7,7 +7,8 @@ not earlier jobs are done (how a real-time product loads it): each job's latency
 when it was due, and how many took longer than `LATE_S`. One at a time on the idle
 stack: the `accepted` latency and the result's.
 Beside them, in the same run, with the same payload and as many in flight: raw
-JetStream (publish, pull, confirmed ack), raw `websockets` and python-socketio.
+JetStream (publish, pull, confirmed ack), raw `websockets` and python-socketio; beside
+the open loop, raw JetStream offered the same rate.
 """
 
 from __future__ import annotations
@@ -188,6 +189,9 @@ async def measure(sizes: Sizes, workdir: Path, nats_url: str | None) -> Report:
         js_loaded = await baselines.raw_jetstream(
             stack.nats_url, Load(many.count, 1, many.total_in_flight), gated=True
         )
+        js_offered = await baselines.raw_jetstream(
+            stack.nats_url, Load(sizes.open_count), gated=True, rate_per_s=sizes.open_rate
+        )
     ws_idle, ws_loaded = await baselines.raw_websockets(one, many)
     sio_idle, sio_loaded = await baselines.python_socketio(one, many)
 
@@ -209,7 +213,10 @@ async def measure(sizes: Sizes, workdir: Path, nats_url: str | None) -> Report:
     rate = f"{sizes.open_rate:g} jobs/s offered"
     for q in (50, 99):
         key = f"open_latency_p{q}"
-        report.add(Measured(key, f"open loop, {rate}, p{q}", offered.trips.ms(q), "ms"))
+        report.add(
+            Measured(key, f"open loop, {rate}, p{q}", offered.trips.ms(q), "ms"),
+            RAW_JETSTREAM.measured(key, js_offered.trips.ms(q), "ms"),
+        )
     late = sum(latency > LATE_S for latency in offered.trips.latencies)
     report.add(Measured("open_late", f"open loop, jobs over {LATE_S:g} s", late, COUNT))
     accepted_p50 = percentile(idle.accepted, 50) * 1000
