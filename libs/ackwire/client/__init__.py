@@ -10,6 +10,7 @@ refreshing are its job, never the application's (docs/sdk-python.md).
 only moves its frames and runs its timers.
 """
 
+from ackwire.client.actions import StateChanged
 from ackwire.client.driver import Client, TokenSource
 from ackwire.client.exceptions import (
     ClientClosedError,
@@ -24,7 +25,7 @@ from ackwire.client.exceptions import (
     SessionTakenOverError,
 )
 from ackwire.client.handles import Gap, Job
-from ackwire.client.machine import Phase, StateChanged
+from ackwire.client.phases import Phase
 from ackwire.client.policy import Backoff
 from ackwire.errors import InvalidTokenError
 from ackwire.wire.frames import Deliver, Event

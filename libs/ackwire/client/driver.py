@@ -26,13 +26,9 @@ from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketExcepti
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from ackwire.client.dedupe import SeenIds
-from ackwire.client.exceptions import ClientClosedError, LostWork
-from ackwire.client.handles import Gap, Job, ProgressCallback, Subscription
-from ackwire.client.machine import (
+from ackwire.client.actions import (
     Action,
     CancelTimer,
-    ClientMachine,
     CloseSocket,
     JobAccepted,
     JobDelivery,
@@ -40,7 +36,6 @@ from ackwire.client.machine import (
     MessageDelivery,
     Notice,
     OpenSocket,
-    Phase,
     RenewToken,
     RequestFailed,
     SendFrame,
@@ -53,6 +48,11 @@ from ackwire.client.machine import (
     TopicGapTold,
     TopicSubscribed,
 )
+from ackwire.client.dedupe import SeenIds
+from ackwire.client.exceptions import ClientClosedError, LostWork
+from ackwire.client.handles import Gap, Job, ProgressCallback, Subscription
+from ackwire.client.machine import ClientMachine
+from ackwire.client.phases import Phase
 from ackwire.client.policy import Backoff
 from ackwire.client.store import ClientState
 from ackwire.errors import AckwireError

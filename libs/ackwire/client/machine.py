@@ -3,8 +3,8 @@
 The asyncio layer (`ackwire.client.driver`) opens sockets, moves frames, runs
 timers and calls the application; every decision is made here, with the time
 passed in. Its phases, and the inputs that move them, are one table,
-`TRANSITIONS` (docs/sdk-python.md draws its diagram from it). The rules, each from
-docs/protocol.md:
+`phases.TRANSITIONS` (docs/sdk-python.md draws its diagram from it); what it returns
+is in `actions.py`. The rules, each from docs/protocol.md:
 
 - **Resume by itself.** A close is judged by `policy.after_close` (the contract's
   close-code table): 1001 reconnects at once to the next gateway, 4401 gets a
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import itertools
 import json
 import random as random_module
@@ -44,6 +43,28 @@ from dataclasses import astuple, dataclass, field
 
 from pydantic import JsonValue
 
+from ackwire.client.actions import (
+    Action,
+    CancelTimer,
+    CloseSocket,
+    JobAccepted,
+    JobDelivery,
+    KeepSession,
+    MessageDelivery,
+    Notice,
+    OpenSocket,
+    RenewToken,
+    RequestFailed,
+    SendFrame,
+    SessionReset,
+    StartTimer,
+    StateChanged,
+    Timer,
+    TopicEnded,
+    TopicEvent,
+    TopicGapTold,
+    TopicSubscribed,
+)
 from ackwire.client.dedupe import SeenIds
 from ackwire.client.exceptions import (
     ClientClosedError,
@@ -56,6 +77,7 @@ from ackwire.client.exceptions import (
     SessionResetError,
     SessionTakenOverError,
 )
+from ackwire.client.phases import TRANSITIONS, Input, Phase
 from ackwire.client.policy import Backoff, Next, after_close
 from ackwire.client.store import SavedSession
 from ackwire.errors import AckwireError, InternalError, InvalidTokenError, SessionLostError
@@ -65,7 +87,6 @@ from ackwire.wire.frames import (
     Accepted,
     Ack,
     Bye,
-    ClientFrame,
     ClientInfo,
     Deliver,
     Error,
@@ -97,197 +118,6 @@ RENEW_RETRY_S = 5.0
 #: 4401 this many times in a row without a `welcome`: fresh tokens do not help.
 MAX_AUTH_FAILURES = 3
 
-
-class Phase(enum.Enum):
-    CONNECTING = "connecting"
-    """Opening a socket for a new session, until its `welcome`."""
-    WELCOMED = "welcomed"
-    """Connected: frames flow both ways."""
-    RESUMING = "resuming"
-    """Opening a socket to resume the session, until its `welcome`."""
-    BACKING_OFF = "backing_off"
-    """Waiting before the next attempt (or for a fresh token)."""
-    CLOSED = "closed"
-    """Stopped for good; `closed_reason` says why."""
-
-
-class Input(enum.Enum):
-    CONNECT = "connect"
-    RESUME = "resume"
-    WELCOME = "welcome"
-    BACK_OFF = "back_off"
-    STOP = "stop"
-
-
-#: (phase, input) -> the next phase. A pair not here is a bug in the machine.
-TRANSITIONS: dict[tuple[Phase, Input], Phase] = {
-    (Phase.CONNECTING, Input.WELCOME): Phase.WELCOMED,
-    (Phase.CONNECTING, Input.CONNECT): Phase.CONNECTING,
-    (Phase.CONNECTING, Input.BACK_OFF): Phase.BACKING_OFF,
-    (Phase.CONNECTING, Input.STOP): Phase.CLOSED,
-    (Phase.WELCOMED, Input.RESUME): Phase.RESUMING,
-    (Phase.WELCOMED, Input.BACK_OFF): Phase.BACKING_OFF,
-    (Phase.WELCOMED, Input.STOP): Phase.CLOSED,
-    (Phase.RESUMING, Input.WELCOME): Phase.WELCOMED,
-    (Phase.RESUMING, Input.RESUME): Phase.RESUMING,
-    (Phase.RESUMING, Input.CONNECT): Phase.CONNECTING,
-    (Phase.RESUMING, Input.BACK_OFF): Phase.BACKING_OFF,
-    (Phase.RESUMING, Input.STOP): Phase.CLOSED,
-    (Phase.BACKING_OFF, Input.CONNECT): Phase.CONNECTING,
-    (Phase.BACKING_OFF, Input.RESUME): Phase.RESUMING,
-    (Phase.BACKING_OFF, Input.BACK_OFF): Phase.BACKING_OFF,
-    (Phase.BACKING_OFF, Input.STOP): Phase.CLOSED,
-}
-
-
-class Timer(enum.Enum):
-    RECONNECT = "reconnect"
-    REFRESH = "refresh"
-    DEADLINE = "deadline"
-
-
-# -- actions for the I/O layer ------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class OpenSocket:
-    url: str
-
-
-@dataclass(frozen=True, slots=True)
-class SendFrame:
-    frame: ClientFrame
-
-
-@dataclass(frozen=True, slots=True)
-class CloseSocket:
-    """Close the socket, if one is open (the machine stopped without a `bye`)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StartTimer:
-    """Call `timer_due(timer, …)` at `at` (the machine's clock); replaces any earlier."""
-
-    timer: Timer
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class CancelTimer:
-    timer: Timer
-
-
-@dataclass(frozen=True, slots=True)
-class RenewToken:
-    """Ask the application for a fresh token: `token_renewed` or `token_renewal_failed`."""
-
-
-# -- what the application is handed or told -------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class JobAccepted:
-    ref: str
-    job_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class JobDelivery:
-    """A job's `progress`, `result` or `error`: call `handled(deliver.id)` once done."""
-
-    ref: str
-    deliver: Deliver
-
-
-@dataclass(frozen=True, slots=True)
-class MessageDelivery:
-    """A `message` from a backend: call `handled(deliver.id)` once done."""
-
-    deliver: Deliver
-
-
-@dataclass(frozen=True, slots=True)
-class TopicSubscribed:
-    ref: str
-    topic: str
-
-
-@dataclass(frozen=True, slots=True)
-class TopicEvent:
-    event: Event
-
-
-@dataclass(frozen=True, slots=True)
-class TopicGapTold:
-    """Events of `topic` with `after < seq < before` may never come (docs/protocol.md,
-    Topics, lost events)."""
-
-    topic: str
-    after: int
-    before: int
-
-
-@dataclass(frozen=True, slots=True)
-class TopicEnded:
-    topic: str
-    error: AckwireError
-
-
-@dataclass(frozen=True, slots=True)
-class RequestFailed:
-    ref: str
-    error: AckwireError
-
-
-@dataclass(frozen=True, slots=True)
-class SessionReset:
-    """The session could not be resumed; `lost` is what went with it."""
-
-    lost: LostWork
-
-
-@dataclass(frozen=True, slots=True)
-class KeepSession:
-    """Keep this session to resume after a restart (`None`: nothing is left to resume)."""
-
-    session: SavedSession | None
-
-
-@dataclass(frozen=True, slots=True)
-class StateChanged:
-    phase: Phase
-    gateway: str | None
-    why: str
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """Worth a log line, nothing to do: `event` is `area.what_happened`."""
-
-    event: str
-    detail: str
-
-
-Action = (
-    OpenSocket
-    | SendFrame
-    | CloseSocket
-    | StartTimer
-    | CancelTimer
-    | RenewToken
-    | JobAccepted
-    | JobDelivery
-    | MessageDelivery
-    | TopicSubscribed
-    | TopicEvent
-    | TopicGapTold
-    | TopicEnded
-    | RequestFailed
-    | SessionReset
-    | KeepSession
-    | StateChanged
-    | Notice
-)
 
 _TERMINAL_KINDS = frozenset({"result", "error"})
 _CLOSED_BY_APP = AckwireError("closed by the application")
@@ -926,13 +756,3 @@ class ClientMachine:
         changed = after is not self._phase
         self._phase = after
         return [StateChanged(after, self._gateway, why)] if changed else []
-
-
-def diagram() -> str:
-    """The transitions as a Mermaid state diagram (the one in docs/sdk-python.md)."""
-    lines = ["stateDiagram-v2", f"    [*] --> {Phase.CONNECTING.value}"]
-    for (phase, step), after in TRANSITIONS.items():
-        if phase is not after:
-            lines.append(f"    {phase.value} --> {after.value}: {step.value}")
-    lines.append(f"    {Phase.CLOSED.value} --> [*]")
-    return "\n".join(lines)

@@ -6,6 +6,22 @@ from pathlib import Path
 
 import pytest
 
+from ackwire.client.actions import (
+    Action,
+    JobAccepted,
+    JobDelivery,
+    KeepSession,
+    MessageDelivery,
+    OpenSocket,
+    RenewToken,
+    RequestFailed,
+    SendFrame,
+    SessionReset,
+    StartTimer,
+    Timer,
+    TopicEvent,
+    TopicSubscribed,
+)
 from ackwire.client.dedupe import SeenIds
 from ackwire.client.exceptions import (
     ClientClosedError,
@@ -16,26 +32,8 @@ from ackwire.client.exceptions import (
     SessionResetError,
     SessionTakenOverError,
 )
-from ackwire.client.machine import (
-    Action,
-    ClientMachine,
-    JobAccepted,
-    JobDelivery,
-    KeepSession,
-    MessageDelivery,
-    OpenSocket,
-    Phase,
-    RenewToken,
-    RequestFailed,
-    SendFrame,
-    SessionReset,
-    StartTimer,
-    Timer,
-    TopicEvent,
-    TopicSubscribed,
-    diagram,
-    token_times,
-)
+from ackwire.client.machine import ClientMachine, token_times
+from ackwire.client.phases import Phase, diagram
 from ackwire.client.store import ClientState, SavedSession
 from ackwire.errors import InvalidTokenError
 from ackwire.wire.codec import encode

@@ -17,15 +17,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ackwire.client.machine import (
+from ackwire.client.actions import (
     Action,
     CancelTimer,
-    ClientMachine,
     KeepSession,
     MessageDelivery,
     Notice,
     OpenSocket,
-    Phase,
     RenewToken,
     SendFrame,
     SessionReset,
@@ -33,6 +31,8 @@ from ackwire.client.machine import (
     StateChanged,
     Timer,
 )
+from ackwire.client.machine import ClientMachine
+from ackwire.client.phases import Phase
 from ackwire.wire.codec import encode
 from ackwire.wire.codes import ErrorCode
 from ackwire.wire.frames import Ack, Deliver, Error, Hello, Refresh, Refreshed, Welcome
