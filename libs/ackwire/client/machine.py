@@ -117,6 +117,11 @@ REFRESH_LEAD_S = 60.0
 RENEW_RETRY_S = 5.0
 #: 4401 this many times in a row without a `welcome`: fresh tokens do not help.
 MAX_AUTH_FAILURES = 3
+#: A submit answered `unavailable` or `rate_limited` (docs/protocol.md: resubmitting
+#: with the same `idempotency_key` is safe) goes again, up to this many times, after
+#: jittered waits doubling from the first, within its deadline.
+SUBMIT_RETRIES = 5
+SUBMIT_RETRY_FIRST_S = 0.25
 
 
 _TERMINAL_KINDS = frozenset({"result", "error"})
@@ -146,6 +151,10 @@ class _Job:
     maybe_stored: bool = False
     """Sent on some connection of the session: the gateway may have stored it."""
     job_id: str | None = None
+    refused: int = 0
+    """Times answered `unavailable` or `rate_limited`."""
+    retry_at: float | None = None
+    """When it goes again after such an answer."""
 
 
 @dataclass(slots=True)
@@ -228,6 +237,7 @@ class ClientMachine:
         self._bye_sent = False
         self._started = False
         self._deadline_at: float | None = None
+        self._retry_at: float | None = None
 
     # -- what it is ----------------------------------------------------------------
 
@@ -353,6 +363,9 @@ class ClientMachine:
             case Timer.DEADLINE:
                 self._deadline_at = None
                 return self._finish(self._expire(now), now)
+            case Timer.SUBMIT_RETRY:
+                self._retry_at = None
+                return self._finish(self._retry_due(now), now)
             case _:
                 return []
 
@@ -564,8 +577,7 @@ class ClientMachine:
                 StartTimer(Timer.REFRESH, now + RENEW_RETRY_S),
             ]
         if error.ref is not None and error.ref in self._jobs:
-            self._end_job(error.ref)
-            return [RequestFailed(error.ref, refused)]
+            return self._submit_refused(error.ref, refused, now)
         if error.ref is not None and error.ref in self._topic_asks:
             topic = self._topic_asks.pop(error.ref)
             return self._topic_refused(topic, self._topics.pop(topic, None), refused)
@@ -608,7 +620,32 @@ class ClientMachine:
         if self._phase is not Phase.WELCOMED:
             return []
         job.sent = job.maybe_stored = True
+        job.retry_at = None
         return [SendFrame(job.frame)]
+
+    def _submit_refused(self, ref: str, refused: RequestRefusedError, now: float) -> list[Action]:
+        job = self._jobs[ref]
+        retry_at = self._submit_retry_at(job, refused, now)
+        if retry_at is None:
+            self._end_job(ref)
+            return [RequestFailed(ref, refused)]
+        job.sent, job.refused, job.retry_at = False, job.refused + 1, retry_at
+        return [Notice("client.submit_retried", f"{ref}: {refused}")]
+
+    def _submit_retry_at(self, job: _Job, refused: RequestRefusedError, now: float) -> float | None:
+        """When a refused submit goes again, or `None`: it fails with the refusal."""
+        if not refused.retryable or job.refused >= SUBMIT_RETRIES:
+            return None
+        at = now + SUBMIT_RETRY_FIRST_S * 2**job.refused * (0.5 + self._random() / 2)
+        return at if job.deadline is None or at < job.deadline else None
+
+    def _retry_due(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for job in self._jobs.values():
+            if job.retry_at is not None and job.retry_at <= now:
+                job.retry_at = None  # not connected: it goes after the `welcome`
+                actions += self._send_submit(job)
+        return actions
 
     def _send_subscribe(self, topic: str, state: _Topic) -> list[Action]:
         if self._phase is not Phase.WELCOMED:
@@ -709,17 +746,21 @@ class ClientMachine:
         return actions
 
     def _finish(self, actions: list[Action], now: float) -> list[Action]:
-        """The deadline timer follows the earliest deadline of what still waits."""
+        """The deadline timer follows the earliest deadline of what still waits, the
+        retry timer the earliest refused submit's retry."""
+        if self._phase is Phase.CLOSED:
+            return actions
         deadlines = [j.deadline for j in self._jobs.values() if j.deadline is not None]
         deadlines += [t.deadline for t in self._topics.values() if t.deadline is not None]
         earliest = min(deadlines, default=None)
-        if earliest != self._deadline_at and self._phase is not Phase.CLOSED:
+        if earliest != self._deadline_at:
             self._deadline_at = earliest
-            actions.append(
-                CancelTimer(Timer.DEADLINE)
-                if earliest is None
-                else StartTimer(Timer.DEADLINE, earliest)
-            )
+            actions.append(_timer_at(Timer.DEADLINE, earliest))
+        retries = [j.retry_at for j in self._jobs.values() if j.retry_at is not None]
+        retry_at = min(retries, default=None)
+        if retry_at != self._retry_at:
+            self._retry_at = retry_at
+            actions.append(_timer_at(Timer.SUBMIT_RETRY, retry_at))
         return actions
 
     def _terminal_error(self, code: int | None, why: str) -> AckwireError:
@@ -756,3 +797,7 @@ class ClientMachine:
         changed = after is not self._phase
         self._phase = after
         return [StateChanged(after, self._gateway, why)] if changed else []
+
+
+def _timer_at(timer: Timer, at: float | None) -> StartTimer | CancelTimer:
+    return CancelTimer(timer) if at is None else StartTimer(timer, at)

@@ -32,7 +32,12 @@ from ackwire.client.exceptions import (
     SessionResetError,
     SessionTakenOverError,
 )
-from ackwire.client.machine import ClientMachine, token_times
+from ackwire.client.machine import (
+    SUBMIT_RETRIES,
+    SUBMIT_RETRY_FIRST_S,
+    ClientMachine,
+    token_times,
+)
 from ackwire.client.phases import Phase, diagram
 from ackwire.client.store import ClientState, SavedSession
 from ackwire.errors import InvalidTokenError
@@ -404,6 +409,67 @@ def test_a_refused_submit_fails_with_the_code() -> None:
     assert isinstance(failed, RequestFailed)
     assert isinstance(failed.error, RequestRefusedError)
     assert (failed.error.code, failed.error.retryable) == ("no_such_kind", False)
+
+
+def unavailable(ref: str) -> str:
+    return text(Error(ref=ref, code=ErrorCode.UNAVAILABLE, message="the store did not answer"))
+
+
+def retry_timer(actions: list[Action]) -> float:
+    [at] = [a.at for a in actions if isinstance(a, StartTimer) and a.timer is Timer.SUBMIT_RETRY]
+    return at
+
+
+def test_a_submit_the_gateway_could_not_store_goes_again_with_its_key() -> None:
+    m = machine()
+    welcomed(m)
+    ref, actions = m.submit("echo", {"x": 1}, 0)
+    [sent] = frames(actions)
+    answered = m.frame_received(unavailable(ref), 10)
+    assert not any(isinstance(a, RequestFailed) for a in answered)
+    at = retry_timer(answered)
+    assert 10 < at < 10 + 2 * SUBMIT_RETRY_FIRST_S
+    assert frames(m.timer_due(Timer.SUBMIT_RETRY, at)) == [sent]  # the same idempotency key
+    assert m.frame_received(text(Accepted(ref=ref, job_id="j-1")), at) == [JobAccepted(ref, "j-1")]
+
+
+def test_a_submit_refused_every_time_fails_with_the_refusal_after_its_retries() -> None:
+    m = machine()
+    welcomed(m)
+    ref, _ = m.submit("echo", {}, 0)
+    now, waits = 0.0, []
+    for _ in range(SUBMIT_RETRIES):
+        at = retry_timer(m.frame_received(unavailable(ref), now))
+        waits.append(at - now)
+        now = at
+        m.timer_due(Timer.SUBMIT_RETRY, now)
+    assert waits == sorted(waits)  # doubling (the jitter is fixed here)
+    [failed] = [a for a in m.frame_received(unavailable(ref), now) if isinstance(a, RequestFailed)]
+    assert isinstance(failed.error, RequestRefusedError)
+    assert failed.error.code == "unavailable"
+
+
+def test_a_refused_submit_whose_deadline_comes_first_fails_with_the_refusal_now() -> None:
+    m = machine()
+    welcomed(m)
+    ref, _ = m.submit("echo", {}, 0, deadline=0.1)
+    [failed] = [a for a in m.frame_received(unavailable(ref), 0) if isinstance(a, RequestFailed)]
+    assert isinstance(failed.error, RequestRefusedError)
+
+
+def test_a_retry_due_while_away_goes_after_the_welcome() -> None:
+    m = machine()
+    welcomed(m)
+    ref, _ = m.submit("echo", {}, 0)
+    at = retry_timer(m.frame_received(unavailable(ref), 0))
+    m.socket_closed(1011, "gateway crashed", 0)
+    assert frames(m.timer_due(Timer.SUBMIT_RETRY, at)) == []
+    m.timer_due(Timer.RECONNECT, 5)
+    m.socket_opened(5)
+    [again] = [
+        f for f in frames(m.frame_received(welcome(resumed=True), 5)) if isinstance(f, Submit)
+    ]
+    assert again.ref == ref
 
 
 def test_a_submit_larger_than_the_gateway_takes_is_refused_before_sending() -> None:

@@ -284,3 +284,20 @@ async def test_a_client_closed_keeping_its_session_is_resumed_by_the_next_one(
                 assert third.session_id != session_id
     finally:
         await publisher.close()
+
+
+async def test_submits_past_the_rate_limit_are_retried_and_all_run_once(
+    stack: Stack, make_token: Callable[..., str], logs: LogWatch
+) -> None:
+    """The stack lets a session submit 5 at once, then 1 a second: the SDK submits the
+    rest again, with their keys, until they are stored, and each job runs once."""
+    async with (
+        asyncio.timeout(WAIT_S),
+        Client(stack.gateway.url, token=make_token()) as client,
+    ):
+        results = await asyncio.gather(
+            *(client.run("echo", {"i": i}, timeout=WAIT_S) for i in range(7))
+        )
+    assert results == [{"i": i} for i in range(7)]
+    assert logs.named("client.submit_retried"), "nothing was refused: the test tests nothing"
+    assert len(logs.named("job.accepted")) == 7
