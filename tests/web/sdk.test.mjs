@@ -9,6 +9,7 @@ import {
   backoffDelay,
   closeAction,
   SeenIds,
+  submitRetryMs,
   tokenExpiry,
 } from "../../services/ackwire/gateway/web/ackwire.js";
 
@@ -108,6 +109,20 @@ test("back-off is jittered, grows, and is capped", () => {
   assert.equal(backoffDelay(3, 500, 30_000, () => 0.5), 2_000);
   assert.equal(backoffDelay(40, 500, 30_000, () => 0.999), 29_970);
   assert.equal(backoffDelay(5, 500, 30_000, () => 0), 0);
+});
+
+test("a refused submit goes again when it may: rate_limited, unavailable, a code unknown here", () => {
+  assert.equal(submitRetryMs("rate_limited", 0, () => 0.5), 187.5);
+  assert.equal(submitRetryMs("unavailable", 3, () => 0.999), 1999);
+  assert.equal(submitRetryMs("quota_exceeded", 0, () => 0), 125); // newer than this SDK
+  assert.equal(submitRetryMs("unavailable", 5), null); // its retries are spent
+  for (const code of ["no_such_kind", "bad_payload", "bad_frame"]) assert.equal(submitRetryMs(code, 0), null);
+});
+
+test("submits past the session's rate limit are retried, and every job runs once", async () => {
+  const c = client().start();
+  const jobs = Array.from({ length: 50 }, (_, i) => c.run("echo", { i })); // the burst is 40
+  assert.deepEqual(await within(Promise.all(jobs), "every job"), Array.from({ length: 50 }, (_, i) => ({ i })));
 });
 
 test("seen ids are bounded, the oldest forgotten first", () => {

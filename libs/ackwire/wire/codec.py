@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 from pydantic import TypeAdapter, ValidationError
 
-from ackwire.wire.frames import REF_MAX, ClientFrame, Frame, ServerFrame
+from ackwire.wire.codes import ErrorCode
+from ackwire.wire.frames import REF_MAX, ClientFrame, Error, Frame, ServerFrame
 
 _client_frames: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 _server_frames: TypeAdapter[ServerFrame] = TypeAdapter(ServerFrame)
+_ERROR_CODES = frozenset(code.value for code in ErrorCode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +39,33 @@ def parse_client_frame(data: str | bytes) -> ClientFrame | BadFrame:
 
 
 def parse_server_frame(data: str | bytes) -> ServerFrame | BadFrame:
-    """Read one frame sent by a gateway (for clients and tests)."""
+    """Read one frame sent by a gateway (for clients and tests). An `error` with a code
+    newer than this client reads as `unavailable`, as the protocol asks of clients; its
+    own code leads its message."""
     if not isinstance(data, str):
         return BadFrame("binary frames are not part of the protocol")
     try:
         return _server_frames.validate_json(data)
     except ValidationError as exc:
-        return BadFrame(_describe(exc))
+        return _error_of_newer_code(data) or BadFrame(_describe(exc))
+
+
+def _error_of_newer_code(data: str) -> Error | None:
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(raw, dict) or raw.get("type") != "error":
+        return None
+    code, message = raw.get("code"), raw.get("message")
+    if not isinstance(code, str) or code in _ERROR_CODES or not isinstance(message, str):
+        return None
+    try:
+        return Error.model_validate(
+            raw | {"code": ErrorCode.UNAVAILABLE, "message": f"{code}: {message}"}
+        )
+    except ValidationError:
+        return None
 
 
 def encode(frame: Frame) -> str:

@@ -198,3 +198,15 @@ def test_deeply_nested_json_is_a_bad_frame_not_a_crash() -> None:
     )
     result = parse_client_frame(deep)
     assert isinstance(result, BadFrame | Submit)
+
+
+def test_an_error_code_newer_than_the_client_reads_as_unavailable() -> None:
+    frame = parse_server_frame(
+        '{"type": "error", "ref": "c-1", "code": "quota_exceeded", "message": "try tomorrow"}'
+    )
+    assert isinstance(frame, Error)
+    assert (frame.ref, frame.code) == ("c-1", ErrorCode.UNAVAILABLE)
+    assert frame.message == "quota_exceeded: try tomorrow"
+    # Anything else wrong with an error frame is still a bad frame.
+    assert isinstance(parse_server_frame('{"type": "error", "code": 7, "message": "x"}'), BadFrame)
+    assert isinstance(parse_server_frame('{"type": "error", "code": "nope"}'), BadFrame)

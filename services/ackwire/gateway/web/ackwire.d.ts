@@ -188,6 +188,12 @@ export declare function backoffDelay(
   random?: () => number,
 ): number;
 export declare function tokenExpiry(token: string): number | null;
+/** Milliseconds before a refused submit goes again, or `null`: it fails with the refusal. */
+export declare function submitRetryMs(
+  code: string,
+  refused: number,
+  random?: () => number,
+): number | null;
 export declare class SeenIds {
   constructor(limit: number, ids?: string[]);
   has(id: string): boolean;

@@ -45,6 +45,25 @@ const DEFAULTS = {
 
 // -- pure rules: no sockets, no timers (tested alone) -------------------------------
 
+/** The codes this SDK knows; docs/protocol.md: "treat an unknown code like `unavailable`". */
+const ERROR_CODES = new Set([
+  "bad_frame", "no_such_kind", "bad_payload", "rate_limited", "unavailable",
+  "bad_token", "forbidden_topic", "too_many_topics", "topic_gap",
+]);
+const SUBMIT_RETRIES = 5;
+const SUBMIT_RETRY_FIRST_MS = 250;
+
+/**
+ * How long before a submit refused with `code` goes again (with its key, which makes it
+ * the same job), after `refused` earlier refusals; `null`: it fails with the refusal.
+ * `random()` is in [0, 1): the wait is jittered between half and all of its doubling.
+ */
+export function submitRetryMs(code, refused, random = Math.random) {
+  const retryable = code === "rate_limited" || code === "unavailable" || !ERROR_CODES.has(code);
+  if (!retryable || refused >= SUBMIT_RETRIES) return null;
+  return SUBMIT_RETRY_FIRST_MS * 2 ** refused * (0.5 + random() / 2);
+}
+
 /**
  * What the contract's close-code table says a client does (docs/protocol.md, 7).
  * `now`: reconnect at once (to the next gateway); `backoff`: after a jittered wait;
@@ -665,7 +684,7 @@ export class AckwireClient {
       gap: frame.gap,
     });
     const job = frame.ref ? this.#jobs.get(frame.ref) : undefined;
-    if (job !== undefined) return this.#endJob(job, error);
+    if (job !== undefined) return this.#submitRefused(job, error);
     if (frame.ref && this.#settleRef(frame.ref, null, error)) return;
     if (frame.topic) {
       const sub = this.#subs.get(frame.topic);
@@ -674,6 +693,18 @@ export class AckwireClient {
       if (sub) return;
     }
     this.#emit("error", error);
+  }
+
+  #submitRefused(job, error) {
+    const wait = job.jobId === null ? submitRetryMs(error.code, job.refused ?? 0) : null;
+    if (wait === null) return this.#endJob(job, error);
+    job.refused = (job.refused ?? 0) + 1;
+    job.sent = false;
+    clearTimeout(job.retry);
+    job.retry = setTimeout(() => {
+      // Not connected: it goes after the next welcome, with every unsent submit.
+      if (this.#jobs.get(job.ref) === job && !job.sent && this.#welcomed) this.#sendSubmit(job);
+    }, wait);
   }
 
   #settleRef(ref, frame, error) {
@@ -864,6 +895,7 @@ export class AckwireClient {
 
   #endJob(job, error, data) {
     clearTimeout(job.deadline);
+    clearTimeout(job.retry);
     this.#jobs.delete(job.ref);
     if (job.jobId) this.#jobsById.delete(job.jobId);
     if (error) this.#failJob(job, error);
