@@ -9,7 +9,7 @@ import {
   backoffDelay,
   closeAction,
   SeenIds,
-  submitRetryMs,
+  retryMs,
   tokenExpiry,
 } from "../../services/ackwire/gateway/web/ackwire.js";
 
@@ -111,12 +111,12 @@ test("back-off is jittered, grows, and is capped", () => {
   assert.equal(backoffDelay(5, 500, 30_000, () => 0), 0);
 });
 
-test("a refused submit goes again when it may: rate_limited, unavailable, a code unknown here", () => {
-  assert.equal(submitRetryMs("rate_limited", 0, () => 0.5), 187.5);
-  assert.equal(submitRetryMs("unavailable", 3, () => 0.999), 1999);
-  assert.equal(submitRetryMs("quota_exceeded", 0, () => 0), 125); // newer than this SDK
-  assert.equal(submitRetryMs("unavailable", 5), null); // its retries are spent
-  for (const code of ["no_such_kind", "bad_payload", "bad_frame"]) assert.equal(submitRetryMs(code, 0), null);
+test("a refused submit or subscribe goes again when it may: rate_limited, unavailable, a code unknown here", () => {
+  assert.equal(retryMs("rate_limited", 0, () => 0.5), 187.5);
+  assert.equal(retryMs("unavailable", 3, () => 0.999), 1999);
+  assert.equal(retryMs("quota_exceeded", 0, () => 0), 125); // newer than this SDK
+  assert.equal(retryMs("unavailable", 5), null); // its retries are spent
+  for (const code of ["no_such_kind", "bad_payload", "bad_frame"]) assert.equal(retryMs(code, 0), null);
 });
 
 test("submits past the session's rate limit are retried, and every job runs once", async () => {

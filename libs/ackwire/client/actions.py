@@ -17,7 +17,7 @@ class Timer(enum.Enum):
     RECONNECT = "reconnect"
     REFRESH = "refresh"
     DEADLINE = "deadline"
-    SUBMIT_RETRY = "submit_retry"
+    RETRY = "retry"
 
 
 # -- actions for the I/O layer ------------------------------------------------

@@ -117,11 +117,12 @@ REFRESH_LEAD_S = 60.0
 RENEW_RETRY_S = 5.0
 #: 4401 this many times in a row without a `welcome`: fresh tokens do not help.
 MAX_AUTH_FAILURES = 3
-#: A submit answered `unavailable` or `rate_limited` (docs/protocol.md: resubmitting
-#: with the same `idempotency_key` is safe) goes again, up to this many times, after
-#: jittered waits doubling from the first, within its deadline.
-SUBMIT_RETRIES = 5
-SUBMIT_RETRY_FIRST_S = 0.25
+#: A submit or subscribe answered `unavailable` or `rate_limited` (docs/protocol.md:
+#: resubmitting with the same `idempotency_key` is safe; "subscribe again") goes again,
+#: up to this many times, after jittered waits doubling from the first, within its
+#: deadline.
+RETRIES = 5
+RETRY_FIRST_S = 0.25
 
 
 _TERMINAL_KINDS = frozenset({"result", "error"})
@@ -167,6 +168,10 @@ class _Topic:
     held: bool = False
     last_seq: int = 0
     """The highest event `seq` handed over: anything at or below it came already."""
+    refused: int = 0
+    """Times its `subscribe` was answered `unavailable` or `rate_limited`."""
+    retry_at: float | None = None
+    """When its `subscribe` goes again after such an answer."""
 
 
 @dataclass(slots=True)
@@ -363,7 +368,7 @@ class ClientMachine:
             case Timer.DEADLINE:
                 self._deadline_at = None
                 return self._finish(self._expire(now), now)
-            case Timer.SUBMIT_RETRY:
+            case Timer.RETRY:
                 self._retry_at = None
                 return self._finish(self._retry_due(now), now)
             case _:
@@ -551,7 +556,7 @@ class ClientMachine:
             return [SendFrame(Unsubscribe(ref=self._ref(), topic=topic))]
         if state.asked != subscribed.ref:
             return []  # an earlier ask of a topic subscribed to again: the later one counts
-        state.asked, state.held = None, True
+        state.asked, state.held, state.refused = None, True, 0
         waiter, state.waiter, state.deadline = state.waiter, None, None
         return [TopicSubscribed(waiter, topic)] if waiter is not None else []
 
@@ -579,8 +584,7 @@ class ClientMachine:
         if error.ref is not None and error.ref in self._jobs:
             return self._submit_refused(error.ref, refused, now)
         if error.ref is not None and error.ref in self._topic_asks:
-            topic = self._topic_asks.pop(error.ref)
-            return self._topic_refused(topic, self._topics.pop(topic, None), refused)
+            return self._subscribe_refused(error.ref, refused, now)
         if error.topic is not None and error.topic in self._topics:
             if error.code is ErrorCode.TOPIC_GAP and error.gap is not None:
                 return [TopicGapTold(error.topic, error.gap.after, error.gap.before)]
@@ -625,31 +629,53 @@ class ClientMachine:
 
     def _submit_refused(self, ref: str, refused: RequestRefusedError, now: float) -> list[Action]:
         job = self._jobs[ref]
-        retry_at = self._submit_retry_at(job, refused, now)
+        retry_at = self._again_at(job.refused, job.deadline, refused, now)
         if retry_at is None:
             self._end_job(ref)
             return [RequestFailed(ref, refused)]
         job.sent, job.refused, job.retry_at = False, job.refused + 1, retry_at
         return [Notice("client.submit_retried", f"{ref}: {refused}")]
 
-    def _submit_retry_at(self, job: _Job, refused: RequestRefusedError, now: float) -> float | None:
-        """When a refused submit goes again, or `None`: it fails with the refusal."""
-        if not refused.retryable or job.refused >= SUBMIT_RETRIES:
+    def _subscribe_refused(
+        self, ref: str, refused: RequestRefusedError, now: float
+    ) -> list[Action]:
+        topic = self._topic_asks.pop(ref)
+        state = self._topics.get(topic)
+        if state is not None and state.asked == ref:
+            retry_at = self._again_at(state.refused, state.deadline, refused, now)
+            if retry_at is not None:
+                state.asked, state.refused, state.retry_at = None, state.refused + 1, retry_at
+                return [Notice("client.subscribe_retried", f"{topic}: {refused}")]
+        return self._topic_refused(topic, self._topics.pop(topic, None), refused)
+
+    def _again_at(
+        self, times: int, deadline: float | None, refused: RequestRefusedError, now: float
+    ) -> float | None:
+        """When a request refused `times` times before goes again, or `None`: it fails
+        with the refusal (docs/protocol.md: the same submit, or subscribe, again is safe)."""
+        if not refused.retryable or times >= RETRIES:
             return None
-        at = now + SUBMIT_RETRY_FIRST_S * 2**job.refused * (0.5 + self._random() / 2)
-        return at if job.deadline is None or at < job.deadline else None
+        at = now + RETRY_FIRST_S * 2**times * (0.5 + self._random() / 2)
+        return at if deadline is None or at < deadline else None
 
     def _retry_due(self, now: float) -> list[Action]:
+        """Refused requests whose wait is over go again (not connected: after the
+        `welcome`, with everything else unsent)."""
         actions: list[Action] = []
         for job in self._jobs.values():
             if job.retry_at is not None and job.retry_at <= now:
-                job.retry_at = None  # not connected: it goes after the `welcome`
+                job.retry_at = None
                 actions += self._send_submit(job)
+        for topic, state in self._topics.items():
+            if state.retry_at is not None and state.retry_at <= now:
+                state.retry_at = None
+                actions += self._send_subscribe(topic, state)
         return actions
 
     def _send_subscribe(self, topic: str, state: _Topic) -> list[Action]:
         if self._phase is not Phase.WELCOMED:
             return []
+        state.retry_at = None
         state.asked = self._ref()
         self._topic_asks[state.asked] = topic
         return [SendFrame(Subscribe(ref=state.asked, topic=topic))]
@@ -757,10 +783,11 @@ class ClientMachine:
             self._deadline_at = earliest
             actions.append(_timer_at(Timer.DEADLINE, earliest))
         retries = [j.retry_at for j in self._jobs.values() if j.retry_at is not None]
+        retries += [t.retry_at for t in self._topics.values() if t.retry_at is not None]
         retry_at = min(retries, default=None)
         if retry_at != self._retry_at:
             self._retry_at = retry_at
-            actions.append(_timer_at(Timer.SUBMIT_RETRY, retry_at))
+            actions.append(_timer_at(Timer.RETRY, retry_at))
         return actions
 
     def _terminal_error(self, code: int | None, why: str) -> AckwireError:

@@ -33,8 +33,8 @@ from ackwire.client.exceptions import (
     SessionTakenOverError,
 )
 from ackwire.client.machine import (
-    SUBMIT_RETRIES,
-    SUBMIT_RETRY_FIRST_S,
+    RETRIES,
+    RETRY_FIRST_S,
     ClientMachine,
     token_times,
 )
@@ -416,7 +416,7 @@ def unavailable(ref: str) -> str:
 
 
 def retry_timer(actions: list[Action]) -> float:
-    [at] = [a.at for a in actions if isinstance(a, StartTimer) and a.timer is Timer.SUBMIT_RETRY]
+    [at] = [a.at for a in actions if isinstance(a, StartTimer) and a.timer is Timer.RETRY]
     return at
 
 
@@ -428,8 +428,8 @@ def test_a_submit_the_gateway_could_not_store_goes_again_with_its_key() -> None:
     answered = m.frame_received(unavailable(ref), 10)
     assert not any(isinstance(a, RequestFailed) for a in answered)
     at = retry_timer(answered)
-    assert 10 < at < 10 + 2 * SUBMIT_RETRY_FIRST_S
-    assert frames(m.timer_due(Timer.SUBMIT_RETRY, at)) == [sent]  # the same idempotency key
+    assert 10 < at < 10 + 2 * RETRY_FIRST_S
+    assert frames(m.timer_due(Timer.RETRY, at)) == [sent]  # the same idempotency key
     assert m.frame_received(text(Accepted(ref=ref, job_id="j-1")), at) == [JobAccepted(ref, "j-1")]
 
 
@@ -438,11 +438,11 @@ def test_a_submit_refused_every_time_fails_with_the_refusal_after_its_retries() 
     welcomed(m)
     ref, _ = m.submit("echo", {}, 0)
     now, waits = 0.0, []
-    for _ in range(SUBMIT_RETRIES):
+    for _ in range(RETRIES):
         at = retry_timer(m.frame_received(unavailable(ref), now))
         waits.append(at - now)
         now = at
-        m.timer_due(Timer.SUBMIT_RETRY, now)
+        m.timer_due(Timer.RETRY, now)
     assert waits == sorted(waits)  # doubling (the jitter is fixed here)
     [failed] = [a for a in m.frame_received(unavailable(ref), now) if isinstance(a, RequestFailed)]
     assert isinstance(failed.error, RequestRefusedError)
@@ -463,13 +463,41 @@ def test_a_retry_due_while_away_goes_after_the_welcome() -> None:
     ref, _ = m.submit("echo", {}, 0)
     at = retry_timer(m.frame_received(unavailable(ref), 0))
     m.socket_closed(1011, "gateway crashed", 0)
-    assert frames(m.timer_due(Timer.SUBMIT_RETRY, at)) == []
+    assert frames(m.timer_due(Timer.RETRY, at)) == []
     m.timer_due(Timer.RECONNECT, 5)
     m.socket_opened(5)
     [again] = [
         f for f in frames(m.frame_received(welcome(resumed=True), 5)) if isinstance(f, Submit)
     ]
     assert again.ref == ref
+
+
+def test_a_subscribe_the_gateway_could_not_record_is_asked_again() -> None:
+    m = machine()
+    welcomed(m)
+    waiter, actions = m.subscribe("pipeline.42", 0)
+    [first] = frames(actions)
+    assert isinstance(first, Subscribe)
+    refusal = Error(ref=first.ref, code=ErrorCode.UNAVAILABLE, message="the bus is away")
+    answered = m.frame_received(text(refusal), 1)
+    assert not any(isinstance(a, RequestFailed) for a in answered)
+    [again] = frames(m.timer_due(Timer.RETRY, retry_timer(answered)))
+    assert isinstance(again, Subscribe)
+    assert again.topic == "pipeline.42"
+    subscribed = m.frame_received(text(Subscribed(ref=again.ref, topic="pipeline.42")), 2)
+    assert subscribed == [TopicSubscribed(waiter, "pipeline.42")]
+
+
+def test_a_subscribe_refused_for_good_fails_at_once() -> None:
+    m = machine()
+    welcomed(m)
+    waiter, actions = m.subscribe("secret.1", 0)
+    [ask] = frames(actions)
+    assert isinstance(ask, Subscribe)
+    refusal = Error(ref=ask.ref, code=ErrorCode.FORBIDDEN_TOPIC, message="no", topic="secret.1")
+    [failed] = m.frame_received(text(refusal), 1)
+    assert isinstance(failed, RequestFailed)
+    assert failed.ref == waiter
 
 
 def test_a_submit_larger_than_the_gateway_takes_is_refused_before_sending() -> None:

@@ -188,8 +188,8 @@ export declare function backoffDelay(
   random?: () => number,
 ): number;
 export declare function tokenExpiry(token: string): number | null;
-/** Milliseconds before a refused submit goes again, or `null`: it fails with the refusal. */
-export declare function submitRetryMs(
+/** Milliseconds before a refused submit or subscribe goes again, or `null`: it fails. */
+export declare function retryMs(
   code: string,
   refused: number,
   random?: () => number,

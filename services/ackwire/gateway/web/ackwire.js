@@ -50,18 +50,19 @@ const ERROR_CODES = new Set([
   "bad_frame", "no_such_kind", "bad_payload", "rate_limited", "unavailable",
   "bad_token", "forbidden_topic", "too_many_topics", "topic_gap",
 ]);
-const SUBMIT_RETRIES = 5;
-const SUBMIT_RETRY_FIRST_MS = 250;
+const RETRIES = 5;
+const RETRY_FIRST_MS = 250;
 
 /**
- * How long before a submit refused with `code` goes again (with its key, which makes it
- * the same job), after `refused` earlier refusals; `null`: it fails with the refusal.
- * `random()` is in [0, 1): the wait is jittered between half and all of its doubling.
+ * How long before a submit or subscribe refused with `code` goes again (a submit with its
+ * key, which makes it the same job), after `refused` earlier refusals; `null`: it fails
+ * with the refusal. `random()` is in [0, 1): the wait is jittered between half and all
+ * of its doubling.
  */
-export function submitRetryMs(code, refused, random = Math.random) {
+export function retryMs(code, refused, random = Math.random) {
   const retryable = code === "rate_limited" || code === "unavailable" || !ERROR_CODES.has(code);
-  if (!retryable || refused >= SUBMIT_RETRIES) return null;
-  return SUBMIT_RETRY_FIRST_MS * 2 ** refused * (0.5 + random() / 2);
+  if (!retryable || refused >= RETRIES) return null;
+  return RETRY_FIRST_MS * 2 ** refused * (0.5 + random() / 2);
 }
 
 /**
@@ -696,7 +697,7 @@ export class AckwireClient {
   }
 
   #submitRefused(job, error) {
-    const wait = job.jobId === null ? submitRetryMs(error.code, job.refused ?? 0) : null;
+    const wait = job.jobId === null ? retryMs(error.code, job.refused ?? 0) : null;
     if (wait === null) return this.#endJob(job, error);
     job.refused = (job.refused ?? 0) + 1;
     job.sent = false;
@@ -740,9 +741,18 @@ export class AckwireClient {
     const ref = this.#nextRef();
     this.#pendingRefs.set(ref, (frame, error) => {
       if (this.#subs.get(topic) !== sub) return;
-      if (frame) sub.confirmed = true;
+      if (frame) Object.assign(sub, { confirmed: true, refused: 0 });
       if (error) {
-        if (error.code !== "rate_limited" && error.code !== "unavailable") this.#subs.delete(topic);
+        const wait = retryMs(error.code, sub.refused ?? 0);
+        if (wait !== null) {
+          // Asked again in a while ("subscribe again"), or after the next welcome.
+          sub.refused = (sub.refused ?? 0) + 1;
+          setTimeout(() => {
+            if (this.#subs.get(topic) === sub && !sub.confirmed && this.#welcomed) this.#sendSubscribe(topic, sub);
+          }, wait);
+          return;
+        }
+        this.#subs.delete(topic);
         for (const { onError } of sub.listeners) onError(error);
       }
     });
