@@ -55,8 +55,8 @@ from ackwire.wire.tracecontext import usable_or_none
 
 _FETCH_WAIT_S = 1.0
 _FETCH_BATCH_MAX = 16
-#: How long work fetched for a slot another kind took meanwhile waits for the next one.
-_SLOT_WAIT_S = 1.0
+#: How long a backlog's fetch waits for more: a backlog is there already, or there is none.
+_BACKLOG_WAIT_S = 0.05
 #: Attempts whose end is being stored, per handler slot: past that, slots wait.
 _ENDING_PER_SLOT = 4
 #: A handler's exception may carry anything (a whole payload, a megabyte of stack).
@@ -73,15 +73,6 @@ HANDED_BACK = Counter(
     "ackwire_node_attempts_handed_back_total",
     "Attempts still running when the node drained, handed back to start elsewhere",
 )
-
-
-async def _pass_on(messages: list[Msg]) -> None:
-    """Give work this node has no slot for back to the stream, for any node at once. It
-    counts as a delivery (an attempt) that reported nothing: a rare race, see `_pull`."""
-    for msg in messages:
-        with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
-            await msg.nak()
-        _log.info("job.passed_on", job_id=_job_id(msg), attempt=msg.metadata.num_delivered)
 
 
 def _job_id(msg: Msg) -> str | None:
@@ -175,46 +166,15 @@ class Attempt:
                 self._log.warning("job.keep_alive_lost", error=str(exc) or type(exc).__name__)
 
 
-class _Slots:
-    """The node's handler slots, shared by all its kinds."""
-
-    def __init__(self, capacity: int) -> None:
-        self._free = capacity
-        self._freed = asyncio.Event()
-
-    @property
-    def free(self) -> int:
-        return self._free
-
-    async def until_free(self) -> None:
-        while self._free == 0:
-            self._freed.clear()
-            await self._freed.wait()
-
-    async def take(self, within: float) -> _HeldSlot | None:
-        """A slot, waiting at most `within` seconds for one to come free; else `None`."""
-        try:
-            async with asyncio.timeout(within):
-                await self.until_free()
-                self._free -= 1  # no await since the check: the slot is this caller's
-        except TimeoutError:
-            return None
-        return _HeldSlot(self)
-
-    def give_back(self) -> None:
-        self._free += 1
-        self._freed.set()
-
-
 class _HeldSlot:
     """One handler slot, let go once (when the handler is done, or the attempt over)."""
 
-    def __init__(self, slots: _Slots) -> None:
-        self._slots: _Slots | None = slots
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots: asyncio.Semaphore | None = slots
 
     def release(self) -> None:
         if self._slots is not None:
-            self._slots.give_back()
+            self._slots.release()
             self._slots = None
 
 
@@ -237,7 +197,7 @@ class Worker:
         self._settings = settings
         self._node = node
         self._kinds = kinds
-        self._slots = _Slots(capacity)
+        self._slots = asyncio.Semaphore(capacity)  # fair: a waiter goes first
         self._ending = asyncio.Semaphore(capacity * _ENDING_PER_SLOT)
         self._loops: list[asyncio.Task[None]] = []
         self._pulls: list[JetStreamContext.PullSubscription] = []
@@ -282,35 +242,70 @@ class Worker:
             _log.info("job.handed_back", job_id=_job_id(msg), attempt=msg.metadata.num_delivered)
 
     async def _pull(self, kind: str, pull: JetStreamContext.PullSubscription) -> None:
-        # A pull waiting at the server gets a job the moment it is stored: no polling. It
-        # holds no slot while it waits (every kind has one waiting, and the slots are the
-        # node's), and asks for as many jobs as slots are free, so a backlog comes in few
-        # round trips. Two kinds may then both get work for the last free slot: the one
-        # that finds no slot free within a moment passes its work on to another node.
+        # Each kind's pull waits at the server for one job, and gets it the moment it is
+        # stored (no polling), holding no slot meanwhile: the slots are the node's, and an
+        # idle kind must not keep them from one with work. It asks only while a slot is
+        # free, and the job it got waits for the next slot, in turn with the other kinds:
+        # at most one job of each kind waits so, and none is handed back for want of a
+        # slot. Behind the first job, a backlog comes in batches, as many as slots are
+        # free and no other kind is waiting for.
         while True:
-            await self._slots.until_free()
-            try:
-                messages = await pull.fetch(
-                    min(_FETCH_BATCH_MAX, self._slots.free), timeout=_FETCH_WAIT_S
-                )
-            except (NatsTimeoutError, TimeoutError):
-                messages = []
-            except (NatsError, JetStreamError) as exc:
-                _log.warning("node.fetch_failed", kind=kind, error=str(exc) or type(exc).__name__)
-                messages = []
-                await asyncio.sleep(_FETCH_WAIT_S)
-            for taken, msg in enumerate(messages):
+            await self._slots.acquire()  # in turn: a slot is free now
+            self._slots.release()
+            first = await self._fetch(kind, pull, 1, _FETCH_WAIT_S)
+            if not first:
+                continue
+            self._start(kind, first[0], await self._slot_for(first[0]))
+            while slots := await self._free_slots(_FETCH_BATCH_MAX):
+                batch = await self._fetch(kind, pull, len(slots), _BACKLOG_WAIT_S)
+                for msg, slot in zip(batch, slots, strict=False):
+                    self._start(kind, msg, slot)
+                for slot in slots[len(batch) :]:
+                    slot.release()
+                if len(batch) < len(slots):
+                    break
+
+    async def _fetch(
+        self, kind: str, pull: JetStreamContext.PullSubscription, most: int, wait_s: float
+    ) -> list[Msg]:
+        try:
+            return await pull.fetch(most, timeout=wait_s)
+        except (NatsTimeoutError, TimeoutError):
+            return []
+        except (NatsError, JetStreamError) as exc:
+            _log.warning("node.fetch_failed", kind=kind, error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(_FETCH_WAIT_S)
+            return []
+
+    async def _slot_for(self, msg: Msg) -> _HeldSlot:
+        """The next slot, for work in hand: kept alive for JetStream meanwhile, and handed
+        back (a nak) if the node drains first."""
+        try:
+            while True:
                 try:
-                    slot = await self._slots.take(within=_SLOT_WAIT_S)
-                except asyncio.CancelledError:  # draining: what is not started goes on now
-                    await _pass_on(messages[taken:])
-                    raise
-                if slot is None:
-                    await _pass_on([msg])
-                    continue
-                task = asyncio.create_task(self._attempt(kind, msg, slot))
-                self._running[task] = msg
-                task.add_done_callback(functools.partial(self._attempt_done, slot=slot))
+                    async with asyncio.timeout(self._settings.job_timeout_s / 3):
+                        await self._slots.acquire()
+                        return _HeldSlot(self._slots)
+                except TimeoutError:
+                    with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
+                        await msg.in_progress()
+        except asyncio.CancelledError:
+            with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
+                await msg.nak()
+            raise
+
+    async def _free_slots(self, most: int) -> list[_HeldSlot]:
+        """Up to `most` slots free now that no other kind waits for."""
+        slots: list[_HeldSlot] = []
+        while len(slots) < most and not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once
+            slots.append(_HeldSlot(self._slots))
+        return slots
+
+    def _start(self, kind: str, msg: Msg, slot: _HeldSlot) -> None:
+        task = asyncio.create_task(self._attempt(kind, msg, slot))
+        self._running[task] = msg
+        task.add_done_callback(functools.partial(self._attempt_done, slot=slot))
 
     def _attempt_done(self, task: asyncio.Task[None], slot: _HeldSlot) -> None:
         self._running.pop(task, None)

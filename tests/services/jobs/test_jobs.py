@@ -370,3 +370,25 @@ async def test_a_node_runs_as_many_jobs_of_one_kind_at_once_as_it_has_slots(
     for job_id in jobs:
         assert (await client.until_terminal(job_id))[-1].kind == "result"
     await client.ws.close()
+
+
+async def test_work_that_waits_for_a_slot_keeps_its_attempt(
+    start_stack: StartStack, make_token: MakeToken, logs: LogWatch
+) -> None:
+    """One slot, two kinds: a job of the second kind, fetched while the slot was free and
+    then taken by the first kind's job, waits for the slot in hand. It runs as its first
+    attempt: waiting spends none of its attempts (there are 2 here)."""
+    stack = await start_stack(capacity=1)
+    client = await connect(stack.gateway.url, make_token())
+    # Shorter than the pending timeout (2 s), which the waiting job must not reach.
+    busy = await client.submit(Submit(ref="b", kind="sleep", payload={"seconds": 1}))
+    assert isinstance(busy, Accepted)
+    await logs.wait_for("job.attempt_started", job_id=busy.job_id)
+    waiting = await client.submit(Submit(ref="w", kind="echo", payload={"n": 1}))
+    assert isinstance(waiting, Accepted)
+    [result] = await client.until_terminal(waiting.job_id)
+    assert result.kind == "result"
+    started = await logs.wait_for("job.attempt_started", job_id=waiting.job_id)
+    assert started["attempt"] == 1
+    assert (await client.until_terminal(busy.job_id))[-1].kind == "result"
+    await client.ws.close()
