@@ -199,6 +199,8 @@ class Worker:
         self._kinds = kinds
         self._slots = asyncio.Semaphore(capacity)  # fair: a waiter goes first
         self._ending = asyncio.Semaphore(capacity * _ENDING_PER_SLOT)
+        # Work in hand says it is alive a few times per job timeout, running or not.
+        self._keep_alive_every = settings.job_timeout_s / 3
         self._loops: list[asyncio.Task[None]] = []
         self._pulls: list[JetStreamContext.PullSubscription] = []
         self._running: dict[asyncio.Task[None], Msg] = {}
@@ -283,7 +285,7 @@ class Worker:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(self._settings.job_timeout_s / 3):
+                    async with asyncio.timeout(self._keep_alive_every):
                         await self._slots.acquire()
                         return _HeldSlot(self._slots)
                 except TimeoutError:
@@ -364,7 +366,7 @@ class Worker:
     async def _run(self, kind: str, attempt: Attempt) -> JsonValue:
         """The handler's result, the attempt kept alive while it runs (and only then: a
         beat after the attempt's last report would say a failed attempt still runs)."""
-        keep_alive = asyncio.create_task(attempt.keep_alive(self._settings.job_timeout_s / 3))
+        keep_alive = asyncio.create_task(attempt.keep_alive(self._keep_alive_every))
         try:
             data = await self._kinds[kind](attempt.work.payload, attempt)
         finally:
