@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 
+from ackwire.state_diagram import mermaid
+
 
 class Phase(enum.Enum):
     CONNECTING = "connecting"
@@ -53,9 +55,4 @@ TRANSITIONS: dict[tuple[Phase, Input], Phase] = {
 
 def diagram() -> str:
     """The transitions as a Mermaid state diagram (the one in docs/sdk-python.md)."""
-    lines = ["stateDiagram-v2", f"    [*] --> {Phase.CONNECTING.value}"]
-    for (phase, step), after in TRANSITIONS.items():
-        if phase is not after:
-            lines.append(f"    {phase.value} --> {after.value}: {step.value}")
-    lines.append(f"    {Phase.CLOSED.value} --> [*]")
-    return "\n".join(lines)
+    return mermaid(TRANSITIONS, Phase.CONNECTING, Phase.CLOSED)

@@ -29,6 +29,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from ackwire.errors import InternalError
+from ackwire.state_diagram import mermaid
 from ackwire.wire.codec import BadFrame, parse_client_frame
 from ackwire.wire.codes import CloseCode, ErrorCode
 from ackwire.wire.frames import Ack, ClientFrame, Error, Hello
@@ -303,9 +304,4 @@ class TopicAdmission:
 
 def diagram() -> str:
     """The transitions as a Mermaid state diagram (the one in docs/architecture.md)."""
-    lines = ["stateDiagram-v2", f"    [*] --> {Phase.AWAITING_HELLO.value}"]
-    for (phase, event), after in TRANSITIONS.items():
-        if phase is not after:
-            lines.append(f"    {phase.value} --> {after.value}: {event.value}")
-    lines.append(f"    {Phase.CLOSED.value} --> [*]")
-    return "\n".join(lines)
+    return mermaid(TRANSITIONS, Phase.AWAITING_HELLO, Phase.CLOSED)
