@@ -16,7 +16,6 @@ nothing and costs next to nothing. The context travels as a `traceparent`:
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -39,7 +38,7 @@ def span(
     """A span named `name`, child of the `traceparent` `parent`, or with none (a client or
     an older service sent none) a root in `trace_id`'s trace, or in a new one; yields the
     span's own `traceparent`, to hand on. With no exporter configured it records nothing
-    and yields a context in the same trace."""
+    and yields its parent's context (the API's no-op span carries the parent's)."""
     parent = parent or new_traceparent(trace_id)
     match = TRACEPARENT.fullmatch(parent)
     assert match is not None, parent  # checked where it came in
@@ -52,10 +51,7 @@ def span(
     context = trace.set_span_in_context(NonRecordingSpan(remote))
     with _tracer.start_as_current_span(name, context=context, attributes=attributes) as current:
         own = current.get_span_context()
-        if own.is_valid:
-            yield f"00-{own.trace_id:032x}-{own.span_id:016x}-{int(own.trace_flags):02x}"
-        else:  # no SDK: hand on a new span id in the same trace
-            yield f"00-{match.group(1)}-{secrets.token_hex(8)}-{match.group(3)}"
+        yield f"00-{own.trace_id:032x}-{own.span_id:016x}-{int(own.trace_flags):02x}"
 
 
 def export_if_configured(service: str) -> None:
