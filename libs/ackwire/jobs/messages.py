@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
+from nats.aio.msg import Msg
 from pydantic import AfterValidator, Field, JsonValue
 
 from ackwire.bus import subjects
 from ackwire.bus.models import BusModel, utc_now
+from ackwire.wire.tracecontext import usable_or_none
 
 #: A job's one terminal delivery (kind `result` or `error`) has the id `<job_id>:result`.
 TERMINAL_SUFFIX = ":result"
@@ -49,3 +51,9 @@ class StoredJob:
     seq: int
     traceparent: str | None = None
     """The gateway's span of the submit, from the message's `traceparent` header."""
+
+    @classmethod
+    def of(cls, job: JobSubmitted, msg: Msg) -> StoredJob:
+        """The job read from `msg`, its message in the jobs stream."""
+        traceparent = usable_or_none((msg.headers or {}).get("traceparent"))
+        return cls(job, msg.metadata.sequence.stream, traceparent)

@@ -51,7 +51,6 @@ from ackwire.nodekit import JobKind
 from ackwire.settings import Settings
 from ackwire.tracing import span
 from ackwire.wire.bounds import refuse_oversized_deliver
-from ackwire.wire.tracecontext import usable_or_none
 
 _FETCH_WAIT_S = 1.0
 _FETCH_BATCH_MAX = 16
@@ -327,12 +326,11 @@ class Worker:
             session_id=work.session_id,
             attempt=msg.metadata.num_delivered,
         )
-        traceparent = usable_or_none((msg.headers or {}).get("traceparent"))
-        stored = StoredJob(work, msg.metadata.sequence.stream, traceparent)
+        stored = StoredJob.of(work, msg)
         attempt = Attempt(self._records, msg, stored, self._node, log)
         with span(
             "ackwire.attempt",
-            traceparent,
+            stored.traceparent,
             trace_id=work.trace_id,
             job_id=work.job_id,
             attempt=attempt.attempt,

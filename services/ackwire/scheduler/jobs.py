@@ -50,7 +50,6 @@ from ackwire.jobs.messages import TERMINAL_SUFFIX, JobSubmitted, StoredJob
 from ackwire.jobs.records import RECEIPTS_TO, JobRecords
 from ackwire.settings import Settings
 from ackwire.tracing import span
-from ackwire.wire.tracecontext import usable_or_none
 
 #: A handler takes milliseconds; a message a dead replica had pulled comes back after this.
 _HANDLER_ACK_WAIT_S = 5.0
@@ -118,9 +117,9 @@ class JobSupervisor:
             # A job's first sight needs no read: nothing of it can be due before this.
             await msg.nack(delay=deadline - time.time())
             return
-        traceparent = usable_or_none((msg.headers or {}).get("traceparent"))
-        with span("ackwire.timer", traceparent, trace_id=job.trace_id, job_id=job.job_id):
-            await self._timer_fired(msg, StoredJob(job, metadata.sequence.stream, traceparent), log)
+        stored = StoredJob.of(job, msg.raw_message)
+        with span("ackwire.timer", stored.traceparent, trace_id=job.trace_id, job_id=job.job_id):
+            await self._timer_fired(msg, stored, log)
 
     async def _timer_fired(
         self, msg: NatsMessage, stored: StoredJob, log: FilteringBoundLogger
