@@ -53,7 +53,7 @@ class ExpirySweeper:
         js: JetStreamContext,
         *,
         retention_s: float,
-        every_s: float = 60.0,
+        every_s: float,
     ) -> None:
         self._queue = queue
         self._receipts = receipts

@@ -116,7 +116,7 @@ async def test_each_sweep_says_how_much_is_owed_and_how_old_the_oldest_is(
     try:
         await provision(nc.jetstream(), settings)
         queue = SessionQueue(nc, nc.jetstream())
-        sweeper = ExpirySweeper(queue, Receipts(nc), nc.jetstream(), retention_s=3600)
+        sweeper = ExpirySweeper(queue, Receipts(nc), nc.jetstream(), retention_s=3600, every_s=60)
         session_id = subjects.new_session_id()
         seqs = [
             await queue.put(Delivery(id=f"m-{i}", kind="message", session_id=session_id, data=i))
@@ -151,7 +151,7 @@ async def test_a_sweep_counts_what_it_expired_and_not_what_was_delivered_meanwhi
         await provision(nc.jetstream(), settings)
         queue = SessionQueue(nc, nc.jetstream())
         receipts = Receipts(nc)
-        sweeper = ExpirySweeper(queue, receipts, nc.jetstream(), retention_s=60)
+        sweeper = ExpirySweeper(queue, receipts, nc.jetstream(), retention_s=60, every_s=60)
         session_id = subjects.new_session_id()
         long_ago = datetime.now(UTC) - timedelta(hours=1)
         expires_here, acked_meanwhile = (
