@@ -201,8 +201,6 @@ class Client:
     ) -> AsyncIterator[Event | Gap]:
         """Follow `topic`: its snapshot first, then live events, across every resume; a
         `Gap` says which events may never come. Unsubscribes when the loop ends."""
-        if topic in self._subscriptions:
-            raise ValueError(f"already subscribed to {topic}: one subscribe() per topic")
         now = self._now()
         subscription = Subscription(topic)
         ref, actions = self._machine.subscribe(

@@ -269,10 +269,6 @@ class ClientMachine:
     def session_id(self) -> str | None:
         return self._session.session_id if self._session else None
 
-    @property
-    def token(self) -> str:
-        return self._token
-
     # -- inputs: the I/O layer -----------------------------------------------------
 
     def start(self, now: float) -> list[Action]:

@@ -42,9 +42,12 @@ class ClientState:
         return [seen_id for (seen_id,) in reversed(rows.fetchall())]
 
     def add_seen(self, delivery_id: str, forgotten: str | None) -> None:
+        """One transaction (one write to disk) per delivery handled."""
+        self._db.execute("BEGIN")
         self._db.execute("INSERT OR IGNORE INTO seen (id) VALUES (?)", (delivery_id,))
         if forgotten is not None:
             self._db.execute("DELETE FROM seen WHERE id = ?", (forgotten,))
+        self._db.execute("COMMIT")
 
     def session(self) -> SavedSession | None:
         row = self._db.execute("SELECT session_id, resume_token FROM session").fetchone()
