@@ -520,7 +520,6 @@ export class AckwireClient {
       case "event":
         return this.#onEvent(frame);
       case "subscribed":
-        return this.#settleRef(frame.ref, frame);
       case "unsubscribed":
       case "refreshed":
         return this.#settleRef(frame.ref, frame);
@@ -547,7 +546,6 @@ export class AckwireClient {
     this.#welcome = welcome;
     this.#welcomed = true;
     this.#attempt = 0;
-    this.#save();
     // Acks first: the gateway honours an ack of a message it has not sent yet.
     for (const seq of this.#keptAcks) {
       this.#sendAck(seq);
