@@ -281,6 +281,8 @@ class Worker:
     async def _slot_for(self, msg: Msg) -> _HeldSlot:
         """The next slot, for work in hand: kept alive for JetStream meanwhile, and handed
         back (a nak) if the node drains first."""
+        if self._slots.locked():
+            _log.info("job.waiting_for_slot", job_id=_job_id(msg))
         try:
             while True:
                 try:

@@ -375,20 +375,25 @@ async def test_a_node_runs_as_many_jobs_of_one_kind_at_once_as_it_has_slots(
 async def test_work_that_waits_for_a_slot_keeps_its_attempt(
     start_stack: StartStack, make_token: MakeToken, logs: LogWatch
 ) -> None:
-    """One slot, two kinds: a job of the second kind, fetched while the slot was free and
-    then taken by the first kind's job, waits for the slot in hand. It runs as its first
-    attempt: waiting spends none of its attempts (there are 2 here)."""
+    """One slot, two kinds, both pulls waiting at the server: a job of each arrives at
+    once, and the one that finds the slot taken waits for it in hand. It runs as its
+    first attempt: waiting spends none of its attempts (there are 2 here)."""
     stack = await start_stack(capacity=1)
     client = await connect(stack.gateway.url, make_token())
     # Shorter than the pending timeout (2 s), which the waiting job must not reach.
-    busy = await client.submit(Submit(ref="b", kind="sleep", payload={"seconds": 1}))
-    assert isinstance(busy, Accepted)
-    await logs.wait_for("job.attempt_started", job_id=busy.job_id)
-    waiting = await client.submit(Submit(ref="w", kind="echo", payload={"n": 1}))
-    assert isinstance(waiting, Accepted)
-    [result] = await client.until_terminal(waiting.job_id)
-    assert result.kind == "result"
-    started = await logs.wait_for("job.attempt_started", job_id=waiting.job_id)
-    assert started["attempt"] == 1
-    assert (await client.until_terminal(busy.job_id))[-1].kind == "result"
+    frames = [
+        Submit(ref="s", kind="sleep", payload={"seconds": 1}),
+        Submit(ref="e", kind="echo", payload={"n": 1}),
+    ]
+    jobs = []
+    for frame in frames:
+        accepted = await client.submit(frame)
+        assert isinstance(accepted, Accepted)
+        jobs.append(accepted.job_id)
+    waited = await logs.wait_for("job.waiting_for_slot")
+    assert waited["job_id"] in jobs
+    for job_id in jobs:
+        assert (await client.until_terminal(job_id))[-1].kind == "result"
+        started = await logs.wait_for("job.attempt_started", job_id=job_id)
+        assert started["attempt"] == 1
     await client.ws.close()
