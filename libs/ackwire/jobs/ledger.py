@@ -122,7 +122,9 @@ class JobRecord(BaseModel):
     """The trace context of the job's submit: its later spans are children of it."""
     job_seq: int
     """The job's message in the jobs stream (its work and its timer)."""
-    submitted_at: float
+    submitted_at: float | None = None
+    """When the gateway stored the job (`None` in a record an older version wrote: a
+    rolling update reads those too)."""
     state: JobState = JobState.PENDING
     attempt: int = 0
     """The newest attempt heard of (JetStream's delivery count of the work message)."""

@@ -205,7 +205,8 @@ def _log_state(before: JobRecord, after: JobRecord, log: FilteringBoundLogger) -
         return
     if after.state.terminal:
         JOBS_ENDED.labels(state=after.state.value).inc()
-        JOB_SECONDS.labels(state=after.state.value).observe(time.time() - after.submitted_at)
+        if after.submitted_at is not None:
+            JOB_SECONDS.labels(state=after.state.value).observe(time.time() - after.submitted_at)
     (log.info if after.state.terminal else log.debug)(
         "job.state", state=after.state.value, was=before.state.value, attempt=after.attempt
     )

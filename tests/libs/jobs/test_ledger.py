@@ -275,3 +275,9 @@ def test_any_history_ends_in_at_most_one_terminal_delivery(
             newest_attempt = max(newest_attempt, event.attempt)
     assert all(t == terminal[0] for t in terminal), "two different terminal deliveries"
     assert record.state.terminal == bool(terminal)
+
+
+def test_a_record_an_older_version_wrote_without_submitted_at_is_still_read() -> None:
+    older = new_job().model_dump(exclude={"submitted_at"})
+    assert "submitted_at" not in older
+    assert JobRecord.model_validate(older).submitted_at is None
