@@ -99,6 +99,7 @@ class _Entry(Generic[T]):
     redelivered: bool
     acked: bool = False  # acked before it was offered: released as soon as it is known
     sent_at: float | None = None
+    first_sent_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -135,6 +136,7 @@ class DeliveryWindow(Generic[T]):
         self._outstanding: dict[int, _Entry[T]] = {}
         self._waiting: dict[int, _Waiting[T]] = {}
         self._released: dict[int, T] = {}  # acked, not yet handed to a confirmation
+        self._acked_sends: list[tuple[T, float]] = []  # drained by `acked_sends`
         self._acked_ahead: set[int] = set()  # acked before they were offered here
         self._claimed_upto = 0  # the client's highest `ack upto`
         self._confirmed_upto = 0
@@ -212,7 +214,7 @@ class DeliveryWindow(Generic[T]):
         for pending in (self._outstanding, self._unsent):
             entry = pending.pop(seq, None)
             if entry is not None:
-                self._released[seq] = entry.message
+                self._release(seq, entry)
                 return 1
         waiting = self._waiting.get(seq)
         if waiting is not None:
@@ -227,7 +229,7 @@ class DeliveryWindow(Generic[T]):
         released = 0
         for pending in (self._outstanding, self._unsent):
             for s in [s for s in pending if s <= seq]:
-                self._released[s] = pending.pop(s).message
+                self._release(s, pending.pop(s))
                 released += 1
         for s, waiting in self._waiting.items():
             if s <= seq:
@@ -235,6 +237,17 @@ class DeliveryWindow(Generic[T]):
         self._claimed_upto = max(self._claimed_upto, seq)
         self._acked_ahead = {s for s in self._acked_ahead if s > seq}
         return released
+
+    def _release(self, seq: int, entry: _Entry[T]) -> None:
+        self._released[seq] = entry.message
+        if entry.first_sent_at is not None:
+            self._acked_sends.append((entry.message, entry.first_sent_at))
+
+    def acked_sends(self) -> list[tuple[T, float]]:
+        """Each message the acks released since the last call, with when it was first sent
+        (on `poll`'s clock): how long the client took to ack it, a lost send included."""
+        acked, self._acked_sends = self._acked_sends, []
+        return acked
 
     def confirmed(self, confirm: ConfirmAcks[T]) -> None:
         """The store confirmed `confirm`: its released messages are delivered."""
@@ -268,6 +281,8 @@ class DeliveryWindow(Generic[T]):
             seq = min(self._unsent)
             entry = self._unsent.pop(seq)
             entry.sent_at = now
+            if entry.first_sent_at is None:
+                entry.first_sent_at = now
             self._outstanding[seq] = entry
             actions.append(Send(seq, entry.message, redelivered=entry.redelivered))
         self._absorb_waiting()
@@ -363,7 +378,7 @@ class DeliveryWindow(Generic[T]):
 
     def _known(self, seq: int, entry: _Entry[T]) -> None:
         if entry.acked:
-            self._released[seq] = entry.message
+            self._release(seq, entry)
         else:
             self._unsent[seq] = entry
 

@@ -51,37 +51,6 @@ Failed = Callable[[BaseException], None]
 _unfinished = BackgroundTasks()
 
 
-class _AckClock:
-    """When each delivery sent on this connection and not yet acked was first sent, to
-    time the client's ack (`ackwire_gateway_ack_latency_seconds`). It holds the window's
-    outstanding messages only: an entry goes when its message is acked. Times are the
-    event loop's (monotonic). A message that leaves the window unacked (expired, or
-    removed by its producer) is forgotten once more are kept than the window holds."""
-
-    def __init__(self, window: int) -> None:
-        self._window = window
-        self._sent: dict[int, tuple[float, str]] = {}
-
-    def sent(self, seq: int, kind: str, now: float) -> None:
-        self._sent.setdefault(seq, (now, kind))  # a redelivery keeps the first send's time
-        if len(self._sent) > self._window:
-            del self._sent[next(iter(self._sent))]  # the oldest send
-
-    def acked(self, seq: int, now: float) -> None:
-        first = self._sent.pop(seq, None)
-        if first is not None:
-            _observe(first, now)
-
-    def acked_upto(self, upto: int, now: float) -> None:
-        for seq in [seq for seq in self._sent if seq <= upto]:
-            _observe(self._sent.pop(seq), now)
-
-
-def _observe(first: tuple[float, str], now: float) -> None:
-    sent_at, kind = first
-    metrics.ACK_LATENCY.labels(kind=kind).observe(now - sent_at)
-
-
 class DeliveryPump:
     """One connection's deliveries: started after `welcome`, stopped when the connection ends."""
 
@@ -115,7 +84,6 @@ class DeliveryPump:
         # Whether a message may have reached the client before: its send is a redelivery.
         self._seen_before = seen_before
         self._highest_sent = 0
-        self._ack_clock = _AckClock(window)
 
     @property
     def highest_sent(self) -> int:
@@ -137,13 +105,13 @@ class DeliveryPump:
         self._task = self._spawn(self._pump(), "deliveries")
 
     def acked(self, ack: Ack) -> None:
-        now = asyncio.get_running_loop().time()
         if ack.seq is not None:
             self._window.ack(ack.seq)
-            self._ack_clock.acked(ack.seq, now)
         if ack.upto is not None:
             self._window.ack_upto(ack.upto)
-            self._ack_clock.acked_upto(ack.upto, now)
+        now = asyncio.get_running_loop().time()  # the clock `poll` is given
+        for delivery, first_sent_at in self._window.acked_sends():
+            metrics.ACK_LATENCY.labels(kind=delivery.kind).observe(now - first_sent_at)
         self._wake.set()
 
     def resync(self) -> None:
@@ -277,8 +245,6 @@ class DeliveryPump:
     async def _deliver(self, send: Send[Delivery]) -> None:
         delivery = send.message
         self._highest_sent = max(self._highest_sent, send.seq)
-        # Noted before the write: the client's ack may be read before the write returns.
-        self._ack_clock.sent(send.seq, delivery.kind, asyncio.get_running_loop().time())
         await self._send(
             Deliver(
                 seq=send.seq,

@@ -85,6 +85,20 @@ def test_ack_upto_releases_everything_up_to_it() -> None:
     assert confirms(actions) == [(2, (), (1, 2))]
 
 
+def test_acks_say_when_each_released_message_was_first_sent() -> None:
+    window = window_with(1, 2, 3, ack_wait=10.0)
+    window.poll(0)
+    assert sends(window.poll(10)) == [(1, True), (2, True), (3, True)]  # sent again
+    window.ack(2)
+    window.ack_upto(1)
+    # The first send, not the redelivery: an ack after a lost send shows the wait.
+    assert sorted(window.acked_sends()) == [("m1", 0), ("m2", 0)]
+    assert window.acked_sends() == []  # each one told once
+    window.offer(4, "m4", previous=3)
+    window.ack(4)  # acked before it was ever sent: nothing to time
+    assert window.acked_sends() == []
+
+
 def test_single_acks_below_the_first_unacked_fold_into_upto() -> None:
     window = window_with(1, 2, 3)
     window.poll(0)
