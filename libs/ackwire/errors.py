@@ -11,7 +11,9 @@
     ├── ConflictError            someone else got there first; nothing is broken
     │   ├── SessionChangedError  a record changed since it was read (compare-and-set)
     │   ├── SessionLostError     another connection holds the session (4409)
-    │   └── JobChangedError      a job's record changed under every write tried
+    │   ├── JobChangedError      a job's record changed under every write tried
+    │   └── SequenceConflictError  a write expecting its subject's last message met
+    │                            another one (the store's compare-and-set)
     └── InternalError            a bug in ackwire: the caller broke an internal rule
 
 Library errors (nats-py's, websockets') never cross a module boundary as they
@@ -64,6 +66,11 @@ class SessionLostError(ConflictError):
 
 class JobChangedError(ConflictError):
     """A job's record changed under every compare-and-set tried: its input comes again."""
+
+
+class SequenceConflictError(ConflictError):
+    """A write that expected its subject's last message to be a given one (JetStream's
+    expected last subject sequence) found another: someone wrote there first."""
 
 
 class InternalError(AckwireError):

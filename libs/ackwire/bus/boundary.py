@@ -1,7 +1,8 @@
 """Where nats-py's exceptions become ackwire's (`ackwire.errors`), once.
 
 Every module that calls NATS wraps the call in `bus_errors(...)`, so what a bus
-call raises is a `BusError` (or a `ConflictError` the module raises itself),
+call raises is a `BusError` (or a `ConflictError`: a compare-and-set lost, or one
+the module raises itself),
 whatever went wrong underneath: a refused connection, no responders, a request
 that timed out, nats-py's outbound buffer filling during a reconnect, or an
 error answer from JetStream.
@@ -19,9 +20,11 @@ from nats.js.errors import APIError
 from nats.js.errors import Error as JetStreamError
 
 from ackwire.bus.telemetry import BUS_ERRORS
-from ackwire.errors import BusUnavailableError, StoreRejectedError
+from ackwire.errors import BusUnavailableError, SequenceConflictError, StoreRejectedError
 
 _SERVICE_UNAVAILABLE = 503
+#: JetStream's "wrong last sequence": a publish's expected last subject sequence failed.
+_WRONG_LAST_SEQUENCE = 10071
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -33,6 +36,8 @@ def bus_errors(doing: str) -> Iterator[None]:
     try:
         yield
     except APIError as exc:
+        if exc.err_code == _WRONG_LAST_SEQUENCE:
+            raise SequenceConflictError(f"{doing}: {exc.description or exc}") from exc
         if exc.code == _SERVICE_UNAVAILABLE:  # JetStream is there but not answering
             BUS_ERRORS.labels(error="unavailable").inc()
             raise BusUnavailableError(f"{doing}: {exc.description or exc}") from exc

@@ -66,11 +66,6 @@ def buckets(settings: Settings) -> list[BucketSpec]:
             ttl_s=3 * settings.lease_heartbeat_s,
         ),
         BucketSpec(subjects.SNAPSHOTS_BUCKET, "ackwire: each topic's latest snapshot"),
-        BucketSpec(
-            subjects.JOBS_BUCKET,
-            "ackwire: job records (the scheduler's ledger), kept as long as the messages",
-            ttl_s=settings.retention_s,
-        ),
     ]
 
 
@@ -104,8 +99,10 @@ def streams(settings: Settings) -> list[StreamConfig]:
         _stream(
             subjects.JOBS_STREAM,
             subjects.JOB_SUBJECTS,
-            "jobs stored (nodes' work, the scheduler's timers), until terminal",
+            "every job's work (until it ended) and record (written by compare-and-set)",
             settings,
+            # One message per subject: a job's work, or its record's latest version.
+            max_msgs_per_subject=1,
         ),
     ]
 

@@ -44,14 +44,18 @@ SNAPSHOTS_BUCKET = "ackwire_snapshots"
 RECEIPTS_STREAM = "ACKWIRE_RECEIPTS"
 RECEIPT_SUBJECTS = f"{PREFIX}.receipt.>"
 
-#: KV bucket of job records (the ledger), one key per job.
-JOBS_BUCKET = "ackwire_jobs"
-#: Jobs stored by gateways, one subject per kind. Each message is read by two durable
-#: consumers: the nodes serving its kind (the job's work; a redelivery is its next attempt)
-#: and the scheduler (a redelivery, a nak with a delay, is the job's supervision timer).
-#: It is deleted once the job's terminal delivery is stored.
+#: Every job's two subjects, `ackwire.jobs.work.<kind>.<job>` and
+#: `ackwire.jobs.record.<kind>.<job>`, one message each (the stream keeps the last):
+#: - its work, as a gateway stored it, read by two durable consumers: the nodes serving
+#:   its kind (a redelivery is a new attempt) and the scheduler's job timers (a
+#:   redelivery is the job's timer firing); deleted once the job's terminal delivery
+#:   is stored;
+#: - its record (the ledger's), written by compare-and-set (the expected last sequence
+#:   of the subject), kept as long as the stream keeps messages: a job id once stored is
+#:   never stored again, whatever became of the job.
 JOBS_STREAM = "ACKWIRE_JOBS"
 JOB_SUBJECTS = f"{PREFIX}.jobs.>"
+WORK_SUBJECTS = f"{PREFIX}.jobs.work.>"
 
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SESSION_ID = re.compile(r"s-[A-Za-z0-9_-]{16,64}")
@@ -192,9 +196,28 @@ def kind_token(kind: str) -> str:
     return service_token(kind)
 
 
-def job_subject(kind: str) -> str:
-    """Where jobs of `kind` are stored."""
-    return f"{PREFIX}.jobs.{kind_token(kind)}"
+def work_subject(kind: str, job_id: str) -> str:
+    """Where a job's work is stored."""
+    return f"{PREFIX}.jobs.work.{kind_token(kind)}.{job_token(job_id)}"
+
+
+def work_of_kind(kind: str) -> str:
+    """The work of every job of `kind` (the filter of its nodes' consumer)."""
+    return f"{PREFIX}.jobs.work.{kind_token(kind)}.*"
+
+
+def record_subject(kind: str, job_id: str) -> str:
+    """Where a job's record is kept."""
+    return f"{PREFIX}.jobs.record.{kind_token(kind)}.{job_token(job_id)}"
+
+
+def anything_of_job(job_id: str) -> str:
+    """Every subject of a job (its work or its record), whatever its kind."""
+    return f"{PREFIX}.jobs.*.*.{job_token(job_id)}"
+
+
+#: The scheduler replicas' durable consumer of every job's work: its job timers.
+JOB_TIMERS_CONSUMER = "job-timers"
 
 
 def work_consumer(kind: str) -> str:

@@ -1,33 +1,35 @@
 """A job's life, with no I/O: a record, an input, a transition table, actions out.
 
-Everything that changes a job's state lives in this file. Each job's
-`JobRecord` is kept on the bus (KV, written by compare-and-set), and whoever
+Everything that decides a job's state lives in this file. Each job's `JobRecord`
+is kept on the bus (written by compare-and-set, `jobs/records.py`), and whoever
 has news of the job feeds the ledger with it and the current time: the node
-that asks to start an attempt, reports its progress, keeps it alive, or ends
-it; the scheduler's timer; the receipt of the job's terminal delivery. The
-writer then stores the new record and, only if that write won, carries out
-the actions. Because the record is the whole state, any node or scheduler
-replica can take the next input for any job.
+that asks to start an attempt or ends it, and the scheduler's timer. The writer
+stores the new record and, only if that write won, carries out the actions.
+Because the record is the whole state, any node or scheduler replica can take
+the next input for any job.
 
-Rules (docs/protocol.md, Jobs):
+Rules (docs/protocol.md, Jobs; docs/architecture.md, Jobs):
 
-- a node runs an attempt only once the ledger granted it (`RunHandler`): never
-  for a job that ended, never for an attempt older than the newest one heard of;
-- no attempt starts within the pending timeout: `no_capacity`;
-- a node silent past the job timeout (no progress, no keep-alive, no result)
-  is presumed dead for that job: it runs again elsewhere (JetStream redelivers
-  its work), up to the attempt limit, then `failed`; a handler that raised is a
-  failed attempt;
-- the newest attempt wins: anything from an older attempt is dropped;
-- a terminal state is final: nothing (no timer, no late result) changes it, so
-  a timeout can never fire for a job whose result is recorded. Its receipt
-  (the client acked the terminal delivery, or it expired undelivered) is only
-  noted on the record;
-- the record keeps the terminal delivery it decided on, and the job's message
+- a node runs an attempt only once the ledger granted it (`RunHandler`): never for
+  a job that ended, never for a delivery of its work older than the newest granted;
+- attempts are the ledger's to count: a grant is an attempt. A delivery of the work
+  that was never granted (its node could not reach the bus, or handed it back
+  unstarted) spends none; a granted attempt whose node went silent (JetStream gives
+  its work to another node after the job timeout) does;
+- no attempt granted within the pending timeout of the submit: `no_capacity`;
+- liveness has one clock, JetStream's: a running attempt's node keeps its work
+  message alive (`in_progress`), and the ledger never fails a running job for
+  silence. What it does watch is whether any node still serves the kind: a job
+  whose attempt was lost, with no node left to take it again for the grace
+  (`unserved_grace`), is `failed`;
+- the newest attempt wins: anything from an older one is dropped;
+- a terminal state is final: nothing (no timer, no late result) changes it, so a
+  timeout can never fire for a job whose result is recorded;
+- the record keeps the terminal delivery it decided on, and the job's work message
   (its work and its timer) is withdrawn only after that delivery is stored. The
-  writer may stop in between: the timer, or the same input again, then asks
-  for the same delivery again (the store dedupes it by its id) and the
-  withdrawal. Any other input meeting a terminal job is ignored.
+  writer may stop in between: the timer, the work coming to a node again, or the
+  same input again, then asks for the same delivery again (the store dedupes it by
+  its id) and the withdrawal.
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ from ackwire.settings import Settings
 
 class JobState(enum.StrEnum):
     PENDING = "pending"
-    """Stored, waiting for a node to start an attempt."""
+    """Stored, waiting for a node to be granted an attempt (its first, or its next)."""
     RUNNING = "running"
-    """An attempt is running on a node that was heard from lately."""
+    """An attempt was granted; its node keeps the work alive for JetStream."""
     DONE = "done"
     FAILED = "failed"
     NO_CAPACITY = "no_capacity"
@@ -62,12 +64,6 @@ class JobState(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class DeliverResult:
     data: JsonValue
-
-
-@dataclass(frozen=True, slots=True)
-class DeliverProgress:
-    attempt: int
-    percent: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +83,18 @@ class CheckAt:
 class RunHandler:
     """The node that asked may run the attempt's handler."""
 
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    """The attempt failed with attempts left: hand the work back for the next one."""
+
 
 @dataclass(frozen=True, slots=True)
 class WithdrawJob:
-    """Delete the job's message (`seq` of the jobs stream): no node gets its work again,
-    and its timer ends (a message gone already is fine)."""
+    """Delete the job's work message (`seq` of the jobs stream): no node gets its work
+    again, and its timer ends (a message gone already is fine)."""
 
     seq: int
 
@@ -103,13 +106,11 @@ class Ignore:
     reason: str
 
 
-JobAction = (
-    DeliverResult | DeliverProgress | DeliverError | CheckAt | RunHandler | WithdrawJob | Ignore
-)
+JobAction = DeliverResult | DeliverError | CheckAt | RunHandler | RetryLater | WithdrawJob | Ignore
 
 
 class JobRecord(BaseModel):
-    """Everything the ledger knows of one job (stored as the job's KV value)."""
+    """Everything the ledger knows of one job (stored as the job's record)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -121,21 +122,22 @@ class JobRecord(BaseModel):
     traceparent: str | None = None
     """The trace context of the job's submit: its later spans are children of it."""
     job_seq: int
-    """The job's message in the jobs stream (its work and its timer)."""
-    submitted_at: float | None = None
-    """When the gateway stored the job (`None` in a record an older version wrote: a
-    rolling update reads those too)."""
+    """The job's work message in the jobs stream (its work and its timer)."""
+    submitted_at: float
+    """When the gateway stored the job."""
     state: JobState = JobState.PENDING
     attempt: int = 0
-    """The newest attempt heard of (JetStream's delivery count of the work message)."""
+    """Attempts granted so far (the newest is the one running, or the one that ended)."""
+    delivery: int = 0
+    """JetStream's delivery count of the work for the newest granted attempt: a later
+    delivery is a new attempt, an earlier one is superseded."""
     node: str | None = None
     waiting_since: float
-    """When the job last started waiting for a node (submitted, or its attempt was lost)."""
-    last_heard_at: float | None = None
+    """When the job last started waiting for a node (submitted, or its attempt failed)."""
+    unserved_since: float | None = None
+    """Since when no node serves the job's kind, as the timer last saw (None: served)."""
     ended_with: DeliverResult | DeliverError | None = None
     """The terminal delivery, once the job is terminal."""
-    receipt: Literal["delivered", "expired"] | None = None
-    """What became of the terminal delivery: acked by the client, or expired unacked."""
 
 
 # -- inputs --------------------------------------------------------------
@@ -143,23 +145,10 @@ class JobRecord(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """A node got `attempt` of the job's work and asks to run it."""
+    """A node got delivery `delivery` of the job's work and asks to run it."""
 
-    attempt: int
+    delivery: int
     node: str
-
-
-@dataclass(frozen=True, slots=True)
-class Progressed:
-    attempt: int
-    percent: float
-
-
-@dataclass(frozen=True, slots=True)
-class KeptAlive:
-    """The node running the attempt says it still runs."""
-
-    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +159,7 @@ class Succeeded:
 
 @dataclass(frozen=True, slots=True)
 class AttemptFailed:
-    """The handler raised (or the node gave the job up); `message` says why."""
+    """The handler raised; `message` says why."""
 
     attempt: int
     message: str
@@ -178,18 +167,13 @@ class AttemptFailed:
 
 @dataclass(frozen=True, slots=True)
 class TimerFired:
-    """The job's supervision timer: check the pending and job timeouts."""
+    """The job's supervision timer; `served`: some node serves the job's kind now."""
+
+    served: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class ResultReceipted:
-    """The receipt of the job's terminal delivery (its result or error)."""
-
-    outcome: Literal["delivered", "expired"]
-
-
-AttemptInput = Started | Progressed | KeptAlive | Succeeded | AttemptFailed
-JobInput = AttemptInput | TimerFired | ResultReceipted
+AttemptEnd = Succeeded | AttemptFailed
+JobInput = Started | AttemptEnd | TimerFired
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +202,13 @@ class JobLedger:
             max_attempts=settings.max_attempts,
         )
 
+    @property
+    def unserved_grace(self) -> float:
+        """How long a job whose attempt is running or lost waits for a node of its kind to
+        be there again before it is `failed`: a dead node's work comes back after the job
+        timeout, and must then be taken within the pending timeout."""
+        return self.job_timeout + self.pending_timeout
+
     def submitted(
         self,
         *,
@@ -231,7 +222,7 @@ class JobLedger:
         traceparent: str | None = None,
     ) -> JobRecord:
         """The record of a job stored at `at` that nothing happened to yet (it is written
-        only once something did: most jobs' first write is their start)."""
+        only once something did: most jobs' first write is their first attempt's start)."""
         return JobRecord(
             job_id=job_id,
             session_id=session_id,
@@ -244,130 +235,122 @@ class JobLedger:
             waiting_since=at,
         )
 
+    def pending_deadline(self, waiting_since: float) -> float:
+        """When a job nobody started since then is `no_capacity`: a job's earliest timeout."""
+        return waiting_since + self.pending_timeout
+
     def apply(self, record: JobRecord, event: JobInput, now: float) -> Outcome:
         """The record after `event`, and what to do about it."""
         transition = _TRANSITIONS.get((record.state, type(event)))
         if transition is None:
             return Outcome(record, (Ignore(f"job already {record.state.value}"),))
-        if isinstance(event, AttemptInput) and event.attempt < record.attempt:
+        if isinstance(event, AttemptEnd) and event.attempt != record.attempt:
             return Outcome(record, (Ignore(f"superseded attempt {event.attempt}"),))
         return transition(self, record, event, now)
 
-    # The transitions; `apply` has already dropped inputs of older attempts.
+    # The transitions; `apply` has already dropped the ends of other attempts.
 
     def _started(self, record: JobRecord, event: Started, now: float) -> Outcome:
-        running = _heard_from(record, event.attempt, now).model_copy(update={"node": event.node})
-        return Outcome(running, (RunHandler(),))
+        if event.delivery < record.delivery:
+            return Outcome(record, (Ignore(f"superseded delivery {event.delivery}"),))
+        if event.delivery == record.delivery:
+            if record.state is JobState.RUNNING and event.node == record.node:
+                return Outcome(record, (RunHandler(record.attempt),))  # its own start, again
+            return Outcome(record, (Ignore(f"delivery {event.delivery} was granted before"),))
+        if record.state is JobState.RUNNING and record.attempt >= self.max_attempts:
+            # Its work came back: the last attempt's node went silent.
+            message = f"node {record.node} went silent on the last attempt ({record.attempt})"
+            return _ended(record, JobState.FAILED, DeliverError("failed", message))
+        attempt = record.attempt + 1
+        running = record.model_copy(
+            update={
+                "state": JobState.RUNNING,
+                "attempt": attempt,
+                "delivery": event.delivery,
+                "node": event.node,
+                "unserved_since": None,
+            }
+        )
+        return Outcome(running, (RunHandler(attempt),))
 
-    def _progressed(self, record: JobRecord, event: Progressed, now: float) -> Outcome:
-        running = _heard_from(record, event.attempt, now)
-        return Outcome(running, (DeliverProgress(event.attempt, event.percent),))
-
-    def _kept_alive(self, record: JobRecord, event: KeptAlive, now: float) -> Outcome:
-        return Outcome(_heard_from(record, event.attempt, now), ())
-
-    def _succeeded(self, record: JobRecord, event: Succeeded, now: float) -> Outcome:
-        done = record.model_copy(update={"attempt": event.attempt, "last_heard_at": now})
-        return _ended(done, JobState.DONE, DeliverResult(event.data))
+    def _succeeded(self, record: JobRecord, event: Succeeded, _now: float) -> Outcome:
+        return _ended(record, JobState.DONE, DeliverResult(event.data))
 
     def _attempt_failed(self, record: JobRecord, event: AttemptFailed, now: float) -> Outcome:
         if event.attempt >= self.max_attempts:
-            failed = record.model_copy(update={"attempt": event.attempt})
-            return _ended(failed, JobState.FAILED, DeliverError("failed", event.message))
-        waiting = record.model_copy(
-            update={"state": JobState.PENDING, "attempt": event.attempt, "waiting_since": now}
-        )
-        return Outcome(waiting, (CheckAt(self.pending_deadline(now)),))
+            return _ended(record, JobState.FAILED, DeliverError("failed", event.message))
+        waiting = record.model_copy(update={"state": JobState.PENDING, "waiting_since": now})
+        return Outcome(waiting, (RetryLater(),))
 
-    def pending_deadline(self, waiting_since: float) -> float:
-        """When a job waiting for a node since then is `no_capacity` (or its lost attempt
-        `failed`) if none starts it: a job's earliest timeout."""
-        return waiting_since + self.pending_timeout
-
-    def _pending_timer(self, record: JobRecord, _event: TimerFired, now: float) -> Outcome:
-        deadline = self.pending_deadline(record.waiting_since)
-        if now < deadline:
-            return Outcome(record, (CheckAt(deadline),))
-        if record.attempt == 0:
+    def _timer(self, record: JobRecord, event: TimerFired, now: float) -> Outcome:
+        if record.attempt == 0:  # never started: the pending timeout
+            deadline = self.pending_deadline(record.waiting_since)
+            if now < deadline:
+                return Outcome(record, (CheckAt(deadline),))
             message = f"no node took a {record.kind!r} job within {self.pending_timeout:g} s"
             return _ended(record, JobState.NO_CAPACITY, DeliverError("no_capacity", message))
-        message = f"attempt {record.attempt} was lost and no node took the job again"
+        # Started: its fate is JetStream's (a silent node's work goes to the next node),
+        # as long as some node serves the kind.
+        if event.served:
+            # A running attempt's node would be found dead after the job timeout; a retry
+            # waits for a free slot.
+            again = self.job_timeout if record.state is JobState.RUNNING else self.pending_timeout
+            served = record.model_copy(update={"unserved_since": None})
+            return Outcome(served, (CheckAt(now + again),))
+        since = now if record.unserved_since is None else record.unserved_since
+        if now < since + self.unserved_grace:
+            unserved = record.model_copy(update={"unserved_since": since})
+            return Outcome(unserved, (CheckAt(since + self.unserved_grace),))
+        message = (
+            f"attempt {record.attempt} ended or was lost, and no node has served"
+            f" {record.kind!r} for {self.unserved_grace:g} s"
+        )
         return _ended(record, JobState.FAILED, DeliverError("failed", message))
 
-    def _running_timer(self, record: JobRecord, _event: TimerFired, now: float) -> Outcome:
-        heard = record.last_heard_at if record.last_heard_at is not None else record.waiting_since
-        deadline = heard + self.job_timeout
-        if now < deadline:
-            return Outcome(record, (CheckAt(deadline),))
-        if record.attempt >= self.max_attempts:
-            message = f"node {record.node} went silent on the last attempt ({record.attempt})"
-            return _ended(record, JobState.FAILED, DeliverError("failed", message))
-        # JetStream redelivers the work message to another node; wait for it to start.
-        waiting = record.model_copy(update={"state": JobState.PENDING, "waiting_since": now})
-        return Outcome(waiting, (CheckAt(self.pending_deadline(now)),))
-
-    def _receipted(self, record: JobRecord, event: ResultReceipted, _now: float) -> Outcome:
-        if record.receipt is not None:
-            return Outcome(record, (Ignore(f"receipt already {record.receipt}"),))
-        return Outcome(record.model_copy(update={"receipt": event.outcome}), ())
-
-    # A terminal job meeting its timer, or the input that ended it, again (see the rules).
+    # A terminal job meeting its timer, its work, or the input that ended it, again: its
+    # end may not have been carried out (see the rules).
 
     def _result_again(self, record: JobRecord, event: Succeeded, _now: float) -> Outcome:
-        ended_by_it = record.ended_with == DeliverResult(event.data)
-        return _again(record, ended_by_it and event.attempt == record.attempt)
+        return _again(record, record.ended_with == DeliverResult(event.data))
 
     def _failure_again(self, record: JobRecord, event: AttemptFailed, _now: float) -> Outcome:
-        ended_by_it = record.ended_with == DeliverError("failed", event.message)
-        return _again(record, ended_by_it and event.attempt == record.attempt)
+        return _again(record, record.ended_with == DeliverError("failed", event.message))
 
-    def _timer_again(self, record: JobRecord, _event: TimerFired, _now: float) -> Outcome:
-        if record.receipt is not None:  # delivered or expired: only the message is left
-            return Outcome(record, (WithdrawJob(record.job_seq),))
+    def _ended_again(self, record: JobRecord, _event: TimerFired | Started, _now: float) -> Outcome:
         return _again(record, True)
 
 
-def _heard_from(record: JobRecord, attempt: int, now: float) -> JobRecord:
-    """The record once `attempt` was heard to run (it may have been thought lost)."""
-    return record.model_copy(
-        update={"state": JobState.RUNNING, "attempt": attempt, "last_heard_at": now}
-    )
-
-
 def _ended(record: JobRecord, state: JobState, delivery: DeliverResult | DeliverError) -> Outcome:
-    """The job ends with `delivery`; its message is withdrawn once that is stored."""
-    ended = record.model_copy(update={"state": state, "ended_with": delivery})
+    """The job ends with `delivery`; its work message is withdrawn once that is stored."""
+    ended = record.model_copy(
+        update={"state": state, "ended_with": delivery, "unserved_since": None}
+    )
     return Outcome(ended, (delivery, WithdrawJob(ended.job_seq)))
 
 
 def _again(record: JobRecord, ended_by_it: bool) -> Outcome:
-    """The terminal delivery and the withdrawal again, if the input `ended_by_it` (or is the
-    job's timer) and the client's receipt does not show them done already."""
-    if not ended_by_it or record.receipt is not None or record.ended_with is None:
+    """The terminal delivery and the withdrawal again, if the input `ended_by_it` (or is
+    the job's timer, or its work)."""
+    if not ended_by_it or record.ended_with is None:
         return Outcome(record, (Ignore(f"job already {record.state.value}"),))
     return Outcome(record, (record.ended_with, WithdrawJob(record.job_seq)))
 
 
 _P, _R = JobState.PENDING, JobState.RUNNING
-_DONE, _FAILED, _NO_CAPACITY = JobState.DONE, JobState.FAILED, JobState.NO_CAPACITY
+_DONE, _FAILED = JobState.DONE, JobState.FAILED
+_TERMINAL = [state for state in JobState if state.terminal]
 
 #: (state, input) -> transition. A pair that is not here changes nothing: the input
 #: is ignored, and the log says why.
 _TRANSITIONS: dict[tuple[JobState, type[JobInput]], Transition] = {
     (_P, Started): JobLedger._started,
     (_R, Started): JobLedger._started,
-    (_P, Progressed): JobLedger._progressed,
-    (_R, Progressed): JobLedger._progressed,
-    (_P, KeptAlive): JobLedger._kept_alive,
-    (_R, KeptAlive): JobLedger._kept_alive,
-    (_P, Succeeded): JobLedger._succeeded,
     (_R, Succeeded): JobLedger._succeeded,
-    (_P, AttemptFailed): JobLedger._attempt_failed,
     (_R, AttemptFailed): JobLedger._attempt_failed,
-    (_P, TimerFired): JobLedger._pending_timer,
-    (_R, TimerFired): JobLedger._running_timer,
+    (_P, TimerFired): JobLedger._timer,
+    (_R, TimerFired): JobLedger._timer,
     (_DONE, Succeeded): JobLedger._result_again,
     (_FAILED, AttemptFailed): JobLedger._failure_again,
-    **{(state, TimerFired): JobLedger._timer_again for state in JobState if state.terminal},
-    **{(state, ResultReceipted): JobLedger._receipted for state in JobState if state.terminal},
+    **{(state, TimerFired): JobLedger._ended_again for state in _TERMINAL},
+    **{(state, Started): JobLedger._ended_again for state in _TERMINAL},
 }

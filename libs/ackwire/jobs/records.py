@@ -1,15 +1,18 @@
 """Jobs' records on the bus: the ledger's I/O, shared by every node and scheduler.
 
-An input for a job (`JobRecords.apply`) reads the job's record, feeds the
-ledger, writes the new record by compare-and-set and, only if that write won,
-carries out what the ledger asked for: store a delivery for the job's session,
-withdraw the job's message. Of two writers racing on one version of a record
-(a node's result and the scheduler's timer), the loser reads the winner's
-record and applies its input to that, so the ledger, not the race, decides.
+A job's record is the last message on its record subject in the jobs stream,
+beside its work (`ackwire.bus.subjects`), and is written by compare-and-set:
+a publish that expects the subject's last sequence to be the one it read (0:
+no record yet). An input for a job (`JobRecords.apply`) feeds the ledger,
+writes the new record and, only if that write won, carries out what the
+ledger asked for: store a delivery for the job's session, withdraw the job's
+work. Of two writers racing on one version of a record (a node's result and
+the scheduler's timer), the loser reads the winner's record and applies its
+input to that, so the ledger, not the race, decides.
 
-A job's record is first written when something happened to it, most often
-its first attempt's start: until then the job's message in the jobs stream is
-all there is of it, and a record read finds nothing and starts from that.
+A job's record is first written when something happened to it, most often its
+first attempt's start, which writes without reading: a record that is not
+there yet needs no read to be created (`fresh`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from nats.js.api import Header
+from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Histogram
 from pydantic import JsonValue
 from structlog.typing import FilteringBoundLogger
@@ -30,23 +33,18 @@ from ackwire.bus.boundary import bus_errors
 from ackwire.bus.deletes import delete_message
 from ackwire.bus.models import Delivery
 from ackwire.bus.session_queue import SessionQueue
-from ackwire.errors import JobChangedError
+from ackwire.errors import JobChangedError, SequenceConflictError
 from ackwire.jobs.ledger import (
     DeliverError,
-    DeliverProgress,
     DeliverResult,
     Ignore,
     JobInput,
     JobLedger,
     JobRecord,
-    JobState,
     Outcome,
     WithdrawJob,
 )
 from ackwire.jobs.messages import TERMINAL_SUFFIX, StoredJob
-
-#: Who hears the receipt of a job's terminal delivery: the scheduler notes it on the record.
-RECEIPTS_TO = "scheduler"
 
 # Counted where the record was written: by whichever node or scheduler decided.
 ATTEMPTS_STARTED = Counter(
@@ -68,7 +66,7 @@ class Version:
 
     record: JobRecord
     revision: int
-    """Its KV revision; 0 for a record nothing was written of yet."""
+    """The stream sequence of its message; 0 for a record nothing was written of yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,57 +76,17 @@ class Applied:
 
 
 class JobRecords:
-    def __init__(self, nc: Client, kv: KeyValue, queue: SessionQueue, ledger: JobLedger) -> None:
+    def __init__(self, nc: Client, queue: SessionQueue, ledger: JobLedger) -> None:
         self._nc = nc
-        self._kv = kv
+        self._js = nc.jetstream()
         self._queue = queue
         self._ledger = ledger
 
-    async def apply(
-        self,
-        job_id: str,
-        event: JobInput,
-        log: FilteringBoundLogger,
-        *,
-        stored: StoredJob | None = None,
-        known: Version | None = None,
-    ) -> Applied | None:
-        """Apply `event` to the job's record and carry out the outcome; `None` for a job
-        with no record and no `stored` job to start one from (it expired, or never was).
-
-        `known` is the record as this caller last wrote it, to write on without reading
-        it first (if it moved on since, it is read). Raises `BusError`, or
-        `JobChangedError` when the record changed under every write tried."""
-        with bus_errors(f"applying {type(event).__name__} to job {job_id}"):
-            for _ in range(_MAX_CAS_RETRIES):
-                version = known if known is not None else await self._read(job_id, stored)
-                known = None
-                if version is None:
-                    log.warning("job.input_for_unknown_job", input=type(event).__name__)
-                    return None
-                outcome = self._ledger.apply(version.record, event, time.time())
-                if outcome.record != version.record:  # else ignored, or a repeat
-                    try:
-                        written = await self._write(outcome.record, version)
-                    except KeyWrongLastSequenceError:
-                        continue  # the record moved on under us: read it again
-                    _log_state(version.record, written.record, log)
-                    version = written
-                await self._carry_out(outcome, version.revision, log)
-                return Applied(outcome, version)
-        raise JobChangedError(f"job {job_id}: its record kept changing")
-
-    async def _read(self, job_id: str, stored: StoredJob | None) -> Version | None:
-        try:
-            entry = await self._kv.get(job_id)
-        except KeyNotFoundError:
-            entry = None
-        if entry is not None and entry.value is not None:
-            return Version(JobRecord.model_validate_json(entry.value), entry.revision or 0)
-        if stored is None:
-            return None
+    def fresh(self, stored: StoredJob) -> Version:
+        """The record of a job nothing happened to yet, to write without reading first
+        (if a record is there after all, the write fails and the record is read)."""
         job = stored.job
-        fresh = self._ledger.submitted(
+        record = self._ledger.submitted(
             job_id=job.job_id,
             session_id=job.session_id,
             user=job.user,
@@ -138,19 +96,60 @@ class JobRecords:
             at=job.submitted_at.timestamp(),
             traceparent=stored.traceparent,
         )
-        return Version(fresh, 0)
+        return Version(record, 0)
 
-    async def _write(self, record: JobRecord, over: Version) -> Version:
-        value = record.model_dump_json().encode()
-        if over.revision == 0:
-            revision = await self._kv.create(record.job_id, value)
-        else:
-            revision = await self._kv.update(record.job_id, value, last=over.revision)
-        return Version(record, revision)
+    async def apply(
+        self,
+        stored: StoredJob,
+        event: JobInput,
+        log: FilteringBoundLogger,
+        *,
+        known: Version | None = None,
+    ) -> Applied:
+        """Apply `event` to the job's record and carry out the outcome.
 
-    async def _carry_out(self, outcome: Outcome, revision: int, log: FilteringBoundLogger) -> None:
+        `known` is the record as this caller last wrote it (or `fresh`), to write on
+        without reading it first (if it moved on since, it is read). Raises `BusError`,
+        or `JobChangedError` when the record changed under every write tried."""
+        subject = subjects.record_subject(stored.job.kind, stored.job.job_id)
+        for _ in range(_MAX_CAS_RETRIES):
+            version = known if known is not None else await self.read(stored)
+            known = None
+            outcome = self._ledger.apply(version.record, event, time.time())
+            if outcome.record != version.record:  # else ignored, or a repeat
+                try:
+                    written = await self._write(subject, outcome.record, version)
+                except SequenceConflictError:
+                    continue  # the record moved on under us: read it again
+                _log_state(version.record, written.record, log)
+                version = written
+            await self._carry_out(outcome, log)
+            return Applied(outcome, version)
+        raise JobChangedError(f"job {stored.job.job_id}: its record kept changing")
+
+    async def read(self, stored: StoredJob) -> Version:
+        """The job's record as the stream's leader has it (a replica may lag behind a
+        write), or `fresh` if none was written yet. Raises `BusError`."""
+        subject = subjects.record_subject(stored.job.kind, stored.job.job_id)
+        with bus_errors(f"reading the record of {stored.job.job_id}"):
+            try:
+                msg = await self._js.get_msg(subjects.JOBS_STREAM, subject=subject)
+            except NotFoundError:
+                return self.fresh(stored)
+        return Version(JobRecord.model_validate_json(msg.data or b""), msg.seq or 0)
+
+    async def _write(self, subject: str, record: JobRecord, over: Version) -> Version:
+        with bus_errors(f"writing the record of {record.job_id}"):
+            ack = await self._js.publish(
+                subject,
+                record.model_dump_json().encode(),
+                headers={Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(over.revision)},
+            )
+        return Version(record, ack.seq)
+
+    async def _carry_out(self, outcome: Outcome, log: FilteringBoundLogger) -> None:
         """Store what the outcome delivers, then withdraw what it withdraws (in that order:
-        a job's message goes only once its terminal delivery is stored)."""
+        a job's work goes only once its terminal delivery is stored)."""
         record = outcome.record
         for action in outcome.actions:
             match action:
@@ -158,12 +157,9 @@ class JobRecords:
                     await self._deliver(record, "result", data, log)
                 case DeliverError(code=code, message=message):
                     await self._deliver(record, "error", {"code": code, "message": message}, log)
-                case DeliverProgress(percent=percent):
-                    # One progress report is one revision of the record: a repeat is deduped.
-                    progress_id = f"{record.job_id}:progress:{revision}"
-                    await self._deliver(record, "progress", {"percent": percent}, log, progress_id)
                 case WithdrawJob(seq=seq):
-                    there = await delete_message(self._nc, subjects.JOBS_STREAM, seq)
+                    with bus_errors(f"withdrawing job {record.job_id}"):
+                        there = await delete_message(self._nc, subjects.JOBS_STREAM, seq)
                     log.debug("job.withdrawn", seq=seq, was_there=there)
                 case Ignore(reason=reason):
                     log.info("job.input_ignored", reason=reason)
@@ -173,17 +169,15 @@ class JobRecords:
     async def _deliver(
         self,
         record: JobRecord,
-        kind: Literal["result", "error", "progress"],
+        kind: Literal["result", "error"],
         data: JsonValue,
         log: FilteringBoundLogger,
-        delivery_id: str | None = None,
     ) -> None:
         delivery = Delivery(
-            id=record.job_id + TERMINAL_SUFFIX if delivery_id is None else delivery_id,
+            id=record.job_id + TERMINAL_SUFFIX,
             kind=kind,
             session_id=record.session_id,
             user=record.user,
-            receipt_to=None if kind == "progress" else RECEIPTS_TO,
             job_id=record.job_id,
             trace_id=record.trace_id,
             traceparent=record.traceparent,
@@ -191,22 +185,18 @@ class JobRecords:
         )
         seq = await self._queue.put(delivery)
         # Stored for the session, not delivered: only the client's ack makes it so.
-        (log.debug if kind == "progress" else log.info)(
-            "job.queued_for_session", kind=kind, id=delivery.id, seq=seq
-        )
+        log.debug("job.queued_for_session", kind=kind, id=delivery.id, seq=seq)
 
 
 def _log_state(before: JobRecord, after: JobRecord, log: FilteringBoundLogger) -> None:
     """Log (and count) a change of the job's state, as written."""
-    running = after.state is JobState.RUNNING
-    if running and (before.state is not JobState.RUNNING or after.attempt != before.attempt):
-        ATTEMPTS_STARTED.inc()  # a newer attempt replacing one thought lost counts too
+    if after.attempt != before.attempt:
+        ATTEMPTS_STARTED.inc()
     if after.state is before.state:
         return
     if after.state.terminal:
         JOBS_ENDED.labels(state=after.state.value).inc()
-        if after.submitted_at is not None:
-            JOB_SECONDS.labels(state=after.state.value).observe(time.time() - after.submitted_at)
+        JOB_SECONDS.labels(state=after.state.value).observe(time.time() - after.submitted_at)
     (log.info if after.state.terminal else log.debug)(
         "job.state", state=after.state.value, was=before.state.value, attempt=after.attempt
     )

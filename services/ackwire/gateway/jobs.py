@@ -18,12 +18,13 @@ import structlog
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from nats.js import JetStreamContext
+from nats.js.api import Header
 from websockets.exceptions import ConnectionClosed
 
 from ackwire.bus import subjects
 from ackwire.bus.boundary import bus_errors
 from ackwire.bus.nodes import NodeDirectory
-from ackwire.errors import BusError
+from ackwire.errors import BusError, SequenceConflictError
 from ackwire.jobs.messages import JobSubmitted, new_job_id
 from ackwire.lifecycle import BackgroundTasks
 from ackwire.tracing import span
@@ -33,6 +34,9 @@ from ackwire.wire.rate import TokenBucket
 from ackwire.wire.tracecontext import trace_id_of
 
 _STORE_TIMEOUT_S = 5.0
+#: The subject `Nats-Expected-Last-Subject-Sequence` is checked on, if not the publish's
+#: own (nats-server 2.11 and later; nats-py has no constant for it).
+_EXPECTED_LAST_ON = "Nats-Expected-Last-Subject-Sequence-Subject"
 SUBMITS_IN_FLIGHT = 64
 
 _log = structlog.get_logger("ackwire.gateway")
@@ -106,10 +110,20 @@ class JobIntake:
             with bus_errors(f"storing job {job.job_id}"):
                 async with asyncio.timeout(_STORE_TIMEOUT_S):
                     await self._js.publish(
-                        subjects.job_subject(job.kind),
+                        subjects.work_subject(job.kind, job.job_id),
                         job.to_bytes(),
-                        headers={"Nats-Msg-Id": job.job_id, "traceparent": context},
+                        headers={
+                            # Stored only if nothing of the job ever was: the same job id
+                            # (the same idempotency key) is one job for as long as its
+                            # record is kept, however late the resubmit.
+                            Header.EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
+                            _EXPECTED_LAST_ON: subjects.anything_of_job(job.job_id),
+                            "traceparent": context,
+                        },
                     )
+        except SequenceConflictError:
+            log.info("job.accepted_again")  # stored before: a resubmit, or a retried store
+            return Accepted(ref=frame.ref, job_id=job.job_id)
         except BusError as exc:
             # Maybe stored, maybe not: the client may resubmit under its idempotency key.
             log.warning("job.store_unconfirmed", error=str(exc))

@@ -60,14 +60,15 @@ class Node:
     async def start(self) -> None:
         js = await self._bus.connect()
         nc = self._bus.broker.connection
-        records = JobRecords(
-            nc,
-            await js.key_value(subjects.JOBS_BUCKET),
-            SessionQueue(nc, js),
-            JobLedger.from_settings(self._settings),
-        )
+        queue = SessionQueue(nc, js)
         self._worker = Worker(
-            js, records, self._settings, node=self._name, kinds=self._kinds, capacity=self._capacity
+            nc,
+            JobRecords(nc, queue, JobLedger.from_settings(self._settings)),
+            queue,
+            self._settings,
+            node=self._name,
+            kinds=self._kinds,
+            capacity=self._capacity,
         )
         await self._worker.start()
         self._lease = Lease(

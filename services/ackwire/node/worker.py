@@ -2,17 +2,24 @@
 
 A job's work is the job's own message in the jobs stream, as the gateway
 stored it: one durable consumer per kind, shared by every node serving it,
-reads it beside the scheduler's. Its `ack_wait` is the job timeout and its
-`max_deliver` the attempt limit, so JetStream itself takes a job from a node
-that died or went silent and hands it to the next one. The attempt number is
-JetStream's delivery count of the message.
+reads it beside the scheduler's job timers. Its `ack_wait` is the job timeout,
+so JetStream itself takes a job from a node that died or went silent and hands
+it to the next one. That is the one clock of an attempt's liveness: a node keeps
+the work of its running attempts alive (`in_progress`, confirmed), and nothing
+else.
 
-A node writes the job's record itself (`JobRecords`): it asks the ledger
-before it runs a handler (work of a job that ended, or that a newer attempt
-runs, is dropped unrun), keeps the attempt alive whenever it reported nothing
-for a third of the job timeout (for JetStream, `in_progress`, and for the
-ledger), and ends it: the result is stored for the client's session straight
+A node writes the job's record itself (`JobRecords`): it asks the ledger before
+it runs a handler (work of a job that ended, or a delivery older than the one a
+newer attempt runs, is dropped unrun; the grant says which attempt it is), and
+it ends the attempt: the result is stored for the client's session straight
 from here, once the record's compare-and-set said this attempt decides the job.
+
+A failure of the bus is the platform's, never the handler's: a start, an end or
+a progress report the bus did not take is tried again (the work kept alive
+meanwhile), and work whose start could not be written at all is handed back
+unstarted, which spends none of its attempts. Only a handler that raises fails
+its attempt. A handler whose attempt was superseded, or whose job ended
+elsewhere, is told to stop (cancelled) at the next keep-alive.
 """
 
 from __future__ import annotations
@@ -20,9 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import stamina
 import structlog
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -34,18 +45,22 @@ from pydantic import BaseModel, JsonValue, ValidationError
 from structlog.typing import FilteringBoundLogger
 
 from ackwire.bus import subjects
+from ackwire.bus.boundary import bus_errors
+from ackwire.bus.models import Delivery
+from ackwire.bus.session_queue import SessionQueue
 from ackwire.errors import BusError, ConflictError
 from ackwire.jobs.ledger import (
+    AttemptEnd,
     AttemptFailed,
+    Ignore,
     JobInput,
-    KeptAlive,
-    Progressed,
+    RetryLater,
     RunHandler,
     Started,
     Succeeded,
 )
 from ackwire.jobs.messages import TERMINAL_SUFFIX, JobSubmitted, StoredJob
-from ackwire.jobs.records import Applied, JobRecords, Version
+from ackwire.jobs.records import Applied, JobRecords
 from ackwire.lifecycle import cancel_and_wait
 from ackwire.nodekit import JobKind
 from ackwire.settings import Settings
@@ -60,11 +75,20 @@ _BACKLOG_WAIT_S = 0.05
 _ENDING_PER_SLOT = 4
 #: A handler's exception may carry anything (a whole payload, a megabyte of stack).
 _FAILURE_MESSAGE_MAX = 500
-#: How long an attempt's end is retried while the bus fails (a NATS failover takes
-#: seconds); after that its work comes back after the job timeout, and runs again.
-_END_REPORTED_WITHIN_S = 30.0
-_END_RETRY_FIRST_S = 0.1
-_END_RETRY_MAX_S = 2.0
+#: How long a start or an end is tried again while the bus fails (a NATS failover takes
+#: seconds). A start not written by then is handed back unstarted; an end not written
+#: leaves the work to come back after the job timeout, as a new attempt.
+_BUS_PATIENCE_S = 30.0
+_RETRY_FIRST_S = 0.1
+_RETRY_MAX_S = 2.0
+#: How long JetStream has to confirm a keep-alive or a hand-back.
+_ACK_CONFIRM_S = 5.0
+#: JetStream's answers to a delivery (`AckPolicy.EXPLICIT`), sent as requests so that
+#: the server confirms them.
+_IN_PROGRESS = b"+WPI"
+_NAK = b"-NAK"
+
+T = TypeVar("T")
 
 _log = structlog.get_logger("ackwire.node")
 
@@ -89,21 +113,62 @@ def _failure_message(exc: Exception) -> str:
     return message
 
 
+async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, tried again with back-off while the bus fails, for `_BUS_PATIENCE_S`:
+    once plainly (the common case costs no retry machinery), then under stamina."""
+    try:
+        return await call()
+    except BusError:
+        pass
+    async for retry in stamina.retry_context(
+        on=BusError,
+        attempts=None,
+        timeout=_BUS_PATIENCE_S,
+        wait_initial=_RETRY_FIRST_S,
+        wait_max=_RETRY_MAX_S,
+    ):
+        with retry:
+            return await call()
+    raise AssertionError("unreachable: stamina raises once its time is up")
+
+
+async def _answer(nc: Client, msg: Msg, answer: bytes) -> None:
+    """Send JetStream `answer` about `msg` and wait for the server to confirm it. Raises
+    `BusError`."""
+    with bus_errors(f"answering {answer.decode()} for a job's work"):
+        await nc.request(msg.reply, answer, timeout=_ACK_CONFIRM_S)
+
+
 class Attempt:
-    """The `JobContext` a handler gets: tells the ledger of the attempt, keeps its work alive."""
+    """The `JobContext` a handler gets: asks the ledger for the attempt, ends it, keeps its
+    work alive, and passes its progress on to the client."""
 
     def __init__(
-        self, records: JobRecords, msg: Msg, stored: StoredJob, node: str, log: FilteringBoundLogger
+        self,
+        nc: Client,
+        records: JobRecords,
+        queue: SessionQueue,
+        msg: Msg,
+        stored: StoredJob,
+        *,
+        node: str,
+        log: FilteringBoundLogger,
     ) -> None:
+        self._nc = nc
         self._records = records
+        self._queue = queue
         self._msg = msg
         self._stored = stored
         self._node = node
         self._log = log
-        self.attempt = msg.metadata.num_delivered
-        self._version: Version | None = None
-        self._loop = asyncio.get_running_loop()
-        self._reported_at = self._loop.time()
+        self.delivery = msg.metadata.num_delivered
+        """JetStream's delivery count of this work message."""
+        self.attempt = 0
+        """The attempt the ledger granted (0 until it did)."""
+        self._version = records.fresh(stored)
+        self._progress_reports = itertools.count(1)
+        self._progress: asyncio.Task[None] | None = None
+        self._next_progress: float | None = None
 
     @property
     def work(self) -> JobSubmitted:
@@ -117,52 +182,76 @@ class Attempt:
     def trace_id(self) -> str:
         return self._stored.job.trace_id
 
-    async def start(self) -> bool:
-        """Whether the ledger lets this node run the attempt."""
-        applied = await self.report(Started(self.attempt, self._node))
-        return applied is not None and RunHandler() in applied.outcome.actions
+    async def start(self) -> Applied:
+        """Ask the ledger to run this delivery; its answer (`RunHandler` when granted)."""
+        applied = await _patiently(lambda: self._report(Started(self.delivery, self._node)))
+        grant = next((a for a in applied.outcome.actions if isinstance(a, RunHandler)), None)
+        if grant is not None:
+            self.attempt = grant.attempt
+        return applied
+
+    async def end(self, event: AttemptEnd) -> Applied:
+        """Report the attempt's end, again while the bus fails, for a bounded time."""
+        return await _patiently(lambda: self._report(event))
+
+    async def _report(self, event: JobInput) -> Applied:
+        applied = await self._records.apply(self._stored, event, self._log, known=self._version)
+        self._version = applied.version
+        return applied
 
     async def progress(self, percent: float) -> None:
-        await self._msg.in_progress()
-        await self.report(Progressed(self.attempt, max(0.0, min(100.0, percent))))
+        """Pass the progress on to the client. Never raises the bus's errors: a report the
+        bus did not take is tried again in the background, and a newer one replaces it."""
+        self._next_progress = max(0.0, min(100.0, percent))
+        if self._progress is None or self._progress.done():
+            self._progress = asyncio.create_task(self._store_progress())
 
-    async def report(self, event: JobInput) -> Applied | None:
-        """Apply `event` to the job's record (and carry out the outcome); raises `BusError`."""
-        applied = await self._records.apply(
-            self.job_id, event, self._log, stored=self._stored, known=self._version
-        )
-        if applied is not None:
-            self._version = applied.version
-        self._reported_at = self._loop.time()
-        return applied
-
-    async def end(self, event: Succeeded | AttemptFailed) -> Applied | None:
-        """Report the attempt's end, again while the bus fails, for a bounded time."""
-        applied: Applied | None = None
-        async for retry in stamina.retry_context(
-            on=BusError,
-            attempts=None,
-            timeout=_END_REPORTED_WITHIN_S,
-            wait_initial=_END_RETRY_FIRST_S,
-            wait_max=_END_RETRY_MAX_S,
-        ):
-            with retry:
-                applied = await self.report(event)
-        return applied
-
-    async def keep_alive(self, every: float) -> None:
-        """Tell JetStream and the ledger that the attempt runs, whenever it reported nothing
-        for `every` seconds. A beat the bus lost is logged, and the next one is `every` on."""
-        while True:
-            await asyncio.sleep(self._reported_at + every - self._loop.time())
-            if self._loop.time() - self._reported_at < every:
-                continue  # a report went meanwhile
-            self._reported_at = self._loop.time()
+    async def _store_progress(self) -> None:
+        while (percent := self._next_progress) is not None:
+            self._next_progress = None
+            delivery = Delivery(
+                id=f"{self.job_id}:progress:{self.attempt}:{next(self._progress_reports)}",
+                kind="progress",
+                session_id=self.work.session_id,
+                user=self.work.user,
+                job_id=self.job_id,
+                trace_id=self.trace_id,
+                data={"percent": percent},
+            )
             try:
-                await self._msg.in_progress()
-                await self.report(KeptAlive(self.attempt))
-            except (NatsError, JetStreamError, TimeoutError, BusError, ConflictError) as exc:
-                self._log.warning("job.keep_alive_lost", error=str(exc) or type(exc).__name__)
+                await _patiently(lambda: self._queue.put(delivery))  # noqa: B023
+            except BusError as exc:
+                self._log.warning("job.progress_lost", percent=percent, error=str(exc))
+
+    async def keep_alive(self, every: float, handler: asyncio.Task[JsonValue]) -> None:
+        """Every `every` seconds, tell JetStream that the attempt runs (its one clock of
+        liveness), and look at the record: a handler whose attempt a newer one superseded,
+        or whose job ended elsewhere, is told to stop. A beat the bus lost is logged; the
+        next one comes `every` on (a third of the job timeout: two may be lost)."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await _answer(self._nc, self._msg, _IN_PROGRESS)
+            except BusError as exc:
+                self._log.warning("job.keep_alive_lost", error=str(exc))
+            if handler.done():
+                continue  # the end is being reported: nothing left to stop
+            try:
+                current = await self._records.read(self._stored)
+            except BusError:
+                continue
+            if current.record.state.terminal or current.record.attempt != self.attempt:
+                self._log.info(
+                    "job.attempt_superseded",
+                    state=current.record.state.value,
+                    newest_attempt=current.record.attempt,
+                )
+                handler.cancel()
+
+    async def settled(self) -> None:
+        """Wait for the progress still being stored (bounded by `_BUS_PATIENCE_S`)."""
+        if self._progress is not None:
+            await asyncio.wait({self._progress})
 
 
 class _HeldSlot:
@@ -183,16 +272,19 @@ class Worker:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: Client,
         records: JobRecords,
+        queue: SessionQueue,
         settings: Settings,
         *,
         node: str,
         kinds: dict[str, JobKind[BaseModel, BaseModel]],
         capacity: int,
     ) -> None:
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream()
         self._records = records
+        self._queue = queue
         self._settings = settings
         self._node = node
         self._kinds = kinds
@@ -211,10 +303,12 @@ class Worker:
                 subjects.JOBS_STREAM,
                 ConsumerConfig(
                     durable_name=subjects.work_consumer(kind),
-                    filter_subject=subjects.job_subject(kind),
+                    filter_subject=subjects.work_of_kind(kind),
                     ack_policy=AckPolicy.EXPLICIT,
                     ack_wait=self._settings.job_timeout_s,
-                    max_deliver=self._settings.max_attempts,
+                    # The ledger counts attempts (a delivery it never granted spends none)
+                    # and ends a job whose last attempt's work came back.
+                    max_deliver=-1,
                     max_ack_pending=-1,
                 ),
             )
@@ -326,74 +420,117 @@ class Worker:
             job_id=work.job_id,
             trace_id=work.trace_id,
             session_id=work.session_id,
-            attempt=msg.metadata.num_delivered,
+            delivery=msg.metadata.num_delivered,
         )
         stored = StoredJob.of(work, msg)
-        attempt = Attempt(self._records, msg, stored, self._node, log)
-        with span(
-            "ackwire.attempt",
-            stored.traceparent,
-            trace_id=work.trace_id,
-            job_id=work.job_id,
-            attempt=attempt.attempt,
-        ):
-            await self._ask_and_run(kind, msg, slot, attempt, log)
-
-    async def _ask_and_run(
-        self, kind: str, msg: Msg, slot: _HeldSlot, attempt: Attempt, log: FilteringBoundLogger
-    ) -> None:
+        attempt = Attempt(
+            self._nc, self._records, self._queue, msg, stored, node=self._node, log=log
+        )
+        keep_alive: asyncio.Task[None] | None = None
         try:
-            if not await attempt.start():
-                log.info("job.work_dropped")
-                await msg.term()
-                return
-            log.info("job.attempt_started", kind=kind)
-            end: Succeeded | AttemptFailed
-            try:
-                end = Succeeded(attempt.attempt, await self._run(kind, attempt))
-            except Exception as exc:
-                failure = _failure_message(exc)
-                log.warning("job.attempt_failed", error=failure)
-                end = AttemptFailed(attempt.attempt, failure)
+            # The attempt's span: asked for, and run (its end is stored after).
+            with span(
+                "ackwire.attempt",
+                stored.traceparent,
+                trace_id=work.trace_id,
+                job_id=work.job_id,
+                delivery=attempt.delivery,
+            ):
+                handler = await self._granted(kind, msg, attempt, log)
+                if handler is None:
+                    return
+                log = log.bind(attempt=attempt.attempt)
+                keep_alive = asyncio.create_task(
+                    attempt.keep_alive(self._keep_alive_every, handler)
+                )
+                end = await self._outcome(kind, attempt, handler, log)
+            await attempt.settled()
             async with self._ending:
                 # The handler is done: its slot takes the next job while its end is stored.
                 slot.release()
-                await self._settle(msg, attempt.attempt, await attempt.end(end), log)
-        except (NatsError, JetStreamError, TimeoutError, BusError, ConflictError) as exc:
-            # Unreported or unacked: JetStream gives the work to a node again after ack_wait.
-            log.warning("job.attempt_unreported", error=str(exc) or type(exc).__name__)
-
-    async def _run(self, kind: str, attempt: Attempt) -> JsonValue:
-        """The handler's result, the attempt kept alive while it runs (and only then: a
-        beat after the attempt's last report would say a failed attempt still runs)."""
-        keep_alive = asyncio.create_task(attempt.keep_alive(self._keep_alive_every))
-        try:
-            data = await self._kinds[kind](attempt.work.payload, attempt)
+                if end is not None:
+                    await self._settle(msg, attempt, await attempt.end(end), log)
+        except (BusError, ConflictError) as exc:
+            # Unreported: JetStream gives the work to a node again after ack_wait.
+            log.warning("job.attempt_unreported", error=str(exc))
         finally:
             await cancel_and_wait(keep_alive)
-        # Stored, a result no client accepts would never be delivered.
-        refuse_oversized_deliver(
-            self._settings.max_frame_bytes,
-            delivery_id=attempt.job_id + TERMINAL_SUFFIX,
-            kind="result",
-            job_id=attempt.job_id,
-            data=data,
-        )
-        return data
+
+    async def _granted(
+        self, kind: str, msg: Msg, attempt: Attempt, log: FilteringBoundLogger
+    ) -> asyncio.Task[JsonValue] | None:
+        """The handler, running, once the ledger granted the attempt; `None` if it did not
+        (the work was answered as it needs)."""
+        try:
+            started = await attempt.start()
+        except (BusError, ConflictError) as exc:
+            # Not started: handed back, it spends none of the job's attempts.
+            log.warning("job.start_unrecorded", error=str(exc))
+            with contextlib.suppress(BusError):
+                await _answer(self._nc, msg, _NAK)
+            return None
+        if not attempt.attempt:
+            log.info("job.work_dropped", reason=_reason(started))
+            if started.version.record.state.terminal:
+                with contextlib.suppress(NatsError):
+                    await msg.ack()  # the ledger withdrew the work (again) already
+            return None  # else a newer delivery is another attempt's: its answer is theirs
+        log.info("job.attempt_started", kind=kind, attempt=attempt.attempt)
+        return asyncio.create_task(self._kinds[kind](attempt.work.payload, attempt))
+
+    async def _outcome(
+        self,
+        kind: str,
+        attempt: Attempt,
+        handler: asyncio.Task[JsonValue],
+        log: FilteringBoundLogger,
+    ) -> AttemptEnd | None:
+        """How the handler ended: its result, its failure, or `None` when it was told to
+        stop (its attempt superseded, or its job ended elsewhere: nothing to report)."""
+        try:
+            data = await handler
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise  # the node is stopping, not the handler
+            return None
+        except Exception as exc:
+            failure = _failure_message(exc)
+            log.warning("job.attempt_failed", error=failure)
+            return AttemptFailed(attempt.attempt, failure)
+        try:
+            # Stored, a result no client accepts would never be delivered.
+            refuse_oversized_deliver(
+                self._settings.max_frame_bytes,
+                delivery_id=attempt.job_id + TERMINAL_SUFFIX,
+                kind="result",
+                job_id=attempt.job_id,
+                data=data,
+            )
+        except ValueError as exc:
+            failure = _failure_message(exc)
+            log.warning("job.attempt_failed", error=failure)
+            return AttemptFailed(attempt.attempt, failure)
+        return Succeeded(attempt.attempt, data)
 
     async def _settle(
-        self, msg: Msg, attempt: int, ended: Applied | None, log: FilteringBoundLogger
+        self, msg: Msg, attempt: Attempt, ended: Applied, log: FilteringBoundLogger
     ) -> None:
         """Answer JetStream for the work once the ledger took the attempt's end."""
-        if ended is None:  # the job's record is gone (expired): nothing waits for it
-            await msg.term()
-            return
-        record = ended.outcome.record
-        if record.attempt > attempt:
+        record = ended.version.record
+        if any(isinstance(action, RetryLater) for action in ended.outcome.actions):
+            # Failed with attempts left: the next one, at once. A hand-back JetStream did
+            # not confirm is given again by JetStream after ack_wait.
+            with contextlib.suppress(BusError):
+                await _answer(self._nc, msg, _NAK)
+        elif record.attempt != attempt.attempt:
             # A newer attempt runs this same message: its answer is that attempt's to give.
             log.info("job.superseded_attempt_ended")
-            return
-        if record.state.terminal:
-            await msg.ack()  # the message is withdrawn already, or will be by the job's timer
-        else:
-            await msg.nak()  # a failed attempt with attempts left: the next one, at once
+        elif record.state.terminal:
+            with contextlib.suppress(NatsError):
+                await msg.ack()  # the work is withdrawn already; a lost ack changes nothing
+
+
+def _reason(applied: Applied) -> str:
+    """Why the ledger did not grant a start, for the log."""
+    reasons = [a.reason for a in applied.outcome.actions if isinstance(a, Ignore)]
+    return reasons[0] if reasons else f"job {applied.version.record.state.value}"

@@ -12,9 +12,11 @@ from ackwire.bus.models import NodeRegistration
 from ackwire.bus.nodes import NodeDirectory
 from ackwire.bus.receipts import Receipts
 from ackwire.bus.session_queue import SessionQueue
+from ackwire.jobs.ledger import JobLedger
+from ackwire.jobs.records import JobRecords
 from ackwire.lifecycle import cancel_and_wait
 from ackwire.scheduler.expiry import ExpirySweeper
-from ackwire.scheduler.jobs import JobSupervisor
+from ackwire.scheduler.jobs import JobTimers
 from ackwire.settings import Settings
 
 _log = structlog.get_logger("ackwire.scheduler")
@@ -24,8 +26,8 @@ class Scheduler:
     def __init__(self, settings: Settings, *, name: str, host: str) -> None:
         self._name = subjects.service_token(name)
         self._bus = ServiceBroker(settings, name=self._name, http_host=host)
-        self._jobs = JobSupervisor(settings, self._bus)
         self._directory = NodeDirectory()
+        self._timers = JobTimers(settings, self._directory)
         self._settings = settings
         self._sweeping: asyncio.Task[None] | None = None
 
@@ -49,7 +51,6 @@ class Scheduler:
         js = await self._bus.connect()
         nc = self._bus.broker.connection
         queue = SessionQueue(nc, js)
-        await self._jobs.bind(nc, js, queue)
         sweeper = ExpirySweeper(
             queue,
             Receipts(nc),
@@ -59,10 +60,12 @@ class Scheduler:
         )
         self._sweeping = asyncio.create_task(sweeper.run(), name="expiry sweeper")
         await self._directory.follow(await js.key_value(subjects.NODES_BUCKET))
+        await self._timers.start(nc, JobRecords(nc, queue, JobLedger.from_settings(self._settings)))
         await self._bus.serve()
         _log.info("scheduler.serving")
 
     async def drain(self) -> None:
+        await self._timers.drain()
         await cancel_and_wait(self._sweeping)
         await self._directory.stop()
         await self._bus.stop()

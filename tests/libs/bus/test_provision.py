@@ -22,7 +22,6 @@ async def test_provisioning_creates_every_bucket_and_is_idempotent(
         f"KV_{subjects.SESSIONS_BUCKET}",
         f"KV_{subjects.GATEWAYS_BUCKET}",
         f"KV_{subjects.NODES_BUCKET}",
-        f"KV_{subjects.JOBS_BUCKET}",
         subjects.SESSIONS_STREAM,
         subjects.JOBS_STREAM,
         subjects.RECEIPTS_STREAM,

@@ -21,18 +21,13 @@ def counted(name: str, **labels: str) -> float:
 async def test_an_attempt_replacing_a_running_one_is_counted_as_started(
     nats_server: EmbeddedNats, settings: Settings
 ) -> None:
-    """JetStream redelivered the work (its node went silent) before the job's timer said
-    the first attempt was lost: the record goes from running to running, attempt 1 to 2."""
+    """JetStream redelivered the work (its node went silent): the record goes from running
+    to running, attempt 1 to 2, and the first start wrote without reading."""
     nc = await nats.connect(nats_server.url)
     try:
         js = nc.jetstream()
         await provision(js, settings)
-        records = JobRecords(
-            nc,
-            await js.key_value(subjects.JOBS_BUCKET),
-            SessionQueue(nc, js),
-            JobLedger.from_settings(settings),
-        )
+        records = JobRecords(nc, SessionQueue(nc, js), JobLedger.from_settings(settings))
         session_id = subjects.new_session_id()
         job = JobSubmitted(
             job_id=new_job_id(session_id, None),
@@ -47,14 +42,14 @@ async def test_an_attempt_replacing_a_running_one_is_counted_as_started(
         started = counted("ackwire_job_attempts_started_total")
         ended = counted("ackwire_jobs_ended_total", state="done")
 
-        for attempt in (1, 2):
+        for delivery in (1, 2):
             applied = await records.apply(
-                job.job_id, Started(attempt, f"node-{attempt}"), log, stored=stored
+                stored, Started(delivery, f"node-{delivery}"), log, known=records.fresh(stored)
             )
-            assert applied is not None
-            assert applied.outcome.actions == (RunHandler(),)
+            assert applied.outcome.actions == (RunHandler(delivery),)
             assert applied.outcome.record.state is JobState.RUNNING
-        await records.apply(job.job_id, Succeeded(2, {}), log, stored=stored)
+        await records.apply(stored, Succeeded(2, {}), log)
+        assert (await records.read(stored)).record.state is JobState.DONE
 
         assert counted("ackwire_job_attempts_started_total") == started + 2
         assert counted("ackwire_jobs_ended_total", state="done") == ended + 1

@@ -14,6 +14,7 @@ from ackwire.bus.embedded import EmbeddedNats, free_port
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.gateway.server import Gateway
 from ackwire.jobs.ledger import Ignore, JobLedger, Succeeded
+from ackwire.jobs.messages import JobSubmitted, StoredJob
 from ackwire.jobs.records import JobRecords
 from ackwire.scheduler.service import Scheduler
 from ackwire.settings import Settings
@@ -89,16 +90,18 @@ async def test_a_node_killed_mid_job_and_the_job_completes_on_another_exactly_on
         # The killed node's attempt "comes back" late: dropped, never delivered twice.
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream()
-        records = JobRecords(
-            nc,
-            await js.key_value(subjects.JOBS_BUCKET),
-            SessionQueue(nc, js),
-            JobLedger.from_settings(job_settings),
-        )
+        records = JobRecords(nc, SessionQueue(nc, js), JobLedger.from_settings(job_settings))
         log = structlog.get_logger("test").bind(job_id=accepted.job_id)
-        late = await records.apply(accepted.job_id, Succeeded(1, {"late": True}), log)
+        work = JobSubmitted(
+            job_id=accepted.job_id,
+            session_id=subjects.new_session_id(),
+            user="alice",
+            kind="sleep",
+            payload={"seconds": 2},
+            trace_id="t",
+        )
+        late = await records.apply(StoredJob(work, seq=0), Succeeded(1, {"late": True}), log)
         await nc.close()
-        assert late is not None
         assert late.outcome.actions == (Ignore("superseded attempt 1"),)
         await send(client.ws, Ping())
         assert isinstance(await receive(client.ws), Pong)  # no second result came first
@@ -136,7 +139,7 @@ async def test_the_seed_bug_a_node_started_before_the_scheduler_serves_at_once(
     logs: LogWatch,
 ) -> None:
     """No scheduler is on a job's way: a node that starts first runs jobs, and a scheduler
-    started later only notes the client's receipt."""
+    started later finds nothing left to do for them (their work is withdrawn)."""
     node = await start_node("node-early", nats_server, job_settings)
     try:
         await logs.wait_for("node.joined", service="gw-t", node="node-early")
@@ -146,7 +149,11 @@ async def test_the_seed_bug_a_node_started_before_the_scheduler_serves_at_once(
         [result] = await client.until_terminal(accepted.job_id)
         assert result.data == {"early": True}
         scheduler = await start_scheduler("scheduler-late", nats_server, job_settings)
-        await scheduler.log_event("job.result_receipted", job_id=accepted.job_id)
+        await scheduler.log_event("scheduler.serving")
+        later = await client.submit(Submit(ref="c-2", kind="echo", payload={"later": True}))
+        assert isinstance(later, Accepted)
+        assert (await client.until_terminal(later.job_id))[-1].data == {"later": True}
+        assert not [e for e in scheduler.logs if e.get("job_id") == accepted.job_id]
         await scheduler.stop()
         await client.ws.close()
     finally:

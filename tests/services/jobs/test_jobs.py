@@ -10,9 +10,8 @@ from nats.js.errors import NotFoundError
 from pydantic import JsonValue
 from websockets.asyncio.client import ClientConnection
 
-from ackwire.bus import subjects
+from ackwire.bus import provision, subjects
 from ackwire.bus.embedded import EmbeddedNats
-from ackwire.jobs.ledger import JobRecord, JobState
 from ackwire.node.demo_kinds import DEMO_KINDS, AnyObject, SleepPayload, Slept
 from ackwire.nodekit import JobContext, JobKind
 from ackwire.wire import encode
@@ -81,16 +80,16 @@ async def test_an_echo_job_is_accepted_run_and_its_result_delivered(
         {"a": [1, "二"]},
     )
     delivered = await logs.wait_for("delivery.delivered", job_id=accepted.job_id)
-    await logs.wait_for("job.result_receipted", job_id=accepted.job_id)
     # One grep of the trace id tells the job's story, each line saying where it happened.
     story = [e for e in logs.events if e.get("trace_id") == delivered["trace_id"]]
     steps = {e["event"]: e for e in story}
     assert steps["job.accepted"]["gateway"] == "gw-t"
     assert steps["job.attempt_started"]["node"] == "node-t"
-    # The node stores the result for the session itself: the scheduler is not on the way.
-    assert steps["job.queued_for_session"]["node"] == "node-t"
+    # The node decides the job and stores its result for the session itself: the
+    # scheduler is not on the way.
+    assert (steps["job.state"]["state"], steps["job.state"]["node"]) == ("done", "node-t")
     assert steps["delivery.delivered"]["gateway"] == "gw-t"
-    assert steps["job.result_receipted"]["scheduler"] == "scheduler-t"
+    assert not [e for e in story if "scheduler" in e]
     assert all(e["job_id"] == accepted.job_id for e in story)
     assert all(e.get("session_id") == delivered["session_id"] for e in story if "gateway" in e)
     await client.ws.close()
@@ -224,14 +223,18 @@ async def test_a_huge_failure_message_is_cut_short_so_its_error_can_be_delivered
 
 
 class Tally:
-    """A job kind whose every run is noted: a side effect a test can count."""
+    """A job kind whose every run is noted: a side effect a test can count. With `hold`,
+    each run waits for it before it returns."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: asyncio.Event | None = None) -> None:
         self.ran: list[dict[str, JsonValue]] = []
+        self.hold = hold
         self.kind = JobKind("tally", AnyObject, self._run)
 
     async def _run(self, payload: AnyObject, _job: JobContext) -> AnyObject:
         self.ran.append(payload.root)
+        if self.hold is not None:
+            await self.hold.wait()
         return payload
 
 
@@ -336,19 +339,33 @@ async def test_a_job_longer_than_the_job_timeout_is_kept_alive_by_its_node(
     await client.ws.close()
 
 
-async def test_the_clients_ack_of_a_result_is_noted_in_the_ledger(
-    stack: Stack, make_token: MakeToken, logs: LogWatch
+async def test_the_same_key_past_the_stores_duplicate_window_is_the_same_job_run_once(
+    start_stack: StartStack, make_token: MakeToken, logs: LogWatch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The SDKs resend an unanswered submit with its key however late. Past JetStream's
+    duplicate window (two minutes; a second here) the resubmit of a job still running
+    must be answered with its id and run nothing (issue 18, finding 2); before, it was
+    stored again and granted as the same attempt while the first ran."""
+    monkeypatch.setattr(provision, "_dedupe_window", lambda _settings: 1.0)
+    tally = Tally(hold=asyncio.Event())
+    stack = await start_stack(kinds={"tally": tally.kind})
     client = await connect(stack.gateway.url, make_token())
-    accepted = await client.submit(Submit(ref="c-r", kind="echo", payload={}))
-    assert isinstance(accepted, Accepted)
-    await client.until_terminal(accepted.job_id)  # the client acks what it receives
-    await logs.wait_for("job.result_receipted", job_id=accepted.job_id, outcome="delivered")
-    nc = await nats.connect(stack.settings.nats_url)
-    kv = await nc.jetstream().key_value(subjects.JOBS_BUCKET)
-    record = JobRecord.model_validate_json((await kv.get(accepted.job_id)).value)
-    await nc.close()
-    assert (record.state, record.receipt) == (JobState.DONE, "delivered")
+    frame = Submit(ref="a", kind="tally", payload={"n": 1}, idempotency_key="k-1")
+    first = await client.submit(frame)
+    assert isinstance(first, Accepted)
+    await logs.wait_for("job.attempt_started", job_id=first.job_id)
+    await asyncio.sleep(3)  # not a synchronisation: the window must pass
+    again = await client.submit(frame.model_copy(update={"ref": "b"}))
+    assert again == Accepted(ref="b", job_id=first.job_id)
+    tally.hold.set()
+    assert (await client.until_terminal(first.job_id))[-1].kind == "result"
+    # The node takes a kind's work in the order it was stored: once a later job of the
+    # kind is done, the node has passed any work the resubmit could have stored.
+    later = await client.submit(Submit(ref="c", kind="tally", payload={"n": 2}))
+    assert isinstance(later, Accepted)
+    assert (await client.until_terminal(later.job_id))[-1].kind == "result"
+    assert tally.ran == [{"n": 1}, {"n": 2}], "the same key ran twice"
+    assert [d.kind for d in client.by_job[first.job_id]] == ["result"]
     await client.ws.close()
 
 

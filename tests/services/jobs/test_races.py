@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import nats
 import pytest
 import structlog
-from nats.js.kv import KeyValue
+from nats.js import JetStreamContext
 
 from ackwire.bus import subjects
 from ackwire.bus.provision import provision
@@ -50,12 +50,14 @@ class Rendezvous:
 
 
 def gate(monkeypatch: pytest.MonkeyPatch, method: str, rendezvous: Rendezvous) -> None:
-    real = getattr(KeyValue, method)
+    """Gate JetStream's `method` (a read or a write of a message) by the subject it names."""
+    real = getattr(JetStreamContext, method)
 
-    async def gated(kv: KeyValue, key: str, *args: Any, **kwargs: Any) -> Any:
-        return await rendezvous(key, lambda: real(kv, key, *args, **kwargs))
+    async def gated(js: JetStreamContext, *args: Any, **kwargs: Any) -> Any:
+        subject = kwargs["subject"] if "subject" in kwargs else args[0]
+        return await rendezvous(subject, lambda: real(js, *args, **kwargs))
 
-    monkeypatch.setattr(KeyValue, method, gated)
+    monkeypatch.setattr(JetStreamContext, method, gated)
 
 
 async def test_a_timer_and_a_result_racing_end_in_one_terminal_delivery_matching_the_ledger(
@@ -80,40 +82,43 @@ async def test_a_timer_and_a_result_racing_end_in_one_terminal_delivery_matching
             submitted_at=datetime.fromtimestamp(now - 60, UTC),
         )
         await provision(js, job_settings)
-        # The last attempt runs; its node was last heard a job timeout ago, so the job's
-        # timer fails it, while its node stores its result.
+        # The last attempt runs, and no node has served its kind for longer than the
+        # ledger waits for one (the timer fails the job), while its node stores its result.
+        ledger = JobLedger.from_settings(job_settings)
+        ack = await js.publish(subjects.work_subject("echo", job_id), job.to_bytes())
         running = JobRecord(
             job_id=job_id,
             session_id=session_id,
             user="alice",
             kind="echo",
             trace_id="t-race",
-            job_seq=0,
+            job_seq=ack.seq,
             submitted_at=now - 60,
             state=JobState.RUNNING,
             attempt=last,
+            delivery=last,
             node="node-x",
             waiting_since=now - 60,
-            last_heard_at=now - job_settings.job_timeout_s - 1,
+            unserved_since=now - ledger.unserved_grace - 1,
         )
-        kv = await js.key_value(subjects.JOBS_BUCKET)
-        ack = await js.publish(subjects.job_subject("echo"), job.to_bytes())
-        record = running.model_copy(update={"job_seq": ack.seq})
-        await kv.create(job_id, record.model_dump_json().encode())
-        gate(monkeypatch, "get", Rendezvous(job_id))
-        gate(monkeypatch, "update", Rendezvous(job_id))
+        record_subject = subjects.record_subject("echo", job_id)
+        await js.publish(record_subject, running.model_dump_json().encode())
+        gate(monkeypatch, "get_msg", Rendezvous(record_subject))
+        gate(monkeypatch, "publish", Rendezvous(record_subject))
         with structlog.contextvars.bound_contextvars(scheduler=scheduler.name):
             await scheduler.start()  # its timer reads the record, and waits for the node's read
 
-        node = JobRecords(nc, kv, SessionQueue(nc, js), JobLedger.from_settings(job_settings))
+        node = JobRecords(nc, SessionQueue(nc, js), ledger)
         log = structlog.get_logger("test").bind(job_id=job_id, node="node-x")
-        await node.apply(job_id, Succeeded(last, {"ok": True}), log, stored=StoredJob(job, ack.seq))
+        await node.apply(StoredJob(job, ack.seq), Succeeded(last, {"ok": True}), log)
 
         # The timer's handling is over once it withdrew the job's message: as the winner,
         # or as the loser that found the job ended and made sure of the winner's delivery.
         await logs.wait_for("job.withdrawn", job_id=job_id, scheduler="scheduler-t", timeout=15)
 
-        final = JobRecord.model_validate_json((await kv.get(job_id)).value or b"")
+        final = JobRecord.model_validate_json(
+            (await js.get_msg(subjects.JOBS_STREAM, subject=record_subject)).data or b""
+        )
         queue = await SessionQueue(nc, js).read(session_id, after=0, limit=10)
         terminal = [m.delivery for m in queue.messages if m.delivery.id == job_id + TERMINAL_SUFFIX]
         assert len(terminal) == 1
