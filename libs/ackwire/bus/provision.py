@@ -103,6 +103,7 @@ def streams(settings: Settings) -> list[StreamConfig]:
             settings,
             # One message per subject: a job's work, or its record's latest version.
             max_msgs_per_subject=1,
+            direct=True,  # the schedulers sweep the work with batch direct gets
         ),
     ]
 
@@ -116,11 +117,12 @@ def _stream(
     max_age: float | None = None,
     live: str | None = None,
     max_msgs_per_subject: int = -1,
+    direct: bool = False,
 ) -> StreamConfig:
     """A stream of the suite, retention-bounded, with a duplicate window so a publish
     retried after a lost answer is stored once. With `live`, it republishes each stored
-    message there (with the previous sequence of its subject) and serves reads in
-    batches from any replica."""
+    message there (with the previous sequence of its subject); with `live` or `direct`, it
+    serves reads in batches from any replica."""
     return StreamConfig(
         name=name,
         description=f"ackwire: {what}",
@@ -130,7 +132,7 @@ def _stream(
         max_msgs_per_subject=max_msgs_per_subject,
         storage=StorageType.FILE,
         num_replicas=settings.replicas,
-        allow_direct=True if live else None,
+        allow_direct=True if live or direct else None,
         duplicate_window=_dedupe_window(settings),
         republish=RePublish(src=subject, dest=live) if live else None,
     )

@@ -46,10 +46,9 @@ RECEIPT_SUBJECTS = f"{PREFIX}.receipt.>"
 
 #: Every job's two subjects, `ackwire.jobs.work.<kind>.<job>` and
 #: `ackwire.jobs.record.<kind>.<job>`, one message each (the stream keeps the last):
-#: - its work, as a gateway stored it, read by two durable consumers: the nodes serving
-#:   its kind (a redelivery is a new attempt) and the scheduler's job timers (a
-#:   redelivery is the job's timer firing); deleted once the job's terminal delivery
-#:   is stored;
+#: - its work, as a gateway stored it, read by the durable consumer of the nodes serving
+#:   its kind (a redelivery is a new attempt) and swept by the schedulers once it outlived
+#:   its pending timeout; deleted once the job's terminal delivery is stored;
 #: - its record (the ledger's), written by compare-and-set (the expected last sequence
 #:   of the subject), kept as long as the stream keeps messages: a job id once stored is
 #:   never stored again, whatever became of the job.
@@ -214,10 +213,6 @@ def record_subject(kind: str, job_id: str) -> str:
 def anything_of_job(job_id: str) -> str:
     """Every subject of a job (its work or its record), whatever its kind."""
     return f"{PREFIX}.jobs.*.*.{job_token(job_id)}"
-
-
-#: The scheduler replicas' durable consumer of every job's work: its job timers.
-JOB_TIMERS_CONSUMER = "job-timers"
 
 
 def work_consumer(kind: str) -> str:

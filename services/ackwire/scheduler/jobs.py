@@ -2,44 +2,41 @@
 
 A gateway stores a job; a node takes it from the store, asks the ledger, runs
 it and stores its result for the session (`ackwire.node.worker`). The
-scheduler supervises: it is the job timers' durable consumer of every job's
-work message (beside the nodes' consumers of the same messages), and each
-delivery of a job's message to it is the job's timer firing.
+scheduler supervises, and a job that goes well costs it nothing: its work
+message is withdrawn (deleted) when it ends, long before its first deadline,
+so the scheduler never even reads it.
 
-A job that goes well costs it one delivery it does not even answer: the
-consumer's `ack_wait` is the pending timeout, so an unanswered first delivery
-comes back by itself at the job's first deadline, and a job that ended before
-that had its message withdrawn (deleted), so it never comes back. A delivery
-that does come back is checked with the ledger: the job is ended
-(`no_capacity`, or `failed` when no node is left to run its lost attempt), or
-the message is nak'ed with the delay the ledger asks for. So the timer is
-JetStream's own: durable, shared by every scheduler replica, surviving a
-restart, with no in-process timer table.
-
-The pull loop is plain nats-py, not a FastStream subscriber: FastStream's
-per-message pipeline (dependency injection with a worker-thread hop, a
-correlation id, a logging middleware) cost a third of the scheduler's CPU per
-job when every job crossed it (docs/architecture.md, Jobs).
+What it reads is what outlived its pending timeout. The jobs stream keeps its
+messages in store order, so each replica sweeps it from a cursor (every
+`tick`, a batch read of the work subjects from the cursor up to the first
+message too young to be due) and checks each job it passes with the ledger
+(`TimerFired`): the job ends (`no_capacity`; `failed` when no node is left
+to run its lost attempt), or it goes back on the replica's heap of checks due
+later, at the time the ledger asks. A replica that starts (or restarts) sweeps
+from the stream's first message, so every live job is checked again: nothing
+is lost with a replica, and no consumer holds one pending message per job in
+flight (that cost nats-server half again its CPU per job, docs/architecture.md).
+Replicas check the same jobs independently; the record's compare-and-set
+makes a second check harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import heapq
 import time
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import Error as JetStreamError
 from prometheus_client import Counter
 from pydantic import ValidationError
 
 from ackwire.bus import subjects
+from ackwire.bus.boundary import bus_errors
+from ackwire.bus.direct_get import read_batch, read_one
 from ackwire.bus.nodes import NodeDirectory
 from ackwire.errors import BusError, ConflictError
 from ackwire.jobs.ledger import CheckAt, JobLedger, TimerFired
@@ -48,11 +45,13 @@ from ackwire.jobs.records import JobRecords
 from ackwire.lifecycle import BackgroundTasks, cancel_and_wait
 from ackwire.settings import Settings
 from ackwire.tracing import span
+from ackwire.wire.tracecontext import usable_or_none
 
-#: Timers checked at once (each a few round trips): one job never waits for another's.
+#: Work messages read per request of a sweep.
+_SWEEP_BATCH = 256
+#: Checks under way at once (each a few round trips).
 _CHECKS_AT_ONCE = 64
-_FETCH_WAIT_S = 5.0
-#: How soon a timer whose check the bus interrupted fires again.
+#: How soon a check the bus interrupted comes again.
 _RETRY_S = 0.5
 #: How long a stopping scheduler lets its checks under way finish.
 _DRAIN_S = 5.0
@@ -67,103 +66,130 @@ TIMERS = Counter(
 )
 
 
+@dataclass(order=True, frozen=True, slots=True)
+class _Due:
+    at: float
+    seq: int = field(compare=False)
+    """The job's work message in the jobs stream."""
+
+
 class JobTimers:
     def __init__(self, settings: Settings, nodes: NodeDirectory) -> None:
-        self._settings = settings
         self._ledger = JobLedger.from_settings(settings)
         self._nodes = nodes
+        # Due jobs are found within a quarter of the pending timeout, and at most a second.
+        self._tick = min(1.0, settings.pending_timeout_s / 4)
+        self._nc: Client | None = None
         self._records: JobRecords | None = None
-        self._pulling: asyncio.Task[None] | None = None
+        self._cursor = 1
+        """The next stream sequence the sweep looks at."""
+        self._due: list[_Due] = []
+        """Checks due later (a heap), one per job this replica saw still going on."""
+        self._sweeping: asyncio.Task[None] | None = None
         self._checks = BackgroundTasks()
         self._room = asyncio.Semaphore(_CHECKS_AT_ONCE)
 
     async def start(self, nc: Client, records: JobRecords) -> None:
+        self._nc = nc
         self._records = records
-        js = nc.jetstream()
-        await js.add_consumer(
-            subjects.JOBS_STREAM,
-            ConsumerConfig(
-                durable_name=subjects.JOB_TIMERS_CONSUMER,
-                filter_subject=subjects.WORK_SUBJECTS,
-                ack_policy=AckPolicy.EXPLICIT,
-                # A first delivery left unanswered comes back at the job's first deadline.
-                ack_wait=self._settings.pending_timeout_s,
-                max_deliver=-1,
-                # Every job in flight holds one; the default 1,000 would stall the timers.
-                max_ack_pending=-1,
-            ),
-        )
-        pull = await js.pull_subscribe_bind(
-            subjects.JOB_TIMERS_CONSUMER, stream=subjects.JOBS_STREAM
-        )
-        self._pulling = asyncio.create_task(self._pull(pull), name="job timers")
+        self._sweeping = asyncio.create_task(self._sweep_forever(), name="job timers")
 
     async def drain(self) -> None:
-        """Stop taking timers; let the checks under way finish (bounded). A timer not
-        checked comes back to a replica (or to this one, restarted) after its ack wait."""
-        await cancel_and_wait(self._pulling)
+        """Stop sweeping; let the checks under way finish (bounded). What this replica
+        would have checked, any other replica (or this one, restarted) checks."""
+        await cancel_and_wait(self._sweeping)
         try:
             async with asyncio.timeout(_DRAIN_S):
                 await self._checks.finish()
         except TimeoutError:
             await self._checks.cancel()
 
-    async def _pull(self, pull: JetStreamContext.PullSubscription) -> None:
+    async def _sweep_forever(self) -> None:
         while True:
             try:
-                batch = await pull.fetch(_CHECKS_AT_ONCE, timeout=_FETCH_WAIT_S)
-            except (NatsTimeoutError, TimeoutError):
-                continue
-            except (NatsError, JetStreamError) as exc:
-                _log.warning("scheduler.fetch_failed", error=str(exc) or type(exc).__name__)
-                await asyncio.sleep(_RETRY_S)
-                continue
-            for msg in batch:
-                if self._first_sight_before_due(msg):
-                    continue  # unanswered: it comes back at the job's first deadline
-                await self._room.acquire()
-                self._checks.spawn(self._checked(msg), name="job timer")
+                await self._sweep(time.time())
+            except BusError as exc:
+                _log.warning("scheduler.sweep_interrupted", error=str(exc))
+            await asyncio.sleep(self._tick)
 
-    def _first_sight_before_due(self, msg: Msg) -> bool:
-        """A job's first delivery before its pending deadline needs nothing: nothing of
-        it can be due before then. (The message's store time is the job's submit.)"""
-        metadata = msg.metadata
-        stored_at = metadata.timestamp.timestamp()
-        return metadata.num_delivered == 1 and time.time() < self._ledger.pending_deadline(
-            stored_at
-        )
+    async def _sweep(self, now: float) -> None:
+        """Check every job whose pending deadline passed since the last sweep, then every
+        job whose next check is due."""
+        assert self._nc is not None
+        due_before = now - self._ledger.pending_timeout
+        while True:
+            with bus_errors("sweeping the jobs' work"):
+                read = await read_batch(
+                    self._nc,
+                    subjects.JOBS_STREAM,
+                    subjects.WORK_SUBJECTS,
+                    after=self._cursor - 1,
+                    limit=_SWEEP_BATCH,
+                )
+            for msg in read.messages:
+                seq, stored_at = _position(msg)
+                if stored_at > due_before:
+                    return await self._checks_due(now)  # the rest is younger still
+                self._cursor = seq + 1
+                await self._check_soon(msg, seq)
+            if read.complete:
+                break
+        await self._checks_due(now)
 
-    async def _checked(self, msg: Msg) -> None:
+    async def _checks_due(self, now: float) -> None:
+        assert self._nc is not None
+        while self._due and self._due[0].at <= now:
+            due = heapq.heappop(self._due)
+            with bus_errors("reading a job's work"):
+                msg = await read_one(self._nc, subjects.JOBS_STREAM, due.seq)
+            if msg is not None:  # else withdrawn meanwhile: the job is over
+                await self._check_soon(msg, due.seq)
+
+    async def _check_soon(self, msg: Msg, seq: int) -> None:
+        await self._room.acquire()
+        self._checks.spawn(self._checked(msg, seq), name="job timer")
+
+    async def _checked(self, msg: Msg, seq: int) -> None:
         try:
-            await self._check(msg)
+            await self._check(msg, seq)
         finally:
             self._room.release()
 
-    async def _check(self, msg: Msg) -> None:
+    async def _check(self, msg: Msg, seq: int) -> None:
         assert self._records is not None
         try:
             job = JobSubmitted.model_validate_json(msg.data)
         except ValidationError as exc:
-            _log.error("job.unreadable", error=str(exc))
-            await msg.term()
+            _log.error("job.unreadable", seq=seq, error=str(exc))
             return
         log = _log.bind(job_id=job.job_id, trace_id=job.trace_id, session_id=job.session_id)
-        stored = StoredJob.of(job, msg)
+        traceparent = usable_or_none((msg.headers or {}).get("traceparent"))
+        stored = StoredJob(job, seq, traceparent)
         served = self._nodes.payload_schema(job.kind) is not None
-        with span("ackwire.timer", stored.traceparent, trace_id=job.trace_id, job_id=job.job_id):
+        with span("ackwire.timer", traceparent, trace_id=job.trace_id, job_id=job.job_id):
             try:
                 applied = await self._records.apply(stored, TimerFired(served), log)
             except (BusError, ConflictError) as exc:
                 # Interrupted (a NATS failover): the ledger asks again for what is left.
                 log.warning("job.timer_interrupted", error=str(exc))
-                with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
-                    await msg.nak(delay=_RETRY_S)
+                heapq.heappush(self._due, _Due(time.time() + _RETRY_S, seq))
                 return
         check = next((a for a in applied.outcome.actions if isinstance(a, CheckAt)), None)
-        with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
-            # Lost, either answer comes back after the ack wait, and is checked again.
-            if check is None:  # the job ended, and its message is withdrawn: tidy up
-                await msg.ack()
-            else:
-                await msg.nak(delay=max(_RETRY_S, check.at - time.time()))
+        if check is not None:
+            heapq.heappush(self._due, _Due(check.at, seq))
         TIMERS.labels(outcome="stopped" if check is None else "rearmed").inc()
+
+
+def _position(msg: Msg) -> tuple[int, float]:
+    """A message's stream sequence and when it was stored, from a direct get's headers."""
+    headers = msg.headers or {}
+    stored_at = _parse_timestamp(headers["Nats-Time-Stamp"])
+    return int(headers["Nats-Sequence"]), stored_at
+
+
+def _parse_timestamp(value: str) -> float:
+    """JetStream's RFC 3339 UTC time (nanoseconds), as seconds since the epoch."""
+    # datetime reads microseconds at most: the fraction is cut to six digits.
+    whole, _, fraction = value.rstrip("Z").partition(".")
+    stamp = datetime.fromisoformat(f"{whole}.{fraction[:6].ljust(6, '0')}+00:00")
+    return stamp.timestamp()

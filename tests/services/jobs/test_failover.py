@@ -32,6 +32,7 @@ def node_env(nats_server: EmbeddedNats, settings: Settings) -> dict[str, str]:
     return {
         "ACKWIRE_NATS_URL": nats_server.url,
         "ACKWIRE_JOB_TIMEOUT_S": str(settings.job_timeout_s),
+        "ACKWIRE_PENDING_TIMEOUT_S": str(settings.pending_timeout_s),
         "ACKWIRE_MAX_ATTEMPTS": str(settings.max_attempts),
         "ACKWIRE_LEASE_HEARTBEAT_S": "0.5",
         "ACKWIRE_HTTP_PORT": str(free_port()),
@@ -188,8 +189,9 @@ async def test_a_scheduler_killed_is_replaced_and_one_replica_ends_a_job_its_nod
         replicas = [
             await start_scheduler(f"scheduler-{i}", nats_server, job_settings) for i in (2, 3)
         ]
-        # Silent past the job timeout, then nobody takes it again within the pending one.
-        within = job_settings.job_timeout_s + job_settings.pending_timeout_s + 15
+        # Its node gone, and no other serving its kind for a job timeout and a pending
+        # timeout more (the ledger's grace), it fails.
+        within = 2 * (job_settings.job_timeout_s + job_settings.pending_timeout_s) + 10
         seen = await client.until_terminal(lost.job_id, timeout=within)
         [error] = [d for d in seen if d.kind != "progress"]
         assert error.kind == "error"
