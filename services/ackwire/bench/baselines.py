@@ -37,10 +37,10 @@ _MEASURE_WITHIN_S = 4 * ANSWER_WITHIN_S
 #: and its whole program, start to end, by this.
 _RUN_WITHIN_S = _MEASURE_WITHIN_S + 2 * ANSWER_WITHIN_S
 
-RAW_JETSTREAM = Peer("raw_jetstream", "raw JetStream: publish, pull, confirmed ack")
-RAW_WEBSOCKETS = Peer("raw_websockets", "raw websockets: frame, ack frame")
-SOCKETIO = Peer("socketio", "python-socketio: emit with ack")
-SOCKETIO_ROOMS = Peer("socketio", "python-socketio: a room on each of two servers")
+RAW_JETSTREAM = Peer("raw_jetstream", "raw JetStream", "publish, pull, confirmed ack")
+RAW_WEBSOCKETS = Peer("raw_websockets", "raw websockets", "frame, ack frame")
+SOCKETIO = Peer("socketio", "python-socketio", "emit with ack")
+SOCKETIO_ROOMS = Peer("socketio", "python-socketio", "a room on each of two servers")
 
 
 @dataclass(frozen=True, slots=True)
