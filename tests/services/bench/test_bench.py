@@ -60,6 +60,8 @@ EXPECTED = {
 }
 
 
+# About 45 s on an idle machine, past 80 s on a busy one: the bound is for a hang.
+@pytest.mark.timeout(180)
 async def test_the_quick_bench_prints_every_figure_beside_its_baselines_and_writes_the_json(
     tmp_path: Path,
 ) -> None:
@@ -67,7 +69,7 @@ async def test_the_quick_bench_prints_every_figure_beside_its_baselines_and_writ
     process = await AckwireProcess.start(
         "bench", "--quick", "jobs", "messages", "fanout", "--json", str(out)
     )
-    assert await process.exit_code(timeout=90) == 0, process.stderr_text
+    assert await process.exit_code(timeout=150) == 0, process.stderr_text
     assert process.stderr_text == []
 
     figures = json.loads(out.read_text())
