@@ -1,5 +1,6 @@
 """`ackwire bench [SCENARIO …] [--quick] [--json PATH]`: the scenarios in turn, each on
-a stack of its own; each one's table on stdout as it ends, then the figures as JSON."""
+a stack of its own; each one's table on stdout as it ends, then how many of their
+targets were met, then the figures as JSON."""
 
 from __future__ import annotations
 
@@ -64,6 +65,9 @@ async def run_bench(
         print(f"\n{report.table()}", flush=True)
         print(f"  ({time.monotonic() - began:.1f} s; {_load()})", flush=True)
         reports.append(report)
+    judged = [judged for report in reports for judged in report.judged()]
+    if judged:
+        print(f"\ntargets met: {sum(j.met for j in judged)} of {len(judged)}", flush=True)
     if json_path is not None:
         write_json(json_path, reports)
     return 0

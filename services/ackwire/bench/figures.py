@@ -2,7 +2,8 @@
 
 A ratio is always ackwire's figure divided by the baseline's: below 1 is slower for a
 rate, faster for a latency. Percentiles are by nearest rank, so each is a value that
-was measured.
+was measured. A scenario may declare targets, bounds on such ratios, and the report
+says which were met.
 """
 
 from __future__ import annotations
@@ -103,14 +104,94 @@ class Measured:
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """What a baseline is: its key in the JSON, its name in the table."""
+    """What a baseline is: its key in the JSON, its name, and what it does."""
 
     key: str
-    label: str
+    name: str
+    does: str = ""
+
+    @property
+    def label(self) -> str:
+        """Its name in the table."""
+        return f"{self.name}: {self.does}" if self.does else self.name
+
+    def key_of(self, figure_key: str) -> str:
+        """The key of this peer's figure for the one of ackwire keyed `figure_key`."""
+        return f"{self.key}_{figure_key}"
 
     def measured(self, figure_key: str, value: float, unit: str) -> Measured:
         """This peer's figure for the one of ackwire keyed `figure_key`."""
-        return Measured(f"{self.key}_{figure_key}", self.label, value, unit)
+        return Measured(self.key_of(figure_key), self.label, value, unit)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A bound on the ratio of one of ackwire's figures to a baseline's figure of the same
+    key: at least `bound` for a rate (ackwire does that share of what the baseline does),
+    at most `bound` for a latency (ackwire takes no more than that many times as long)."""
+
+    name: str
+    """What is bounded, in words: "jobs closed loop"."""
+    figure: str
+    """The key of ackwire's figure."""
+    baseline: Peer
+    bound: float
+    is_rate: bool
+    """A rate: the ratio must be at least `bound`; a latency: at most `bound`."""
+
+    @classmethod
+    def rate(cls, name: str, figure: str, baseline: Peer, *, at_least: float) -> Target:
+        return cls(name, figure, baseline, at_least, is_rate=True)
+
+    @classmethod
+    def latency(cls, name: str, figure: str, baseline: Peer, *, at_most: float) -> Target:
+        return cls(name, figure, baseline, at_most, is_rate=False)
+
+    @property
+    def statement(self) -> str:
+        relation = ">=" if self.is_rate else "<="
+        return f"{self.name} {relation} {self.bound:g}x {self.baseline.name}"
+
+    def judged(self, figures: Sequence[Figure]) -> Judged:
+        """Against a report's figures; met only if both figures were measured."""
+        baseline_key = self.baseline.key_of(self.figure)
+        for figure in figures:
+            if figure.ackwire.key != self.figure:
+                continue
+            for baseline in figure.baselines:
+                if baseline.key == baseline_key:
+                    return Judged(self, _ratio(figure.ackwire, baseline))
+        return Judged(self, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    target: Target
+    ratio: float | None
+    """`None`: ackwire's figure or the baseline's was not measured."""
+
+    @property
+    def met(self) -> bool:
+        if self.ratio is None:
+            return False
+        if self.target.is_rate:
+            return self.ratio >= self.target.bound
+        return self.ratio <= self.target.bound
+
+    def line(self) -> str:
+        ratio = "not measured" if self.ratio is None else _readable(self.ratio) + "x"
+        return f"target {'met' if self.met else 'missed'}: {self.target.statement} ({ratio})"
+
+    def as_json(self) -> dict[str, object]:
+        bound = "ratio_at_least" if self.target.is_rate else "ratio_at_most"
+        return {
+            "name": self.target.statement,
+            "figure": self.target.figure,
+            "baseline": self.target.baseline.key_of(self.target.figure),
+            bound: self.target.bound,
+            "ratio": self.ratio,
+            "met": self.met,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +208,17 @@ class Report:
     setup: str
     """What ran: sizes, the stack, settings that differ from the defaults."""
     figures: list[Figure] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
 
     def add(self, ackwire: Measured, *baselines: Measured) -> None:
         self.figures.append(Figure(ackwire, baselines))
 
-    def as_json(self) -> dict[str, dict[str, object]]:
-        metrics: dict[str, dict[str, object]] = {}
+    def judged(self) -> list[Judged]:
+        return [target.judged(self.figures) for target in self.targets]
+
+    def as_json(self) -> dict[str, object]:
+        """Each figure by its key; and, if the scenario has targets, "targets"."""
+        metrics: dict[str, object] = {}
         for figure in self.figures:
             entry: dict[str, object] = {"value": figure.ackwire.value, "unit": figure.ackwire.unit}
             if figure.baselines:
@@ -140,9 +226,12 @@ class Report:
             metrics[figure.ackwire.key] = entry
             for baseline in figure.baselines:
                 metrics[baseline.key] = {"value": baseline.value, "unit": baseline.unit}
+        if self.targets:
+            metrics["targets"] = [judged.as_json() for judged in self.judged()]
         return metrics
 
     def table(self) -> str:
+        """The figures, a row for each baseline with its ratio; then a line per target."""
         rows = [("figure", "ackwire", "baseline, same run", "baseline", "ratio")]
         for figure in self.figures:
             mine = (figure.ackwire.label, _quantity(figure.ackwire))
@@ -160,6 +249,7 @@ class Report:
                 for column, (cell, width) in enumerate(zip(row, widths, strict=True))
             ]
             lines.append(("  " + "  ".join(cells)).rstrip())
+        lines.extend(f"  {judged.line()}" for judged in self.judged())
         return "\n".join(lines)
 
 

@@ -2,13 +2,14 @@
 
 Closed loop: sessions each keep jobs in flight (submit; the terminal `deliver`; ack it;
 the next submit): jobs/s, and each job's latency from its submit to its terminal
-`deliver`. Open loop: the same sessions submit at a fixed rate between them, whether or
-not earlier jobs are done (how a real-time product loads it): each job's latency from
-when it was due, and how many took longer than `LATE_S`. One at a time on the idle
-stack: the `accepted` latency and the result's.
-Beside them, in the same run, with the same payload and as many in flight: raw
-JetStream (publish, pull, confirmed ack), raw `websockets` and python-socketio; beside
-the open loop, raw JetStream offered the same rate.
+`deliver`. Open loop, at each of a few rates: the same sessions submit at that rate
+between them, whether or not earlier jobs are done (how a real-time product loads it):
+each job's latency from when it was due, and how many took longer than `LATE_S`. One at
+a time on the idle stack: the `accepted` latency and the result's.
+Beside them, in the same run, with the same payload and as many in flight: the raw
+durable job loop (the baseline of the targets), raw JetStream (publish, pull, confirmed
+ack), raw `websockets` and python-socketio; beside each open loop, the raw job loop and
+raw JetStream offered the same rate.
 """
 
 from __future__ import annotations
@@ -20,12 +21,21 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection
 
 from ackwire.bench import BenchFailedError, baselines, programs
-from ackwire.bench.baselines import PAYLOAD, RAW_JETSTREAM, RAW_WEBSOCKETS, SOCKETIO, Load
+from ackwire.bench.baselines import (
+    PAYLOAD,
+    RAW_JETSTREAM,
+    RAW_JOB_LOOP,
+    RAW_WEBSOCKETS,
+    SOCKETIO,
+    Load,
+    RawJobLoop,
+)
 from ackwire.bench.figures import (
     COUNT,
     Measured,
     Report,
     RoundTrips,
+    Target,
     closed_loop,
     now,
     open_loop,
@@ -53,13 +63,21 @@ class Sizes:
     baseline_count: int
     """Round trips of each baseline at the closed loop's load."""
     idle_baseline_count: int
-    open_rate: float
-    """Jobs per second the open loop offers, between all its sessions."""
-    open_count: int
+    open_rates: tuple[float, ...]
+    """Jobs per second the open loop offers, between all its sessions: a run at each."""
+    open_s: float
+    """How long each rate is offered."""
+
+    def open_jobs_per_session(self, rate: float) -> int:
+        return max(1, round(rate * self.open_s / self.sessions))
+
+    def open_count(self, rate: float) -> int:
+        """Jobs offered at `rate`, by ackwire's sessions and by each baseline."""
+        return self.open_jobs_per_session(rate) * self.sessions
 
 
-FULL = Sizes(20, 32, 100, 200, 20_000, 500, 200.0, 2_000)
-QUICK = Sizes(4, 8, 25, 20, 2_000, 50, 50.0, 200)
+FULL = Sizes(20, 32, 100, 200, 20_000, 500, (20.0, 200.0, 500.0), 10.0)
+QUICK = Sizes(4, 8, 25, 20, 2_000, 50, (20.0, 50.0), 1.0)
 #: An open-loop job slower than this is late for anything called real time.
 LATE_S = 10.0
 
@@ -167,37 +185,55 @@ async def run_jobs(params: JobsParams, _link: Link) -> JobTimes:
 
 
 async def measure(sizes: Sizes, workdir: Path, nats_url: str | None) -> Report:
+    rates = ", ".join(f"{rate:g}" for rate in sizes.open_rates)
     report = Report(
         "jobs",
         f"closed loop: {sizes.sessions} sessions x {sizes.in_flight} echo jobs in flight,"
-        f" {sizes.jobs_per_session} each; open loop: {sizes.open_count} jobs offered at"
-        f" {sizes.open_rate:g}/s by {sizes.sessions} sessions; one at a time:"
+        f" {sizes.jobs_per_session} each; open loop: {sizes.open_s:g} s at each of {rates}"
+        f" jobs/s offered by {sizes.sessions} sessions; one at a time:"
         f" {sizes.one_at_a_time} jobs; stack: {STACK.describe()}",
+        targets=_targets(sizes.open_rates),
     )
     async with BenchStack(STACK, workdir, nats_url) as stack:
         tokens = [mint_token(stack.secret, f"bench-{i}") for i in range(sizes.sessions)]
         url = stack.gateway_urls[0]
         idle = await _jobs(JobsParams(url, tokens[:1], 1, sizes.one_at_a_time))
         loaded = await _jobs(JobsParams(url, tokens, sizes.in_flight, sizes.jobs_per_session))
-        per_session = sizes.open_count // sizes.sessions
-        offered = await _jobs(
-            JobsParams(url, tokens, 0, per_session, sizes.open_rate / sizes.sessions)
-        )
+        offered = {
+            rate: await _jobs(
+                JobsParams(url, tokens, 0, sizes.open_jobs_per_session(rate), rate / sizes.sessions)
+            )
+            for rate in sizes.open_rates
+        }
+        # The baselines run on the stack's nats-server while the stack is idle.
         one = Load(sizes.idle_baseline_count)
         many = Load(sizes.baseline_count, sizes.sessions, sizes.in_flight)
+        loop_loaded = await baselines.raw_job_loop(
+            stack.nats_url, many.count, in_flight=many.total_in_flight, nats_pid=stack.nats_pid
+        )
+        loop_offered = {
+            rate: await baselines.raw_job_loop(
+                stack.nats_url, sizes.open_count(rate), rate_per_s=rate, nats_pid=stack.nats_pid
+            )
+            for rate in sizes.open_rates
+        }
         js_idle = await baselines.raw_jetstream(stack.nats_url, one, gated=True)
         js_loaded = await baselines.raw_jetstream(
             stack.nats_url, Load(many.count, 1, many.total_in_flight), gated=True
         )
-        js_offered = await baselines.raw_jetstream(
-            stack.nats_url, Load(sizes.open_count), gated=True, rate_per_s=sizes.open_rate
-        )
+        js_offered = {
+            rate: await baselines.raw_jetstream(
+                stack.nats_url, Load(sizes.open_count(rate)), gated=True, rate_per_s=rate
+            )
+            for rate in sizes.open_rates
+        }
     ws_idle, ws_loaded = await baselines.raw_websockets(one, many)
     sio_idle, sio_loaded = await baselines.python_socketio(one, many)
 
     closed = loaded.trips
     report.add(
         Measured("throughput", "closed loop", closed.rate, "jobs/s"),
+        RAW_JOB_LOOP.measured("throughput", loop_loaded.trips.rate, "jobs/s"),
         RAW_JETSTREAM.measured("throughput", js_loaded.trips.rate, "msg/s"),
         RAW_WEBSOCKETS.measured("throughput", ws_loaded.rate, "msg/s"),
         SOCKETIO.measured("throughput", sio_loaded.rate, "msg/s"),
@@ -206,19 +242,30 @@ async def measure(sizes: Sizes, workdir: Path, nats_url: str | None) -> Report:
         key = f"latency_p{q}"
         report.add(
             Measured(key, f"closed loop, submit to result p{q}", closed.ms(q), "ms"),
+            RAW_JOB_LOOP.measured(key, loop_loaded.trips.ms(q), "ms"),
             RAW_JETSTREAM.measured(key, js_loaded.trips.ms(q), "ms"),
             RAW_WEBSOCKETS.measured(key, ws_loaded.ms(q), "ms"),
             SOCKETIO.measured(key, sio_loaded.ms(q), "ms"),
         )
-    rate = f"{sizes.open_rate:g} jobs/s offered"
-    for q in (50, 99):
-        key = f"open_latency_p{q}"
+    for rate in sizes.open_rates:
+        for q in (50, 99):
+            key = f"open_latency_p{q}_{rate:g}"
+            report.add(
+                Measured(
+                    key,
+                    f"open loop, {rate:g} jobs/s offered, p{q}",
+                    offered[rate].trips.ms(q),
+                    "ms",
+                ),
+                RAW_JOB_LOOP.measured(key, loop_offered[rate].trips.ms(q), "ms"),
+                RAW_JETSTREAM.measured(key, js_offered[rate].trips.ms(q), "ms"),
+            )
+        late = sum(latency > LATE_S for latency in offered[rate].trips.latencies)
         report.add(
-            Measured(key, f"open loop, {rate}, p{q}", offered.trips.ms(q), "ms"),
-            RAW_JETSTREAM.measured(key, js_offered.trips.ms(q), "ms"),
+            Measured(
+                f"open_late_{rate:g}", f"open loop, {rate:g}/s, jobs over {LATE_S:g} s", late, COUNT
+            )
         )
-    late = sum(latency > LATE_S for latency in offered.trips.latencies)
-    report.add(Measured("open_late", f"open loop, jobs over {LATE_S:g} s", late, COUNT))
     accepted_p50 = percentile(idle.accepted, 50) * 1000
     report.add(
         Measured("idle_accepted_p50", "one at a time, accepted p50", accepted_p50, "ms"),
@@ -233,9 +280,51 @@ async def measure(sizes: Sizes, workdir: Path, nats_url: str | None) -> Report:
             RAW_WEBSOCKETS.measured(key, ws_idle.ms(q), "ms"),
             SOCKETIO.measured(key, sio_idle.ms(q), "ms"),
         )
-    failed = idle.failed + loaded.failed + offered.failed
+    failed = idle.failed + loaded.failed + sum(run.failed for run in offered.values())
     report.add(Measured("failed", "jobs that ended in `error`", failed, COUNT))
+    _add_cpu_per_job(report, loop_loaded)
     return report
+
+
+def _targets(open_rates: tuple[float, ...]) -> list[Target]:
+    """Issue 18's: ackwire's job path against the raw durable job loop."""
+    return [
+        Target.rate("jobs closed loop", "throughput", RAW_JOB_LOOP, at_least=0.3),
+        *(
+            Target.latency(
+                f"job round trip p99 at {rate:g} jobs/s offered",
+                f"open_latency_p99_{rate:g}",
+                RAW_JOB_LOOP,
+                at_most=2.0,
+            )
+            for rate in open_rates
+        ),
+    ]
+
+
+def _add_cpu_per_job(report: Report, loop: RawJobLoop) -> None:
+    """The raw job loop's CPU per job in its closed loop: in all, then each process's."""
+    used = {"requester": loop.requester_cpu_s, "worker": loop.worker_cpu_s}
+    if loop.nats_cpu_s is not None:
+        used["nats-server"] = loop.nats_cpu_s
+    jobs = len(loop.trips.latencies)
+    report.add(
+        Measured(
+            RAW_JOB_LOOP.key_of("cpu_per_job"),
+            f"raw loop CPU per job ({', '.join(used)})",
+            sum(used.values()) / jobs * 1000,
+            "ms",
+        )
+    )
+    for process, cpu_s in used.items():
+        report.add(
+            Measured(
+                RAW_JOB_LOOP.key_of(f"cpu_per_job_{process.replace('-', '_')}"),
+                f"raw loop CPU per job, {process}",
+                cpu_s / jobs * 1000,
+                "ms",
+            )
+        )
 
 
 async def _jobs(params: JobsParams) -> JobTimes:

@@ -52,6 +52,11 @@ class BenchStack:
         return self._given_nats_url or (self._nats.url if self._nats else "")
 
     @property
+    def nats_pid(self) -> int | None:
+        """The embedded nats-server's process; `None` when it is not the bench's own."""
+        return self._nats.pid if self._nats else None
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "stack.log"
 
