@@ -139,6 +139,10 @@ async def _answer(nc: Client, msg: Msg, answer: bytes) -> None:
         await nc.request(msg.reply, answer, timeout=_ACK_CONFIRM_S)
 
 
+class StoppedError(Exception):
+    """A handler was told to stop: a newer attempt superseded it, or its job ended."""
+
+
 class Attempt:
     """The `JobContext` a handler gets: asks the ledger for the attempt, ends it, keeps its
     work alive, and passes its progress on to the client."""
@@ -169,6 +173,9 @@ class Attempt:
         self._progress_reports = itertools.count(1)
         self._progress: asyncio.Task[None] | None = None
         self._next_progress: float | None = None
+        self._handling: asyncio.Task[object] | None = None
+        """The task running the handler, while it does."""
+        self._told_to_stop = False
 
     @property
     def work(self) -> JobSubmitted:
@@ -223,30 +230,41 @@ class Attempt:
             except BusError as exc:
                 self._log.warning("job.progress_lost", percent=percent, error=str(exc))
 
-    async def keep_alive(self, every: float, handler: asyncio.Task[JsonValue]) -> None:
-        """Every `every` seconds, tell JetStream that the attempt runs (its one clock of
-        liveness), and look at the record: a handler whose attempt a newer one superseded,
-        or whose job ended elsewhere, is told to stop. A beat the bus lost is logged; the
-        next one comes `every` on (a third of the job timeout: two may be lost)."""
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await _answer(self._nc, self._msg, _IN_PROGRESS)
-            except BusError as exc:
-                self._log.warning("job.keep_alive_lost", error=str(exc))
-            if handler.done():
-                continue  # the end is being reported: nothing left to stop
-            try:
-                current = await self._records.read(self._stored)
-            except BusError:
-                continue
-            if current.record.state.terminal or current.record.attempt != self.attempt:
-                self._log.info(
-                    "job.attempt_superseded",
-                    state=current.record.state.value,
-                    newest_attempt=current.record.attempt,
-                )
-                handler.cancel()
+    async def beat(self) -> None:
+        """Tell JetStream that the attempt runs (its one clock of liveness) and, while its
+        handler runs, look at the record: a handler whose attempt a newer one superseded,
+        or whose job ended elsewhere, is told to stop. A beat the bus lost is logged."""
+        try:
+            await _answer(self._nc, self._msg, _IN_PROGRESS)
+        except BusError as exc:
+            self._log.warning("job.keep_alive_lost", error=str(exc))
+        if self._handling is None:
+            return  # the end is being reported: nothing left to stop
+        try:
+            current = await self._records.read(self._stored)
+        except BusError:
+            return
+        newest = current.record
+        if self._handling is not None and (newest.state.terminal or newest.attempt != self.attempt):
+            self._log.info(
+                "job.attempt_superseded", state=newest.state.value, newest_attempt=newest.attempt
+            )
+            self._told_to_stop = True
+            self._handling.cancel()
+
+    async def run(self, handler: JobKind[BaseModel, BaseModel]) -> JsonValue:
+        """The handler's result. Raises what the handler raises, or `StoppedError` when it
+        was told to stop (its attempt superseded, or its job ended elsewhere)."""
+        self._handling = asyncio.current_task()
+        try:
+            return await handler(self.work.payload, self)
+        except asyncio.CancelledError:
+            if not self._told_to_stop or self._handling is None:
+                raise
+            self._handling.uncancel()  # our own cancel, not the node's: it ends here
+            raise StoppedError from None
+        finally:
+            self._handling = None
 
     async def settled(self) -> None:
         """Wait for the progress still being stored (bounded by `_BUS_PATIENCE_S`)."""
@@ -296,6 +314,8 @@ class Worker:
         self._pulls: list[JetStreamContext.PullSubscription] = []
         self._running: dict[asyncio.Task[None], Msg] = {}
         """Every attempt under way, and its work message."""
+        self._beating: dict[Attempt, float] = {}
+        """Every granted attempt not yet ended, and when it last said it runs."""
 
     async def start(self) -> None:
         for kind in self._kinds:
@@ -317,6 +337,7 @@ class Worker:
             )
             self._pulls.append(pull)
             self._loops.append(asyncio.create_task(self._pull(kind, pull), name=f"pull {kind}"))
+        self._loops.append(asyncio.create_task(self._keep_alive(), name="keep-alive"))
 
     async def drain(self) -> None:
         """Stop pulling; let the attempts in flight finish for `ACKWIRE_NODE_DRAIN_S`, then
@@ -335,6 +356,18 @@ class Worker:
                 await msg.nak()
             HANDED_BACK.inc()
             _log.info("job.handed_back", job_id=_job_id(msg), attempt=msg.metadata.num_delivered)
+
+    async def _keep_alive(self) -> None:
+        """One loop for every attempt in hand: each says it runs at least every
+        `_keep_alive_every` seconds (a third of the job timeout: two beats may be lost)."""
+        loop = asyncio.get_running_loop()
+        half = self._keep_alive_every / 2
+        while True:
+            await asyncio.sleep(half)
+            due = [a for a, beat in self._beating.items() if loop.time() - beat >= half]
+            for attempt in due:
+                self._beating[attempt] = loop.time()
+            await asyncio.gather(*(attempt.beat() for attempt in due))
 
     async def _pull(self, kind: str, pull: JetStreamContext.PullSubscription) -> None:
         # Each kind's pull waits at the server for one job, and gets it the moment it is
@@ -426,7 +459,6 @@ class Worker:
         attempt = Attempt(
             self._nc, self._records, self._queue, msg, stored, node=self._node, log=log
         )
-        keep_alive: asyncio.Task[None] | None = None
         try:
             # The attempt's span: asked for, and run (its end is stored after).
             with span(
@@ -436,14 +468,11 @@ class Worker:
                 job_id=work.job_id,
                 delivery=attempt.delivery,
             ):
-                handler = await self._granted(kind, msg, attempt, log)
-                if handler is None:
+                if not await self._granted(kind, msg, attempt, log):
                     return
+                self._beating[attempt] = asyncio.get_running_loop().time()
                 log = log.bind(attempt=attempt.attempt)
-                keep_alive = asyncio.create_task(
-                    attempt.keep_alive(self._keep_alive_every, handler)
-                )
-                end = await self._outcome(kind, attempt, handler, log)
+                end = await self._outcome(kind, attempt, log)
             await attempt.settled()
             async with self._ending:
                 # The handler is done: its slot takes the next job while its end is stored.
@@ -454,13 +483,13 @@ class Worker:
             # Unreported: JetStream gives the work to a node again after ack_wait.
             log.warning("job.attempt_unreported", error=str(exc))
         finally:
-            await cancel_and_wait(keep_alive)
+            self._beating.pop(attempt, None)
 
     async def _granted(
         self, kind: str, msg: Msg, attempt: Attempt, log: FilteringBoundLogger
-    ) -> asyncio.Task[JsonValue] | None:
-        """The handler, running, once the ledger granted the attempt; `None` if it did not
-        (the work was answered as it needs)."""
+    ) -> bool:
+        """Whether the ledger granted the attempt (if not, the work was answered as it
+        needs)."""
         try:
             started = await attempt.start()
         except (BusError, ConflictError) as exc:
@@ -468,30 +497,24 @@ class Worker:
             log.warning("job.start_unrecorded", error=str(exc))
             with contextlib.suppress(BusError):
                 await _answer(self._nc, msg, _NAK)
-            return None
+            return False
         if not attempt.attempt:
             log.info("job.work_dropped", reason=_reason(started))
             if started.version.record.state.terminal:
                 with contextlib.suppress(NatsError):
                     await msg.ack()  # the ledger withdrew the work (again) already
-            return None  # else a newer delivery is another attempt's: its answer is theirs
+            return False  # else a newer delivery is another attempt's: its answer is theirs
         log.info("job.attempt_started", kind=kind, attempt=attempt.attempt)
-        return asyncio.create_task(self._kinds[kind](attempt.work.payload, attempt))
+        return True
 
     async def _outcome(
-        self,
-        kind: str,
-        attempt: Attempt,
-        handler: asyncio.Task[JsonValue],
-        log: FilteringBoundLogger,
+        self, kind: str, attempt: Attempt, log: FilteringBoundLogger
     ) -> AttemptEnd | None:
         """How the handler ended: its result, its failure, or `None` when it was told to
         stop (its attempt superseded, or its job ended elsewhere: nothing to report)."""
         try:
-            data = await handler
-        except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                raise  # the node is stopping, not the handler
+            data = await attempt.run(self._kinds[kind])
+        except StoppedError:
             return None
         except Exception as exc:
             failure = _failure_message(exc)
