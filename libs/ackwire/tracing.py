@@ -8,9 +8,10 @@ nothing and costs next to nothing. The context travels as a `traceparent`:
 - the client's `submit` may carry one (docs/protocol.md, an extension); the
   gateway's span is its child, or a new trace's root;
 - the job's message carries the gateway span's in a NATS header; the node's
-  attempt span is its child, and so is the scheduler's timer span;
-- the job record keeps it, for the receipt's span; a delivery carries the span
-  that stored it, for the gateway's span when the client's ack is confirmed.
+  attempt span is its child, and so is the scheduler's timer span (a job
+  checked past its pending timeout);
+- the job record keeps it, and the job's terminal delivery carries it, for the
+  gateway's span when the client's ack is confirmed.
 """
 
 from __future__ import annotations

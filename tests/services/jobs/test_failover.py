@@ -8,6 +8,7 @@ from typing import Any
 import nats
 import pytest
 import structlog
+from nats.js import JetStreamContext
 
 from ackwire.bus import subjects
 from ackwire.bus.embedded import EmbeddedNats, free_port
@@ -16,6 +17,8 @@ from ackwire.gateway.server import Gateway
 from ackwire.jobs.ledger import Ignore, JobLedger, Succeeded
 from ackwire.jobs.messages import JobSubmitted, StoredJob
 from ackwire.jobs.records import JobRecords
+from ackwire.node.demo_kinds import DEMO_KINDS
+from ackwire.node.service import Node
 from ackwire.scheduler.service import Scheduler
 from ackwire.settings import Settings
 from ackwire.wire.frames import Accepted, Ping, Pong, Submit
@@ -223,3 +226,82 @@ async def first_to_log(
     first = done.pop()
     first.result()
     return waits[first]
+
+
+class FirstRecordWrite:
+    """Holds the first write of any job's record (the old design's KV key or the new
+    record subject) until `release`; every other publish passes."""
+
+    def __init__(self) -> None:
+        self.held = asyncio.Event()
+        self.released = asyncio.Event()
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        real = JetStreamContext.publish
+
+        async def publish(js: JetStreamContext, subject: str, *args: Any, **kwargs: Any) -> Any:
+            is_record = ".record." in subject or subject.startswith("$KV.ackwire_jobs.")
+            if is_record and not self.held.is_set():
+                self.held.set()
+                async with asyncio.timeout(30):
+                    await self.released.wait()
+            return await real(js, subject, *args, **kwargs)
+
+        monkeypatch.setattr(JetStreamContext, "publish", publish)
+
+
+async def test_a_start_refused_as_superseded_leaves_the_newer_attempts_work_alone(
+    nats_server: EmbeddedNats,
+    job_settings: Settings,
+    logs: LogWatch,
+    make_token: MakeToken,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 18, finding 6. Node A's start of delivery 1 is held up past the job timeout,
+    so JetStream gives the work to node B (delivery 2), which starts it. A's start, once
+    through, is refused as superseded: it must answer nothing for the work (a term sent
+    on the older delivery ended the newer one's work too). Then B dies: the work comes
+    back to A, and the job, with attempts left, completes."""
+    settings = job_settings.model_copy(
+        update={"pending_timeout_s": 10.0, "job_timeout_s": 3.0, "max_attempts": 3}
+    )
+    gate = FirstRecordWrite()
+    gate.install(monkeypatch)
+    gateway = Gateway(settings, name="gw-t", host="127.0.0.1", port=0)
+    scheduler = Scheduler(settings, name="scheduler-t", host="127.0.0.1")
+    node_a = Node(
+        settings,
+        name="node-a",
+        kinds={"sleep": DEMO_KINDS["sleep"]},
+        capacity=1,  # its one slot held by the held start: B gets the redelivery
+        host="127.0.0.1",
+    )
+    for service, field in ((gateway, "gateway"), (scheduler, "scheduler"), (node_a, "node")):
+        with structlog.contextvars.bound_contextvars(**{field: service.name}):
+            await service.start()
+    node_b: AckwireProcess | None = None
+    try:
+        await logs.wait_for("node.joined", gateway="gw-t", node="node-a")
+        client = await connect(gateway.url, make_token())
+        accepted = await client.submit(Submit(ref="c-1", kind="sleep", payload={"seconds": 1}))
+        assert isinstance(accepted, Accepted)
+        async with asyncio.timeout(10):
+            await gate.held.wait()  # A holds delivery 1, its start not yet written
+        env = {**node_env(nats_server, settings), "ACKWIRE_PENDING_TIMEOUT_S": "10"}
+        node_b = await AckwireProcess.start("node", "--name", "node-b", "--kinds", "sleep", env=env)
+        await node_b.stdout_line(0)
+        await node_b.log_event("job.attempt_started", job_id=accepted.job_id)
+        gate.released.set()
+        await logs.wait_for("job.work_dropped", job_id=accepted.job_id, node="node-a")
+        await node_b.stop(signal.SIGKILL)
+
+        seen = await client.until_terminal(accepted.job_id, timeout=25)
+        assert seen[-1].kind == "result", seen[-1].data
+        assert seen[-1].data == {"slept": 1.0}
+        await client.ws.close()
+    finally:
+        if node_b is not None and node_b.process.returncode is None:
+            await node_b.stop()
+        await gateway.drain()
+        await scheduler.drain()
+        await node_a.drain()
