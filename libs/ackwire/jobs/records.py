@@ -112,9 +112,16 @@ class JobRecords:
         without reading it first (if it moved on since, it is read). Raises `BusError`,
         or `JobChangedError` when the record changed under every write tried."""
         subject = subjects.record_subject(stored.job.kind, stored.job.job_id)
+        written_before = known is not None and known.revision > 0
         for _ in range(_MAX_CAS_RETRIES):
             version = known if known is not None else await self.read(stored)
             known = None
+            if written_before and version.revision == 0:
+                # Records are never deleted: this one outlived the retention (the job's
+                # work did too). Nothing is left to decide; starting afresh would drop
+                # the input as another attempt's, or loop.
+                log.warning("job.record_expired", input=type(event).__name__)
+                return Applied(Outcome(version.record, (Ignore("its record expired"),)), version)
             outcome = self._ledger.apply(version.record, event, time.time())
             if outcome.record != version.record:  # else ignored, or a repeat
                 try:

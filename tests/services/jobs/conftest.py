@@ -44,16 +44,20 @@ def job_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def start_stack(job_settings: Settings, logs: LogWatch) -> AsyncIterator[StartStack]:
-    """Starts a stack whose node serves `kinds` with `capacity` slots; drained after the test."""
+    """Starts a stack whose node serves `kinds` with `capacity` slots, with `changes` to
+    the settings; drained after the test."""
     started: list[Stack] = []
 
     async def start(
-        kinds: dict[str, JobKind[BaseModel, BaseModel]] = DEMO_KINDS, capacity: int = 2
+        kinds: dict[str, JobKind[BaseModel, BaseModel]] = DEMO_KINDS,
+        capacity: int = 2,
+        **changes: object,
     ) -> Stack:
-        node = Node(job_settings, name="node-t", kinds=kinds, capacity=capacity, host="127.0.0.1")
-        scheduler = Scheduler(job_settings, name="scheduler-t", host="127.0.0.1")
-        gateway = Gateway(job_settings, name="gw-t", host="127.0.0.1", port=0)
-        started.append(Stack(gateway, scheduler, node, job_settings))
+        settings = job_settings.model_copy(update=changes)
+        node = Node(settings, name="node-t", kinds=kinds, capacity=capacity, host="127.0.0.1")
+        scheduler = Scheduler(settings, name="scheduler-t", host="127.0.0.1")
+        gateway = Gateway(settings, name="gw-t", host="127.0.0.1", port=0)
+        started.append(Stack(gateway, scheduler, node, settings))
         for service, field in ((node, "node"), (scheduler, "scheduler"), (gateway, "gateway")):
             with structlog.contextvars.bound_contextvars(**{field: service.name}):
                 await service.start()

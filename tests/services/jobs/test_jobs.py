@@ -414,3 +414,39 @@ async def test_work_that_waits_for_a_slot_keeps_its_attempt(
         started = await logs.wait_for("job.attempt_started", job_id=job_id)
         assert started["attempt"] == 1
     await client.ws.close()
+
+
+#: A retention short enough for a record to outlive it within a test.
+RETENTION_S = 3.0
+
+
+async def test_a_job_that_outlives_its_record_ends_its_attempt_without_looping(
+    nats_server: EmbeddedNats, start_stack: StartStack, make_token: MakeToken, logs: LogWatch
+) -> None:
+    """Issue 18, finding 9: a record that outlived the retention was read as "no record"
+    (its expiry marker), and the attempt's end looped on a record it could never write.
+    Now the end sees the record expired, says so once, and stops."""
+    tally = Tally(hold=asyncio.Event())
+    stack = await start_stack(kinds={"tally": tally.kind}, retention_s=RETENTION_S)
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(Submit(ref="a", kind="tally", payload={"n": 1}))
+    assert isinstance(accepted, Accepted)
+    await logs.wait_for("job.attempt_started", job_id=accepted.job_id)
+    nc = await nats.connect(nats_server.url)
+    try:
+        record = subjects.record_subject("tally", accepted.job_id)
+        async with asyncio.timeout(RETENTION_S + 10):
+            while True:  # JetStream expires it on its own clock: look until it is gone
+                try:
+                    await nc.jetstream().get_msg(subjects.JOBS_STREAM, subject=record)
+                except NotFoundError:
+                    break
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+    tally.hold.set()
+    expired = await logs.wait_for("job.record_expired", job_id=accepted.job_id)
+    assert expired["input"] == "Succeeded"
+    assert not logs.named("job.attempt_unreported", job_id=accepted.job_id)
+    assert len(logs.named("job.record_expired", job_id=accepted.job_id)) == 1
+    await client.ws.close()
