@@ -44,7 +44,8 @@ other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import heapq
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -103,12 +104,6 @@ class _Entry(Generic[T]):
 
 
 @dataclass(slots=True)
-class _Waiting(Generic[T]):
-    previous: int
-    entry: _Entry[T] = field(repr=False)
-
-
-@dataclass(slots=True)
 class _Retry:
     """When a failed operation may run again."""
 
@@ -134,7 +129,12 @@ class DeliveryWindow(Generic[T]):
         self._highest_offered = 0
         self._unsent: dict[int, _Entry[T]] = {}
         self._outstanding: dict[int, _Entry[T]] = {}
-        self._waiting: dict[int, _Waiting[T]] = {}
+        self._waiting: dict[int, _Entry[T]] = {}  # offered before their predecessor was known
+        # Heaps of the waiting messages: by (previous, seq), then, once their predecessor
+        # is known, by seq. `_absorb_waiting` looks only at what it absorbs, never at all
+        # that waits (that was a scan of every waiting message on every offer and poll).
+        self._waiting_by_previous: list[tuple[int, int]] = []
+        self._ready_by_seq: list[int] = []
         self._released: dict[int, T] = {}  # acked, not yet handed to a confirmation
         self._acked_sends: list[tuple[T, float]] = []  # drained by `acked_sends`
         self._acked_ahead: set[int] = set()  # acked before they were offered here
@@ -158,7 +158,8 @@ class DeliveryWindow(Generic[T]):
             return
         entry = _Entry(message, redelivered, acked=self._acked_before(seq))
         if waits:
-            self._waiting[seq] = _Waiting(previous, entry)
+            self._waiting[seq] = entry
+            heapq.heappush(self._waiting_by_previous, (previous, seq))
             self._highest_offered = max(self._highest_offered, seq)
             return
         self._extend(seq, entry)
@@ -218,7 +219,7 @@ class DeliveryWindow(Generic[T]):
                 return 1
         waiting = self._waiting.get(seq)
         if waiting is not None:
-            waiting.entry.acked = True  # released once its place in the queue is known
+            waiting.acked = True  # released once its place in the queue is known
             return 0
         if seq > self._known_through and seq > self._claimed_upto:
             self._remember_ahead(seq)
@@ -233,7 +234,7 @@ class DeliveryWindow(Generic[T]):
                 released += 1
         for s, waiting in self._waiting.items():
             if s <= seq:
-                waiting.entry.acked = True
+                waiting.acked = True
         self._claimed_upto = max(self._claimed_upto, seq)
         self._acked_ahead = {s for s in self._acked_ahead if s > seq}
         return released
@@ -353,7 +354,7 @@ class DeliveryWindow(Generic[T]):
 
     def owed(self) -> list[int]:
         """Every message known here and not acked, in `seq` order."""
-        waiting = (s for s, w in self._waiting.items() if not w.entry.acked)
+        waiting = (s for s, entry in self._waiting.items() if not entry.acked)
         return sorted({*self._outstanding, *self._unsent, *waiting})
 
     # -- inside ----------------------------------------------------------
@@ -385,11 +386,19 @@ class DeliveryWindow(Generic[T]):
     def _absorb_waiting(self) -> None:
         """Messages whose predecessor is now known join the known prefix, in order."""
         while True:
-            ready = [s for s, w in self._waiting.items() if w.previous <= self._known_through]
-            if not ready or len(self._unsent) >= self.max_unsent:
+            # The known prefix only grows: a message ready once stays ready.
+            while (
+                self._waiting_by_previous and self._waiting_by_previous[0][0] <= self._known_through
+            ):
+                heapq.heappush(self._ready_by_seq, heapq.heappop(self._waiting_by_previous)[1])
+            # Known meanwhile by a read (`_caught_up`), which took it from `_waiting`: its
+            # seq is below every message still waiting, so it is on top here.
+            while self._ready_by_seq and self._ready_by_seq[0] not in self._waiting:
+                heapq.heappop(self._ready_by_seq)
+            if not self._ready_by_seq or len(self._unsent) >= self.max_unsent:
                 return
-            seq = min(ready)
-            entry = self._waiting.pop(seq).entry
+            seq = heapq.heappop(self._ready_by_seq)
+            entry = self._waiting.pop(seq)
             if seq <= self._known_through:  # already covered by a read
                 self._known(seq, entry)
                 continue
@@ -405,7 +414,7 @@ class DeliveryWindow(Generic[T]):
         self._known_through = through
         self._highest_offered = max(self._highest_offered, through)
         for seq in sorted(s for s in self._waiting if s <= through):
-            self._known(seq, self._waiting.pop(seq).entry)
+            self._known(seq, self._waiting.pop(seq))
         self._absorb_waiting()
 
     def _wants_fetch(self) -> bool:

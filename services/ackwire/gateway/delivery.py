@@ -22,13 +22,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import stamina
 import structlog
 from nats.aio.subscription import Subscription
 from websockets.exceptions import ConnectionClosed
 
 from ackwire.bus.models import Delivery
 from ackwire.bus.receipts import Receipts
+from ackwire.bus.retry import retried
 from ackwire.bus.session_queue import SessionQueue, Stored
 from ackwire.errors import BusError
 from ackwire.gateway import metrics
@@ -295,11 +295,12 @@ class DeliveryPump:
         sweeper may have told its producer `expired` a moment before the ack's removal
         (it tells first, then removes), and then that is what became of it."""
         try:
-            async for attempt in stamina.retry_context(
-                on=BusError, attempts=3, timeout=_RECEIPT_TIMEOUT_S
-            ):
-                with attempt:
-                    stands = (await self._receipts.issue(delivery, seq, "delivered")).stands
+            issued = await retried(
+                lambda: self._receipts.issue(delivery, seq, "delivered"),
+                attempts=3,
+                within_s=_RECEIPT_TIMEOUT_S,
+            )
+            stands = issued.stands
         except BusError as exc:
             # Delivered all the same (the store confirmed the ack); only its producer
             # does not hear of it.

@@ -13,11 +13,11 @@ the truth it points to.
 
 from __future__ import annotations
 
-import stamina
 import structlog
 
 from ackwire.bus import subjects
 from ackwire.bus.models import GatewayRecord, PresenceChange
+from ackwire.bus.retry import retried
 from ackwire.bus.topics import TopicStore
 from ackwire.errors import BusError
 from ackwire.lifecycle import BackgroundTasks
@@ -56,15 +56,15 @@ class PresenceNotices:
     async def _announce_gone(self, gone: GatewayRecord) -> None:
         change = PresenceChange(change="gateway_gone", gateway=gone.name)
         try:
-            async for attempt in stamina.retry_context(
-                on=BusError, attempts=None, timeout=_GONE_RETRY_S
-            ):
-                with attempt:
-                    await self._store.publish(
-                        subjects.GATEWAYS_GONE_TOPIC,
-                        change.model_dump(mode="json"),
-                        event_id=f"gone-{gone.name}-{gone.incarnation}",
-                    )
+            await retried(
+                lambda: self._store.publish(
+                    subjects.GATEWAYS_GONE_TOPIC,
+                    change.model_dump(mode="json"),
+                    event_id=f"gone-{gone.name}-{gone.incarnation}",
+                ),
+                attempts=None,
+                within_s=_GONE_RETRY_S,
+            )
         except BusError as exc:
             _log.warning("presence.not_published", gateway_gone=gone.name, error=str(exc))
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
-import stamina
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -26,6 +25,7 @@ from pydantic import ValidationError
 
 from ackwire.bus import subjects
 from ackwire.bus.boundary import bus_errors
+from ackwire.bus.retry import retried
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.bus.subjects import new_session_id
 from ackwire.errors import (
@@ -219,18 +219,21 @@ class HeldSessions:
 
     async def _let_go(self, hold: _Hold, state: SessionState, sent_upto: int) -> None:
         session = hold.record
-        async for attempt in stamina.retry_context(on=BusError, attempts=5, timeout=10.0):
-            with attempt:
-                ours = await self._write_while_ours(
-                    hold, lambda record: record.let_go(state, sent_upto=sent_upto, now=_now())
-                )
-                if not ours:
-                    return  # taken over meanwhile: the new holder keeps the index
-                if state is SessionState.ENDED:
-                    await self._users.forget(session.user, session.session_id)
-                else:
-                    await self._users.keep(session.user, session.session_id)
-        _log.info("session.let_go", state=state.value, sent_upto=sent_upto)
+
+        async def write() -> bool:
+            ours = await self._write_while_ours(
+                hold, lambda record: record.let_go(state, sent_upto=sent_upto, now=_now())
+            )
+            if not ours:
+                return False  # taken over meanwhile: the new holder keeps the index
+            if state is SessionState.ENDED:
+                await self._users.forget(session.user, session.session_id)
+            else:
+                await self._users.keep(session.user, session.session_id)
+            return True
+
+        if await retried(write, attempts=5, within_s=10.0):
+            _log.info("session.let_go", state=state.value, sent_upto=sent_upto)
 
     async def subscribed_to(self, connection: Holding, topics: tuple[str, ...]) -> None:
         """Record the session's subscriptions, to restore them on a resume. Raises bus
@@ -435,16 +438,16 @@ class HeldSessions:
         try:
             # Retried for a while: a refresh right after a reconnect may meet a cluster
             # still electing leaders, and the next one is a quarter of a TTL away.
-            async for attempt in stamina.retry_context(
-                on=BusError, attempts=None, timeout=_REFRESH_RETRY_S
-            ):
-                with attempt:
-                    ours = await self._write_while_ours(
-                        hold,
-                        lambda record: record.model_copy(
-                            update={"sent_upto": max(record.sent_upto, sent_upto)}
-                        ),
-                    )
+            ours = await retried(
+                lambda: self._write_while_ours(
+                    hold,
+                    lambda record: record.model_copy(
+                        update={"sent_upto": max(record.sent_upto, sent_upto)}
+                    ),
+                ),
+                attempts=None,
+                within_s=_REFRESH_RETRY_S,
+            )
         except BusError as exc:
             _log.warning("session.refresh_failed", error=str(exc))
             hold.connection.hold_unconfirmed()
