@@ -28,10 +28,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
-import stamina
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -47,6 +44,7 @@ from structlog.typing import FilteringBoundLogger
 from ackwire.bus import subjects
 from ackwire.bus.boundary import bus_errors
 from ackwire.bus.models import Delivery
+from ackwire.bus.retry import retried
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.errors import BusError, ConflictError
 from ackwire.jobs.ledger import (
@@ -79,8 +77,6 @@ _FAILURE_MESSAGE_MAX = 500
 #: seconds). A start not written by then is handed back unstarted; an end not written
 #: leaves the work to come back after the job timeout, as a new attempt.
 _BUS_PATIENCE_S = 30.0
-_RETRY_FIRST_S = 0.1
-_RETRY_MAX_S = 2.0
 #: How long JetStream has to confirm a keep-alive or a hand-back.
 _ACK_CONFIRM_S = 5.0
 #: JetStream's answers to a delivery (`AckPolicy.EXPLICIT`), sent as requests so that
@@ -88,7 +84,6 @@ _ACK_CONFIRM_S = 5.0
 _IN_PROGRESS = b"+WPI"
 _NAK = b"-NAK"
 
-T = TypeVar("T")
 
 _log = structlog.get_logger("ackwire.node")
 
@@ -111,25 +106,6 @@ def _failure_message(exc: Exception) -> str:
     if len(message) > _FAILURE_MESSAGE_MAX:
         return message[: _FAILURE_MESSAGE_MAX - 1] + "…"
     return message
-
-
-async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
-    """`call()`, tried again with back-off while the bus fails, for `_BUS_PATIENCE_S`:
-    once plainly (the common case costs no retry machinery), then under stamina."""
-    try:
-        return await call()
-    except BusError:
-        pass
-    async for retry in stamina.retry_context(
-        on=BusError,
-        attempts=None,
-        timeout=_BUS_PATIENCE_S,
-        wait_initial=_RETRY_FIRST_S,
-        wait_max=_RETRY_MAX_S,
-    ):
-        with retry:
-            return await call()
-    raise AssertionError("unreachable: stamina raises once its time is up")
 
 
 async def _answer(nc: Client, msg: Msg, answer: bytes) -> None:
@@ -191,7 +167,11 @@ class Attempt:
 
     async def start(self) -> Applied:
         """Ask the ledger to run this delivery; its answer (`RunHandler` when granted)."""
-        applied = await _patiently(lambda: self._report(Started(self.delivery, self._node)))
+        applied = await retried(
+            lambda: self._report(Started(self.delivery, self._node)),
+            attempts=None,
+            within_s=_BUS_PATIENCE_S,
+        )
         grant = next((a for a in applied.outcome.actions if isinstance(a, RunHandler)), None)
         if grant is not None:
             self.attempt = grant.attempt
@@ -199,7 +179,7 @@ class Attempt:
 
     async def end(self, event: AttemptEnd) -> Applied:
         """Report the attempt's end, again while the bus fails, for a bounded time."""
-        return await _patiently(lambda: self._report(event))
+        return await retried(lambda: self._report(event), attempts=None, within_s=_BUS_PATIENCE_S)
 
     async def _report(self, event: JobInput) -> Applied:
         applied = await self._records.apply(self._stored, event, self._log, known=self._version)
@@ -226,7 +206,11 @@ class Attempt:
                 data={"percent": percent},
             )
             try:
-                await _patiently(lambda: self._queue.put(delivery))  # noqa: B023
+                await retried(
+                    lambda: self._queue.put(delivery),  # noqa: B023
+                    attempts=None,
+                    within_s=_BUS_PATIENCE_S,
+                )
             except BusError as exc:
                 self._log.warning("job.progress_lost", percent=percent, error=str(exc))
 
