@@ -75,15 +75,19 @@ async def closed_loop(
     return RoundTrips(latencies, began, now())
 
 
-async def open_loop(count: int, rate: float, one: Callable[[int], Awaitable[None]]) -> RoundTrips:
+async def open_loop(
+    count: int, rate: float, one: Callable[[int], Awaitable[None]], *, phase: float = 0.0
+) -> RoundTrips:
     """`one(0)` … `one(count - 1)`, started `rate` per second whether or not the earlier ones
     are done, each timed from when it was due (so a stall shows as latency, not as fewer
-    operations offered)."""
+    operations offered). `phase` (0 to 1) shifts each start by that share of the interval:
+    open loops side by side, each with its own phase, offer their load evenly spread
+    instead of in bursts of one from each."""
     latencies: list[float] = []
     began = now()
 
     async def due(i: int) -> None:
-        at = began + i / rate
+        at = began + (i + phase) / rate
         await asyncio.sleep(max(0.0, at - now()))  # the load's schedule, not a wait for an event
         await one(i)
         latencies.append(now() - at)

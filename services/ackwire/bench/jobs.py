@@ -126,12 +126,14 @@ class _JobSession:
     _by_job_id: dict[str, _Job] = field(default_factory=dict)
     _ended_early: set[str] = field(default_factory=set)
 
-    async def run(self, params: JobsParams) -> RoundTrips:
+    async def run(self, params: JobsParams, phase: float) -> RoundTrips:
+        """The session's jobs; in an open loop, due `phase` of an interval after the
+        first session's (the sessions' jobs come evenly spread, not in bursts)."""
         count = params.jobs_per_session
         if params.rate_per_session is None:
             jobs = closed_loop(count, params.in_flight, self._job)
         else:
-            jobs = open_loop(count, params.rate_per_session, self._job)
+            jobs = open_loop(count, params.rate_per_session, self._job, phase=phase)
         return await beside(jobs, self._read(), helper_name="the gateway's socket")
 
     async def _job(self, i: int) -> None:
@@ -174,7 +176,9 @@ async def run_jobs(params: JobsParams, _link: Link) -> JobTimes:
         )
         sessions = [_JobSession(ws) for ws, _ in opened]
         try:
-            parts = await asyncio.gather(*(s.run(params) for s in sessions))
+            parts = await asyncio.gather(
+                *(s.run(params, i / len(sessions)) for i, s in enumerate(sessions))
+            )
         finally:
             await asyncio.gather(*(s.ws.close() for s in sessions))
     return JobTimes(

@@ -360,21 +360,26 @@ class Worker:
         # free, and the job it got waits for the next slot, in turn with the other kinds:
         # at most one job of each kind waits so, and none is handed back for want of a
         # slot. Behind the first job, a backlog comes in batches, as many as slots are
-        # free and no other kind is waiting for.
+        # free and no other kind is waiting for, and no more than the last job fetched
+        # said were waiting behind it: a fetch for more than are there would hold the
+        # ones it got until its wait ran out (nats-py waits to fill a batch).
         while True:
             await self._slots.acquire()  # in turn: a slot is free now
             self._slots.release()
-            first = await self._fetch(kind, pull, 1, _FETCH_WAIT_S)
-            if not first:
+            fetched = await self._fetch(kind, pull, 1, _FETCH_WAIT_S)
+            if not fetched:
                 continue
-            self._start(kind, first[0], await self._slot_for(first[0]))
-            while slots := await self._free_slots(_FETCH_BATCH_MAX):
-                batch = await self._fetch(kind, pull, len(slots), _BACKLOG_WAIT_S)
-                for msg, slot in zip(batch, slots, strict=False):
+            self._start(kind, fetched[0], await self._slot_for(fetched[0]))
+            while behind := min(fetched[-1].metadata.num_pending, _FETCH_BATCH_MAX):
+                slots = await self._free_slots(behind)
+                if not slots:
+                    break
+                fetched = await self._fetch(kind, pull, len(slots), _BACKLOG_WAIT_S)
+                for msg, slot in zip(fetched, slots, strict=False):
                     self._start(kind, msg, slot)
-                for slot in slots[len(batch) :]:
+                for slot in slots[len(fetched) :]:
                     slot.release()
-                if len(batch) < len(slots):
+                if len(fetched) < len(slots):
                     break
 
     async def _fetch(
