@@ -1,0 +1,196 @@
+"""Issue 18: the platform's faults on a job's way, each forced once at the nats-py boundary
+(or by killing a real process), end to end through a gateway's WebSocket. Each fails on
+the job path before the redesign, and shows what the redesign does instead.
+
+A fault is injected into a call both designs make: the first write of a job's record is a
+publish to `$KV.ackwire_jobs.<job>` in the old design and to `ackwire.jobs.record.…` in
+the new; a nak is a plain publish (`Msg.nak`) in the old, a request in the new.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import pytest
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from ackwire.bus.models import Delivery
+from ackwire.bus.session_queue import SessionQueue
+from ackwire.errors import BusUnavailableError
+from ackwire.node.demo_kinds import AnyObject
+from ackwire.nodekit import JobContext, JobKind
+from ackwire.wire.frames import Accepted, Submit
+from support.logs import LogWatch
+
+from .conftest import Stack, StartStack
+from .test_jobs import connect
+
+MakeToken = Callable[..., str]
+
+
+def is_record(subject: str) -> bool:
+    """A job's record: a key of the old design's jobs bucket, or the new record subject."""
+    return subject.startswith("$KV.ackwire_jobs.") or subject.startswith("ackwire.jobs.record.")
+
+
+class Fault:
+    """Breaks calls of nats-py (or ackwire) methods: a call that `matches` while the fault
+    is on fails with the method's `error` before it reaches the server (`landed`: after
+    it did), or, with no `error`, is dropped unsent. It turns itself off after `times`
+    calls broken (None: never by itself)."""
+
+    def __init__(
+        self, matches: Callable[..., bool], *, times: int | None = 1, landed: bool = False
+    ) -> None:
+        self.matches = matches
+        self.times = times
+        self.landed = landed
+        self.on = True
+        self.hits = 0
+        self.hit = asyncio.Event()
+
+    def breaks(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        owner: type,
+        method: str,
+        error: Exception | None = None,
+    ) -> "Fault":
+        real = getattr(owner, method)
+
+        async def faulty(target: object, *args: Any, **kwargs: Any) -> Any:
+            if not (self.on and self.matches(*args, **kwargs)):
+                return await real(target, *args, **kwargs)
+            self.hits += 1
+            self.hit.set()
+            if self.times is not None and self.hits >= self.times:
+                self.on = False
+            if self.landed:
+                await real(target, *args, **kwargs)
+            if error is not None:
+                raise error
+            return None
+
+        monkeypatch.setattr(owner, method, faulty)
+        return self
+
+
+def drop_answers(monkeypatch: pytest.MonkeyPatch, answer: bytes, *, times: int | None) -> Fault:
+    """Drop this process's `answer`s about jobs' work: a plain publish in the old design
+    (`Msg.nak`, `Msg.in_progress`), a request in the new (which then times out)."""
+
+    def matches(subject: str, payload: bytes = b"", *_: Any, **__: Any) -> bool:
+        return subject.startswith("$JS.ACK.ACKWIRE_JOBS.work-") and payload.startswith(answer)
+
+    fault = Fault(matches, times=times).breaks(monkeypatch, Client, "publish")
+    return fault.breaks(monkeypatch, Client, "request", nats.errors.TimeoutError())
+
+
+def record_writes(
+    monkeypatch: pytest.MonkeyPatch, error: Exception, *, by_node: bool = False, **how: Any
+) -> Fault:
+    """Break writes of jobs' records (`by_node`: only a node's, not the scheduler's of the
+    same stack; `how`: `Fault`'s `times` and `landed`)."""
+
+    def matches(subject: str, *_: Any, **__: Any) -> bool:
+        # A service's tasks carry the log context it was started in (conftest's stack).
+        on_node = "node" in structlog.contextvars.get_contextvars()
+        return is_record(subject) and (on_node or not by_node)
+
+    return Fault(matches, **how).breaks(monkeypatch, JetStreamContext, "publish", error)
+
+
+@pytest.mark.parametrize(
+    ("error", "landed"),
+    [
+        (nats.errors.TimeoutError(), False),
+        (nats.errors.TimeoutError(), True),
+        (nats.js.errors.NoStreamResponseError(), False),
+    ],
+    ids=["timed-out", "written-unconfirmed", "no-responders"],
+)
+async def test_a_start_the_bus_failed_is_tried_again_and_runs_promptly_as_attempt_1(
+    error: Exception,
+    landed: bool,
+    start_stack: StartStack,
+    make_token: MakeToken,
+    logs: LogWatch,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 18, finding 1: a bus error on a node's start (its record write timing out,
+    whether or not it was written, or no responders during an election) dropped the
+    attempt untried: the job ran a job timeout late, an attempt spent, or ended
+    `no_capacity` first. The start is tried again: the job runs once, as attempt 1."""
+    stack = await start_stack()
+    fault = record_writes(monkeypatch, error, landed=landed)
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(Submit(ref="c-1", kind="echo", payload={"n": 1}))
+    assert isinstance(accepted, Accepted)
+    began = time.monotonic()
+    settings = stack.settings
+    within = 2 * settings.job_timeout_s + settings.pending_timeout_s  # the old ways' bound
+    seen = await client.until_terminal(accepted.job_id, timeout=within)
+    took = time.monotonic() - began
+    assert fault.hits == 1
+    assert (seen[-1].kind, seen[-1].data) == ("result", {"n": 1})
+    starts = logs.named("job.attempt_started", job_id=accepted.job_id)
+    assert [s["attempt"] for s in starts] == [1]
+    assert took < settings.job_timeout_s / 2, f"the result took {took:.1f} s"
+    await client.ws.close()
+
+
+async def test_a_progress_report_the_bus_failed_never_fails_the_attempt(
+    stack: Stack, make_token: MakeToken, logs: LogWatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18, finding 3: `JobContext.progress()` raised the bus's errors into the
+    handler, and the attempt failed. A progress report the bus did not take is tried
+    again in the background: the handler never sees it."""
+
+    def is_progress(delivery: Delivery, *_: Any, **__: Any) -> bool:
+        return delivery.kind == "progress"
+
+    failure = BusUnavailableError("storing a progress report: timeout")
+    fault = Fault(is_progress).breaks(monkeypatch, SessionQueue, "put", failure)
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(Submit(ref="c-1", kind="sleep", payload={"seconds": 2}))
+    assert isinstance(accepted, Accepted)
+    seen = await client.until_terminal(accepted.job_id)
+    assert fault.hits == 1
+    assert (seen[-1].kind, seen[-1].data) == ("result", {"slept": 2.0})
+    assert not logs.named("job.attempt_failed", job_id=accepted.job_id)
+    assert len(logs.named("job.attempt_started", job_id=accepted.job_id)) == 1
+    await client.ws.close()
+
+
+async def _fail_the_first_attempt(payload: AnyObject, job: JobContext) -> AnyObject:
+    if job.attempt == 1:
+        raise RuntimeError("the first attempt fails on purpose")
+    return payload
+
+
+async def test_a_failed_attempts_lost_nak_and_the_next_attempt_runs_all_the_same(
+    start_stack: StartStack, make_token: MakeToken, logs: LogWatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18, finding 4: the nak of a failed attempt (attempts left) was lost, so its
+    work came back only after the job timeout, and the pending timeout ended the job
+    `failed` first ("attempt 1 was lost and no node took the job again"). The job waits:
+    JetStream gives the work again after its ack wait, and the next attempt runs."""
+    flaky = JobKind("flaky", AnyObject, _fail_the_first_attempt)
+    stack = await start_stack(kinds={"flaky": flaky})  # 2 attempts
+    fault = drop_answers(monkeypatch, b"-NAK", times=1)
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(Submit(ref="c-1", kind="flaky", payload={"n": 1}))
+    assert isinstance(accepted, Accepted)
+    settings = stack.settings
+    within = settings.job_timeout_s + settings.pending_timeout_s + 5
+    seen = await client.until_terminal(accepted.job_id, timeout=within)
+    assert fault.hits == 1
+    assert (seen[-1].kind, seen[-1].data) == ("result", {"n": 1})
+    failed = logs.named("job.attempt_failed", job_id=accepted.job_id)
+    assert [f["attempt"] for f in failed] == [1]
+    await client.ws.close()
