@@ -8,6 +8,7 @@ the new; a nak is a plain publish (`Msg.nak`) in the old, a request in the new.
 """
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,16 +20,19 @@ import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from ackwire.bus.embedded import EmbeddedNats
 from ackwire.bus.models import Delivery
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.errors import BusUnavailableError
-from ackwire.node.demo_kinds import AnyObject
+from ackwire.node.demo_kinds import DEMO_KINDS, AnyObject, SleepPayload, Slept
 from ackwire.nodekit import JobContext, JobKind
-from ackwire.wire.frames import Accepted, Submit
+from ackwire.wire.frames import Accepted, Ping, Pong, Submit
+from support.client import receive, send
 from support.logs import LogWatch
 
 from .conftest import Stack, StartStack
-from .test_jobs import connect
+from .test_failover import first_to_log, start_node
+from .test_jobs import _sleep_quietly, connect
 
 MakeToken = Callable[..., str]
 
@@ -194,3 +198,127 @@ async def test_a_failed_attempts_lost_nak_and_the_next_attempt_runs_all_the_same
     failed = logs.named("job.attempt_failed", job_id=accepted.job_id)
     assert [f["attempt"] for f in failed] == [1]
     await client.ws.close()
+
+
+async def test_a_node_killed_while_the_only_other_is_busy_runs_once_a_slot_frees(
+    nats_server: EmbeddedNats, start_stack: StartStack, make_token: MakeToken, logs: LogWatch
+) -> None:
+    """Issue 18, finding 5: a node killed mid-job while the only other node serving the kind
+    stays busy for longer than the pending timeout: its work came back, no node had room
+    for it, and the job ended `failed` ("attempt 1 was lost and no node took the job
+    again"). While a node serves the kind, the job waits for it, and runs when its slot
+    frees."""
+    stack = await start_stack(kinds={"echo": DEMO_KINDS["echo"]})  # a gateway and a scheduler
+    settings = stack.settings
+    names = ("node-a", "node-b")
+    nodes = [await start_node(name, nats_server, settings, "--capacity", "1") for name in names]
+    try:
+        for name in names:
+            await logs.wait_for("node.joined", gateway="gw-t", node=name, timeout=10)
+        client = await connect(stack.gateway.url, make_token())
+        # Busy past the victim's job timeout and a pending timeout more, with a margin.
+        seconds = settings.job_timeout_s + settings.pending_timeout_s + 3
+        busy = await client.submit(Submit(ref="b", kind="sleep", payload={"seconds": seconds}))
+        assert isinstance(busy, Accepted)
+        busy_node = await first_to_log(nodes, "job.attempt_started", job_id=busy.job_id)
+        victim = await client.submit(Submit(ref="v", kind="sleep", payload={"seconds": 2}))
+        assert isinstance(victim, Accepted)
+        [killed] = [node for node in nodes if node is not busy_node]
+        await killed.log_event("job.attempt_started", job_id=victim.job_id)
+        await killed.stop(signal.SIGKILL)
+
+        seen = await client.until_terminal(victim.job_id, timeout=seconds + 10)
+        assert (seen[-1].kind, seen[-1].data) == ("result", {"slept": 2.0})
+        done = await busy_node.log_event("job.state", job_id=victim.job_id, state="done")
+        assert done["attempt"] == 2
+        assert (await client.until_terminal(busy.job_id))[-1].kind == "result"
+        await client.ws.close()
+    finally:
+        for node in nodes:
+            if node.process.returncode is None:
+                await node.stop()
+
+
+async def test_a_quiet_job_lives_while_every_write_of_its_record_fails(
+    start_stack: StartStack, make_token: MakeToken, logs: LogWatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18, finding 8 (one clock for liveness): JetStream got the node's keep-alive
+    (`in_progress`) while the ledger's keep-alive writes of the record failed, so a
+    healthy long job with no progress was found silent and ended `failed`. JetStream's
+    clock is the only one: every write of the record by the node failing while the
+    handler runs (neither its start nor its end) changes nothing."""
+    fault = record_writes(monkeypatch, nats.errors.TimeoutError(), by_node=True, times=None)
+    fault.on = False
+
+    async def quiet_while_the_bus_fails(payload: SleepPayload, job: JobContext) -> Slept:
+        fault.on = True
+        try:
+            return await _sleep_quietly(payload, job)
+        finally:
+            fault.on = False
+
+    stack = await start_stack(
+        kinds={"quiet": JobKind("quiet", SleepPayload, quiet_while_the_bus_fails)}
+    )
+    settings = stack.settings
+    client = await connect(stack.gateway.url, make_token())
+    seconds = settings.job_timeout_s + settings.pending_timeout_s + 1.5
+    accepted = await client.submit(Submit(ref="c-1", kind="quiet", payload={"seconds": seconds}))
+    assert isinstance(accepted, Accepted)
+    seen = await client.until_terminal(accepted.job_id, timeout=seconds + 10)
+    assert (seen[-1].kind, seen[-1].data) == ("result", {"slept": seconds})
+    assert len(logs.named("job.attempt_started", job_id=accepted.job_id)) == 1
+    await client.ws.close()
+
+
+async def test_a_handler_whose_attempt_was_superseded_is_told_to_stop(
+    nats_server: EmbeddedNats,
+    start_stack: StartStack,
+    make_token: MakeToken,
+    logs: LogWatch,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 18, finding 8: a handler whose attempt was superseded is cancelled at its
+    node's next keep-alive (`job.attempt_superseded`). This node's keep-alives are lost,
+    so JetStream gives the work to a second node after the job timeout; the first node's
+    handler is stopped, not run on to an end nobody wants, and the client gets one
+    result."""
+    stopped, ended = asyncio.Event(), asyncio.Event()
+
+    async def sleep_until_stopped(payload: SleepPayload, job: JobContext) -> Slept:
+        try:
+            return await _sleep_quietly(payload, job)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+        finally:
+            ended.set()
+
+    stack = await start_stack(
+        kinds={"sleep": JobKind("sleep", SleepPayload, sleep_until_stopped)}, capacity=1
+    )
+    settings = stack.settings
+    fault = drop_answers(monkeypatch, b"+WPI", times=None)
+    client = await connect(stack.gateway.url, make_token())
+    seconds = 3 * settings.job_timeout_s
+    accepted = await client.submit(Submit(ref="c-1", kind="sleep", payload={"seconds": seconds}))
+    assert isinstance(accepted, Accepted)
+    await logs.wait_for("job.attempt_started", job_id=accepted.job_id, node="node-t")
+    second = await start_node("node-b", nats_server, settings)
+    try:
+        started = await second.log_event("job.attempt_started", job_id=accepted.job_id)
+        assert started["attempt"] == 2
+        async with asyncio.timeout(seconds):
+            await ended.wait()
+        assert fault.hits
+        assert stopped.is_set(), "the superseded handler ran on to its end"
+        await logs.wait_for("job.attempt_superseded", job_id=accepted.job_id, node="node-t")
+
+        seen = await client.until_terminal(accepted.job_id, timeout=seconds + 5)
+        assert (seen[-1].kind, seen[-1].data) == ("result", {"slept": seconds})
+        assert [d.kind for d in seen].count("result") == 1
+        await send(client.ws, Ping())
+        assert isinstance(await receive(client.ws), Pong)  # no second result came first
+        await client.ws.close()
+    finally:
+        await second.stop()
