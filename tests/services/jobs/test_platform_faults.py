@@ -8,8 +8,10 @@ the new; a nak is a plain publish (`Msg.nak`) in the old, a request in the new.
 """
 
 import asyncio
+import contextlib
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +34,7 @@ from support.logs import LogWatch
 
 from .conftest import Stack, StartStack
 from .test_failover import first_to_log, start_node
-from .test_jobs import _sleep_quietly, connect
+from .test_jobs import JobClient, Tally, _sleep_quietly, connect
 
 MakeToken = Callable[..., str]
 
@@ -322,3 +324,59 @@ async def test_a_handler_whose_attempt_was_superseded_is_told_to_stop(
         await client.ws.close()
     finally:
         await second.stop()
+
+
+async def submit_all(client: JobClient, frames: list[Submit]) -> list[str]:
+    """Send every submit at once, then read their answers: the job ids, all accepted."""
+    for frame in frames:
+        await send(client.ws, frame)
+    answers = [await client.answer(frame, timeout=10) for frame in frames]
+    assert all(isinstance(a, Accepted) for a in answers), answers
+    return [a.job_id for a in answers if isinstance(a, Accepted)]
+
+
+async def test_past_a_thousand_jobs_in_flight_a_job_with_no_room_ends_in_time(
+    start_stack: StartStack, make_token: MakeToken, logs: LogWatch
+) -> None:
+    """Issue 18, finding 7: the scheduler's consumer kept JetStream's default
+    `max_ack_pending` of 1,000 (one per job in flight, its timer), so past 1,000 jobs in
+    flight other jobs' timers waited. A node runs 1,000 jobs that last, its every slot
+    busy; the jobs stored beside them find no room, and each ends `no_capacity` within
+    its pending timeout and a few seconds (before: their timers waited for the running
+    jobs', and they ran once slots freed).
+
+    (1,100 jobs that find no room at all, behind one busy slot, do not show it: the first
+    1,000 timers end at their pending deadlines, each letting in a later job's timer
+    before that one is due.)"""
+    running, waiting = 1_000, 50
+    held = Tally(hold=asyncio.Event())  # runs until the test lets it end
+    stack = await start_stack(
+        kinds={"tally": held.kind, "echo": DEMO_KINDS["echo"]},
+        capacity=running,
+        pending_timeout_s=4.0,  # time to start 1,000 jobs
+        job_timeout_s=30.0,  # no keep-alive beat within the test
+        submit_rate_per_s=1e6,
+        submit_burst=10 * (running + waiting),
+    )
+    settings = stack.settings
+    try:
+        client = await connect(stack.gateway.url, make_token())
+        long = [Submit(ref=f"t-{i}", kind="tally", payload={"i": i}) for i in range(running)]
+        for job_id in await submit_all(client, long):
+            await logs.wait_for("job.attempt_started", job_id=job_id, timeout=10)
+        jobs = await submit_all(
+            client, [Submit(ref=f"e-{i}", kind="echo", payload={"i": i}) for i in range(waiting)]
+        )
+        # Every job was stored by now: each ends by its pending deadline and a few seconds.
+        deadline = asyncio.get_running_loop().time() + settings.pending_timeout_s + 3
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                for job_id in jobs:
+                    await client.until_terminal(job_id)
+        ended = [client.by_job[job_id][-1] for job_id in jobs if client.by_job[job_id]]
+        assert len(ended) == waiting, f"{waiting - len(ended)} of {waiting} jobs had no end in time"
+        outcomes = Counter(str(d.data.get("code", d.kind)) for d in ended)  # type: ignore[union-attr]
+        assert outcomes == {"no_capacity": waiting}
+        await client.ws.close()
+    finally:
+        held.hold.set()  # the node drains at once
