@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import nats
 import nats.errors
 import nats.js.errors
 import pytest
@@ -22,7 +23,8 @@ import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from ackwire.bus.embedded import EmbeddedNats
+from ackwire.bus import subjects
+from ackwire.bus.embedded import EmbeddedCluster, EmbeddedNats
 from ackwire.bus.models import Delivery
 from ackwire.bus.session_queue import SessionQueue
 from ackwire.errors import BusUnavailableError
@@ -380,3 +382,55 @@ async def test_past_a_thousand_jobs_in_flight_a_job_with_no_room_ends_in_time(
         await client.ws.close()
     finally:
         held.hold.set()  # the node drains at once
+
+
+async def leader_of(nc: Client, stream: str, cluster: EmbeddedCluster) -> EmbeddedNats:
+    """The server leading `stream` now, once it has one (bounded: an election is on)."""
+    async with asyncio.timeout(20):
+        while True:
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                info = await nc.jetstream().stream_info(stream)
+                leading = [s for s in cluster.servers if s.pid and s.name == info.cluster.leader]
+                if leading:
+                    return leading[0]
+            await asyncio.sleep(0.1)  # an election has no event to await
+
+
+async def test_the_sessions_leader_killed_mid_run_fails_no_attempt(
+    nats_cluster: EmbeddedCluster, start_stack: StartStack, make_token: MakeToken, logs: LogWatch
+) -> None:
+    """Issue 18, the 16 spurious failures of the fault run: on a 3-server cluster, the
+    server leading the stream that progress is stored in (`ACKWIRE_SESSIONS`) is killed
+    while jobs report progress, and restarted. Every job ends with its result, and no
+    attempt is counted failed (before: a progress store that met the election failed
+    its attempt)."""
+    stack = await start_stack(
+        capacity=8,
+        nats_url=nats_cluster.url,
+        replicas=3,
+        pending_timeout_s=5.0,
+        job_timeout_s=10.0,  # the work's consumer may elect a leader too
+        submit_burst=20,
+    )
+    client = await connect(stack.gateway.url, make_token())
+    jobs = []
+    for i in range(6):
+        accepted = await client.submit(Submit(ref=f"s-{i}", kind="sleep", payload={"seconds": 6}))
+        assert isinstance(accepted, Accepted)
+        jobs.append(accepted.job_id)
+    for job_id in jobs:
+        await logs.wait_for("job.attempt_started", job_id=job_id)
+    nc = await nats.connect(nats_cluster.url.split(","))
+    try:
+        leader = await leader_of(nc, subjects.SESSIONS_STREAM, nats_cluster)
+        await leader.kill()
+        await leader_of(nc, subjects.SESSIONS_STREAM, nats_cluster)  # another one
+        await leader.start()
+    finally:
+        await nc.close()
+    for job_id in jobs:
+        seen = await client.until_terminal(job_id, timeout=30)
+        assert (seen[-1].kind, seen[-1].data) == ("result", {"slept": 6.0})
+    assert not logs.named("job.attempt_failed")
+    assert len(logs.named("job.attempt_started")) == len(jobs)
+    await client.ws.close()
