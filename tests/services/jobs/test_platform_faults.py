@@ -204,6 +204,38 @@ async def test_a_failed_attempts_lost_nak_and_the_next_attempt_runs_all_the_same
     await client.ws.close()
 
 
+@pytest.mark.xfail(strict=True, reason="the ledger ignores the end's repeat: no hand-back")
+async def test_a_failed_attempts_end_written_unconfirmed_hands_the_work_back_at_once(
+    start_stack: StartStack, make_token: MakeToken, logs: LogWatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug of the redesign, beside finding 4: the write of a failed attempt's end (its
+    record, `pending` for the next attempt) lands, but its answer is lost. The node tries
+    the end again, meets its own write, and must still hand the work back for the next
+    attempt at once; the ledger ignored the repeat ("job already pending"), so the node
+    answered nothing, and the next attempt waited a job timeout (300 s by default)."""
+
+    def records_the_failure(subject: str, payload: bytes = b"", *_: Any, **__: Any) -> bool:
+        return is_record(subject) and b'"state":"pending"' in payload
+
+    fault = Fault(records_the_failure, landed=True)
+    fault.breaks(monkeypatch, JetStreamContext, "publish", nats.errors.TimeoutError())
+    flaky = JobKind("flaky", AnyObject, _fail_the_first_attempt)
+    stack = await start_stack(kinds={"flaky": flaky})  # 2 attempts
+    client = await connect(stack.gateway.url, make_token())
+    accepted = await client.submit(Submit(ref="c-1", kind="flaky", payload={"n": 1}))
+    assert isinstance(accepted, Accepted)
+    await logs.wait_for("job.attempt_failed", job_id=accepted.job_id)
+    failed_at = time.monotonic()
+    settings = stack.settings
+    within = settings.job_timeout_s + settings.pending_timeout_s + 5
+    seen = await client.until_terminal(accepted.job_id, timeout=within)
+    took = time.monotonic() - failed_at
+    assert fault.hits == 1
+    assert (seen[-1].kind, seen[-1].data) == ("result", {"n": 1})
+    assert took < settings.job_timeout_s / 2, f"the next attempt came {took:.1f} s later"
+    await client.ws.close()
+
+
 async def test_a_node_killed_while_the_only_other_is_busy_runs_once_a_slot_frees(
     nats_server: EmbeddedNats, start_stack: StartStack, make_token: MakeToken, logs: LogWatch
 ) -> None:
