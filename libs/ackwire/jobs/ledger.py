@@ -319,6 +319,11 @@ class JobLedger:
     def _ended_again(self, record: JobRecord, _event: TimerFired | Started, _now: float) -> Outcome:
         return _again(record, True)
 
+    def _retry_again(self, record: JobRecord, _event: AttemptFailed, _now: float) -> Outcome:
+        """The failure of the attempt that left the job waiting, again: its node's write
+        landed unconfirmed, and the node has still to hand the work back."""
+        return Outcome(record, (RetryLater(),))
+
 
 def _ended(record: JobRecord, state: JobState, delivery: DeliverResult | DeliverError) -> Outcome:
     """The job ends with `delivery`; its work message is withdrawn once that is stored."""
@@ -347,6 +352,7 @@ _TRANSITIONS: dict[tuple[JobState, type[JobInput]], Transition] = {
     (_R, Started): JobLedger._started,
     (_R, Succeeded): JobLedger._succeeded,
     (_R, AttemptFailed): JobLedger._attempt_failed,
+    (_P, AttemptFailed): JobLedger._retry_again,  # `apply` dropped other attempts' ends
     (_P, TimerFired): JobLedger._timer,
     (_R, TimerFired): JobLedger._timer,
     (_DONE, Succeeded): JobLedger._result_again,

@@ -42,9 +42,12 @@ def node_env(nats_server: EmbeddedNats, settings: Settings) -> dict[str, str]:
     }
 
 
-async def start_node(name: str, nats_server: EmbeddedNats, settings: Settings) -> AckwireProcess:
+async def start_node(
+    name: str, nats_server: EmbeddedNats, settings: Settings, *flags: str
+) -> AckwireProcess:
+    """A node process serving `sleep` and `echo`, with more command-line `flags`."""
     node = await AckwireProcess.start(
-        "node", "--name", name, "--kinds", "sleep,echo", env=node_env(nats_server, settings)
+        "node", "--name", name, "--kinds", "sleep,echo", *flags, env=node_env(nats_server, settings)
     )
     await node.stdout_line(0)
     return node
