@@ -255,6 +255,10 @@ class Attempt:
         if self._progress is not None:
             await asyncio.wait({self._progress})
 
+    async def abandon(self) -> None:
+        """Stop storing progress (the attempt was handed back, or its node stops)."""
+        await cancel_and_wait(self._progress)
+
 
 class _HeldSlot:
     """One handler slot, let go once (when the handler is done, or the attempt over)."""
@@ -473,6 +477,7 @@ class Worker:
             log.warning("job.attempt_unreported", error=str(exc))
         finally:
             self._beating.pop(attempt, None)
+            await attempt.abandon()
 
     async def _granted(
         self, kind: str, msg: Msg, attempt: Attempt, log: FilteringBoundLogger
