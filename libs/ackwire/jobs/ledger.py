@@ -307,6 +307,11 @@ class JobLedger:
         )
         return _ended(record, JobState.FAILED, DeliverError("failed", message))
 
+    def _handed_back_again(self, record: JobRecord, _event: AttemptFailed, _now: float) -> Outcome:
+        # The failure was written, but its node lost the answer and reports it again: the
+        # work goes back now, as the first answer said (not after ack_wait).
+        return Outcome(record, (RetryLater(),))
+
     # A terminal job meeting its timer, its work, or the input that ended it, again: its
     # end may not have been carried out (see the rules).
 
@@ -347,6 +352,7 @@ _TRANSITIONS: dict[tuple[JobState, type[JobInput]], Transition] = {
     (_R, Started): JobLedger._started,
     (_R, Succeeded): JobLedger._succeeded,
     (_R, AttemptFailed): JobLedger._attempt_failed,
+    (_P, AttemptFailed): JobLedger._handed_back_again,
     (_P, TimerFired): JobLedger._timer,
     (_R, TimerFired): JobLedger._timer,
     (_DONE, Succeeded): JobLedger._result_again,

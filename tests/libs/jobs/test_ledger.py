@@ -88,6 +88,13 @@ def test_a_failed_attempt_waits_for_the_next_from_when_it_failed() -> None:
     assert (record.state, record.attempt, record.waiting_since) == (JobState.PENDING, 1, 2)
 
 
+def test_a_failure_whose_answer_was_lost_hands_the_work_back_again() -> None:
+    """Its node wrote the failed attempt, lost the answer and reports it again: the work
+    goes back now, as the first answer said (else the next attempt waits for ack_wait)."""
+    waiting, _ = run(new_job(), (Started(1, "a"), 1), (AttemptFailed(1, "boom"), 2))
+    assert LEDGER.apply(waiting, AttemptFailed(1, "boom"), 3) == Outcome(waiting, (RetryLater(),))
+
+
 def test_a_delivery_the_bus_kept_from_being_granted_spends_no_attempt() -> None:
     """Deliveries 1, 2, 4, 5, 7 and 8 reached nodes that could not write their start, and
     were handed back unstarted: only the three granted ones count."""
@@ -695,7 +702,10 @@ class World:
             self.lost = True
             return
         record = ended.version.record
-        if any(isinstance(action, RetryLater) for action in ended.outcome.actions):
+        handed_back = any(isinstance(action, RetryLater) for action in ended.outcome.actions)
+        if record.state is JobState.PENDING and record.attempt == proc.attempt:
+            assert handed_back, "a failed attempt recorded, and its work not handed back"
+        if handed_back:
             self.answer(proc, "nak", (yield "bus"))
         elif record.attempt == proc.attempt and record.state.terminal:
             self.answer(proc, "ack", (yield "bus"))
