@@ -3,8 +3,14 @@ then the whole design around it as a model, under any history Hypothesis finds."
 
 from __future__ import annotations
 
+import enum
+import functools
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
 import pytest
-from hypothesis import given
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from ackwire.jobs.ledger import (
@@ -25,6 +31,8 @@ from ackwire.jobs.ledger import (
     TimerFired,
     WithdrawJob,
 )
+from ackwire.jobs.messages import TERMINAL_SUFFIX
+from ackwire.jobs.records import Applied, Version
 
 LEDGER = JobLedger(pending_timeout=10, job_timeout=300, max_attempts=3)
 #: Where the job's work message sits in the jobs stream.
@@ -78,6 +86,13 @@ def test_a_grant_is_an_attempt_and_a_failed_one_hands_the_work_back() -> None:
 def test_a_failed_attempt_waits_for_the_next_from_when_it_failed() -> None:
     record, _ = run(new_job(), (Started(1, "a"), 1), (AttemptFailed(1, "boom"), 2))
     assert (record.state, record.attempt, record.waiting_since) == (JobState.PENDING, 1, 2)
+
+
+def test_a_failure_whose_answer_was_lost_hands_the_work_back_again() -> None:
+    """Its node wrote the failed attempt, lost the answer and reports it again: the work
+    goes back now, as the first answer said (else the next attempt waits for ack_wait)."""
+    waiting, _ = run(new_job(), (Started(1, "a"), 1), (AttemptFailed(1, "boom"), 2))
+    assert LEDGER.apply(waiting, AttemptFailed(1, "boom"), 3) == Outcome(waiting, (RetryLater(),))
 
 
 def test_a_delivery_the_bus_kept_from_being_granted_spends_no_attempt() -> None:
@@ -377,3 +392,697 @@ def test_a_terminal_state_is_final(how: str, event: JobInput, now: float) -> Non
 def test_a_record_read_back_from_the_bus_is_the_record_written() -> None:
     for ended in ENDED.values():
         assert JobRecord.model_validate_json(ended.model_dump_json()) == ended
+
+
+# -- the whole design, as a model --------------------------------------------------
+#
+# What drives the ledger, in plain Python, one step at a time: JetStream's work message
+# and its two consumers (the nodes', whose ack_wait is the job timeout, and the
+# scheduler's timers, whose ack_wait is the pending timeout), the job's record written by
+# compare-and-set (`jobs/records.py`), nodes that take a delivery, ask, run and end it
+# (`node/worker.py`), the scheduler's timer checks (`scheduler/jobs.py`), the session's
+# store, which dedupes a message by its id for two minutes (the client dedupes the rest
+# by id), and the client resubmitting the job, however late. Every call to the bus may
+# fail (not done), or be done with its answer lost; a node may give up on the bus (its
+# patience ran out), be killed between any two steps, or drain; a nak may be lost; a
+# node's keep-alives may be lost until its work goes to another node; a scheduler may
+# be killed, or its check outlive the timer's ack_wait.
+
+JOB_TERMINAL_ID = JOB_ID + TERMINAL_SUFFIX
+NODES = ("a", "b")
+#: The sessions stream's duplicate window: a re-store of a message id within it is dropped.
+DEDUPE_WINDOW_S = 120.0
+#: How soon a timer whose check the bus interrupted fires again (`scheduler/jobs.py`).
+TIMER_RETRY_S = 0.5
+MAX_CAS_RETRIES = 10
+#: The model's timeouts, and the grace they make for a kind no node serves.
+PENDING_TIMEOUT_S, JOB_TIMEOUT_S = 10.0, 300.0
+UNSERVED_GRACE_S = JOB_TIMEOUT_S + PENDING_TIMEOUT_S
+
+
+class Fault(enum.Enum):
+    NONE = "none"
+    UNDONE = "undone"
+    """The bus failed: the call did not happen (a nak: it was lost)."""
+    LOST = "lost"
+    """The call happened, but its answer was lost: the caller thinks it failed."""
+
+
+class BusFailedError(Exception):
+    """The model's `BusError`."""
+
+
+class RecordChangedError(Exception):
+    """The model's `SequenceConflictError` (and `JobChangedError`, retries spent)."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A message in the session's queue."""
+
+    id: str
+    delivery: DeliverResult | DeliverError
+    at: float
+
+
+Ask = Literal["bus", "retry", "handler"]
+"""What a process waits for: its next call to the bus (a `Fault`), whether to try again
+after the bus failed or give up (a bool), or its handler's next move (a `Move`)."""
+Move = Literal["return", "keep_alive", "raise"]
+Process = Generator[Ask, Any, None]
+Call = Generator[Ask, Any, Applied]
+#: What a process is told when all goes well: its call to the bus is answered, it tries
+#: the bus again, its handler returns.
+CALM: dict[Ask, Fault | bool | Move] = {"bus": Fault.NONE, "retry": True, "handler": "return"}
+
+
+@dataclass(eq=False)
+class Proc:
+    """A node's attempt at one delivery of the work, or the scheduler's check of a timer."""
+
+    node: str | None  # None: the scheduler
+    delivery: int = 0
+    steps: Process | None = None
+    asks: Ask = "bus"
+    attempt: int = 0
+    """The attempt its handler runs as (0: none granted)."""
+    running: bool = False
+
+
+@dataclass
+class World:
+    ledger: JobLedger
+    now: float = 0.0
+    revision: int = 0
+    stored_record: Version | None = None
+    """The job's record as read back from the bytes written (None: none written yet)."""
+    work_present: bool = True
+    delivered: int = 0
+    """JetStream's delivery count of the work to the nodes."""
+    holder: Proc | None = None
+    """The node process whose delivery JetStream waits on (kept alive while it runs)."""
+    redeliver_at: float | None = 0.0
+    """When the work is due to a node (None: held, or acked)."""
+    timer: Proc | None = None
+    timer_due: float | None = None
+    """When the timer is due to the scheduler (None: in hand, or acked)."""
+    session: list[Stored] = field(default_factory=list)
+    procs: list[Proc] = field(default_factory=list)
+    # What happened, for the invariants.
+    grants: list[tuple[int, int]] = field(default_factory=list)
+    """(attempt, delivery) of every grant written."""
+    raised: bool = False
+    """A handler raised."""
+    lost: bool = False
+    """An attempt was lost: its node killed, silent, or out of patience with the bus."""
+    first_unserved_at: float | None = None
+    """When a timer first found no node serving the kind."""
+    story: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.fresh = Version(new_job(ledger=self.ledger), 0)
+        # The first delivery to the scheduler is left unanswered until the pending deadline.
+        self.timer_due = self.ledger.pending_timeout
+
+    def say(self, line: str) -> None:
+        self.story.append(f"{self.now:8.1f}  {line}")
+
+    # -- the bus --------------------------------------------------------------------
+
+    def current(self) -> Version:
+        return self.stored_record or self.fresh
+
+    def read(self, fault: Fault) -> Version:
+        if fault is not Fault.NONE:
+            raise BusFailedError
+        return self.current()
+
+    def write(
+        self, record: JobRecord, over: Version, fault: Fault, why: tuple[JobInput, float]
+    ) -> Version:
+        """Compare-and-set: written only over the revision `over` read (`why`: the input
+        the ledger decided it on, and when)."""
+        if fault is Fault.UNDONE:
+            raise BusFailedError
+        if over.revision != self.revision:
+            raise BusFailedError if fault is Fault.LOST else RecordChangedError
+        before = self.current().record
+        self.revision += 1
+        read_back = JobRecord.model_validate_json(record.model_dump_json())
+        self.stored_record = Version(read_back, self.revision)
+        self.written(before, record, *why)
+        if fault is Fault.LOST:
+            raise BusFailedError
+        return Version(record, self.revision)
+
+    def written(
+        self, before: JobRecord, after: JobRecord, event: JobInput, decided_at: float
+    ) -> None:
+        self.say(f"record {after.state.value} attempt {after.attempt} delivery {after.delivery}")
+        assert not before.state.terminal, "a terminal record was written over"
+        assert after.attempt <= self.ledger.max_attempts, "more attempts than max_attempts"
+        if after.attempt != before.attempt:
+            assert after.attempt == before.attempt + 1
+            assert after.delivery > before.delivery
+            self.grants.append((after.attempt, after.delivery))
+        if isinstance(event, Succeeded | AttemptFailed):
+            assert event.attempt == after.attempt, "the end of a superseded attempt recorded"
+        if after.state is JobState.DONE:  # the newest attempt's own result
+            assert after.ended_with == DeliverResult({"attempt": after.attempt, "node": after.node})
+        if after.state is JobState.NO_CAPACITY:
+            assert not self.grants, "no_capacity for a job that was granted an attempt"
+        if after.state is JobState.FAILED:
+            match event:
+                case AttemptFailed():
+                    assert self.raised
+                case Started():
+                    assert self.lost, "failed for a silent node, and no attempt was lost"
+                case TimerFired():
+                    since = self.first_unserved_at
+                    unserved_for = 0.0 if since is None else decided_at - since
+                    assert unserved_for >= UNSERVED_GRACE_S, "failed, and the kind was served"
+
+    def store(self, delivery: DeliverResult | DeliverError, fault: Fault) -> None:
+        """The session queue's `put`, deduped by the message's id within the window."""
+        if fault is Fault.UNDONE:
+            raise BusFailedError
+        record = self.current().record
+        assert record.state.terminal, "a terminal delivery for a job that did not end"
+        assert delivery == record.ended_with, "a delivery the record did not decide"
+        copies = [s for s in self.session if s.id == JOB_TERMINAL_ID]
+        assert all(s.delivery == delivery for s in copies), "two terminal deliveries"
+        if not copies or self.now - copies[-1].at >= DEDUPE_WINDOW_S:
+            self.say(f"stored {delivery}" + (" again" if copies else ""))
+            self.session.append(Stored(JOB_TERMINAL_ID, delivery, self.now))
+        if fault is Fault.LOST:
+            raise BusFailedError
+
+    def withdraw(self, seq: int, fault: Fault) -> None:
+        if fault is Fault.UNDONE:
+            raise BusFailedError
+        assert seq == SEQ
+        stored = any(s.id == JOB_TERMINAL_ID for s in self.session)
+        assert stored, "the work withdrawn before its terminal delivery was stored"
+        if self.work_present:
+            self.say("work withdrawn")
+        self.work_present = False
+        if fault is Fault.LOST:
+            raise BusFailedError
+
+    # -- JetStream's two consumers of the work ----------------------------------------
+
+    def work_due(self) -> bool:
+        return self.work_present and self.redeliver_at is not None and self.now >= self.redeliver_at
+
+    def timer_is_due(self) -> bool:
+        return (
+            self.work_present
+            and self.timer is None
+            and self.timer_due is not None
+            and self.now >= self.timer_due
+        )
+
+    def release(self, proc: Proc, at: float) -> None:
+        """`proc` no longer holds the work: JetStream gives it out again at `at`."""
+        if proc is self.holder:
+            self.holder = None
+            self.redeliver_at = at
+
+    def answer(self, proc: Proc, answer: Literal["ack", "nak"], fault: Fault) -> None:
+        """A node's answer for its delivery (an older delivery's changes nothing: the newer
+        one's holder answers for the work)."""
+        if fault is Fault.UNDONE:  # lost: JetStream gives the work out after ack_wait
+            self.release(proc, self.now + self.ledger.job_timeout)
+        elif answer == "nak":
+            self.release(proc, self.now)
+        elif proc is self.holder:
+            # Acked: never given to a node again. The job ended, but its work may still be
+            # there (its end is not carried out yet): the timer sees to that.
+            assert self.current().record.state.terminal, "the work of a running job acked"
+            self.holder = self.redeliver_at = None
+
+    # -- `JobRecords.apply`, and the callers' patience -------------------------------
+
+    def apply(self, event: JobInput, known: Version | None) -> Call:
+        for _ in range(MAX_CAS_RETRIES):
+            version = known if known is not None else self.read((yield "bus"))
+            known = None
+            decided_at = self.now
+            outcome = self.ledger.apply(version.record, event, decided_at)
+            if outcome.record != version.record:
+                try:
+                    why = (event, decided_at)
+                    version = self.write(outcome.record, version, (yield "bus"), why)
+                except RecordChangedError:
+                    continue
+            for action in outcome.actions:
+                if isinstance(action, DeliverResult | DeliverError):
+                    self.store(action, (yield "bus"))
+                elif isinstance(action, WithdrawJob):
+                    self.withdraw(action.seq, (yield "bus"))
+                elif isinstance(action, Ignore):
+                    self.say(f"{type(event).__name__} ignored: {action.reason}")
+                elif isinstance(action, CheckAt):
+                    assert action.at >= decided_at
+            return Applied(outcome, version)
+        raise RecordChangedError
+
+    def patiently(self, call: Callable[[], Call]) -> Generator[Ask, Any, Applied | None]:
+        """The node's `_patiently`: again while the bus fails, until its patience runs out
+        (None); a record that kept changing is given up on at once."""
+        while True:
+            try:
+                return (yield from call())
+            except BusFailedError:
+                if not (yield "retry"):
+                    return None
+            except RecordChangedError:
+                return None
+
+    # -- a node: `Worker._attempt` -----------------------------------------------------
+
+    def attempt(self, proc: Proc) -> Process:
+        node = proc.node
+        assert node is not None
+        start = Started(proc.delivery, node)
+        started = yield from self.patiently(lambda: self.apply(start, self.fresh))
+        if started is None:  # handed back unstarted (spent, if written after all)
+            self.lost |= any(delivery == proc.delivery for _, delivery in self.grants)
+            self.answer(proc, "nak", (yield "bus"))
+            return
+        grant = next((a for a in started.outcome.actions if isinstance(a, RunHandler)), None)
+        if grant is None:
+            if started.version.record.state.terminal:
+                self.answer(proc, "ack", (yield "bus"))
+            return  # else the newer delivery's holder answers for the work
+        self.run_handler(proc, grant.attempt)
+        looked_at = self.now
+        while (move := (yield "handler")) == "keep_alive":
+            if self.now < looked_at + self.ledger.job_timeout / 3:
+                continue  # the handler runs on: its keep-alive beats every third of ack_wait
+            looked_at = self.now
+            try:
+                current = self.read((yield "bus")).record
+            except BusFailedError:
+                continue
+            if current.state.terminal or current.attempt != proc.attempt:
+                self.say(f"node {node} cancels attempt {proc.attempt}")
+                proc.running = False
+                return  # superseded, or ended elsewhere: it reports nothing
+        proc.running = False
+        end: Succeeded | AttemptFailed
+        if move == "raise":
+            self.raised = True
+            end = AttemptFailed(proc.attempt, f"attempt {proc.attempt} raised")
+        else:
+            end = Succeeded(proc.attempt, {"attempt": proc.attempt, "node": node})
+        self.say(f"node {node} ends attempt {proc.attempt}: {end}")
+        ended = yield from self.patiently(lambda: self.apply(end, started.version))
+        if ended is None:  # unreported: its work comes back after ack_wait
+            self.lost = True
+            return
+        record = ended.version.record
+        handed_back = any(isinstance(action, RetryLater) for action in ended.outcome.actions)
+        if record.state is JobState.PENDING and record.attempt == proc.attempt:
+            assert handed_back, "a failed attempt recorded, and its work not handed back"
+        if handed_back:
+            self.answer(proc, "nak", (yield "bus"))
+        elif record.attempt == proc.attempt and record.state.terminal:
+            self.answer(proc, "ack", (yield "bus"))
+
+    def run_handler(self, proc: Proc, attempt: int) -> None:
+        """The ledger granted `attempt` to `proc`: as of the record it was decided on (the
+        one on the bus now, read or written this very step)."""
+        self.say(f"node {proc.node} runs delivery {proc.delivery} as attempt {attempt}")
+        record = self.current().record
+        assert not record.state.terminal, "a handler granted for a job that ended"
+        assert (record.attempt, record.delivery, record.node) == (
+            attempt,
+            proc.delivery,
+            proc.node,
+        )
+        newest = max(delivery for _, delivery in self.grants)
+        assert proc.delivery == newest, "a handler granted for an older delivery"
+        others = [p.attempt for p in self.procs if p.running and p is not proc]
+        assert attempt not in others, "two handlers running as one attempt"
+
+        proc.attempt, proc.running = attempt, True
+
+    # -- the scheduler: `JobTimers._check` ----------------------------------------------
+
+    def check_timer(self, proc: Proc, served: bool) -> Process:
+        try:
+            applied = yield from self.apply(TimerFired(served), None)
+        except (BusFailedError, RecordChangedError):
+            self.rearm(proc, (yield "bus"), TIMER_RETRY_S)
+            return
+        check = next((a for a in applied.outcome.actions if isinstance(a, CheckAt)), None)
+        fault = yield "bus"
+        if check is not None:
+            self.rearm(proc, fault, max(TIMER_RETRY_S, check.at - self.now))
+        elif fault is Fault.UNDONE and proc is self.timer:  # a lost ack: it comes again
+            assert not self.work_present  # (to no one: the work is gone)
+            self.timer_due = self.now + self.ledger.pending_timeout
+
+    def rearm(self, proc: Proc, fault: Fault, delay: float) -> None:
+        """A nak with `delay`; a lost one comes back after the ack_wait (an older delivery's
+        answer changes nothing)."""
+        if proc is self.timer:
+            lost = fault is Fault.UNDONE
+            self.timer_due = self.now + (self.ledger.pending_timeout if lost else delay)
+
+    # -- what happens ----------------------------------------------------------------
+
+    def fetch(self, node: str) -> None:
+        """JetStream gives the work to `node` (it is due)."""
+        assert self.work_due()
+        self.delivered += 1
+        self.say(f"node {node} gets delivery {self.delivered}")
+        proc = Proc(node, self.delivered)
+        self.holder, self.redeliver_at = proc, None
+        self.begin(proc, self.attempt(proc))
+
+    def fire(self, *, served: bool) -> None:
+        """The scheduler's consumer delivers the job's timer (it is due)."""
+        assert self.timer_is_due()
+        self.say(f"timer fires, kind {'served' if served else 'unserved'}")
+        if not served and self.first_unserved_at is None:
+            self.first_unserved_at = self.now
+        self.timer, self.timer_due = Proc(None), None
+        self.begin(self.timer, self.check_timer(self.timer, served))
+
+    def waiting(self, *asks: Ask) -> list[Proc]:
+        return [p for p in self.procs if p.asks in asks]
+
+    def resume(self, proc: Proc, value: Fault | bool | Move | None) -> None:
+        assert proc.steps is not None
+        try:
+            proc.asks = proc.steps.send(value)
+        except StopIteration:
+            self.end(proc)
+
+    def begin(self, proc: Proc, steps: Process) -> None:
+        proc.steps = steps
+        self.procs.append(proc)
+        self.resume(proc, None)
+
+    def end(self, proc: Proc) -> None:
+        """`proc` stops (done, or killed): its work, still held, comes back after ack_wait."""
+        assert proc.steps is not None
+        proc.steps.close()
+        proc.running = False
+        self.procs.remove(proc)
+        self.release(proc, self.now + self.ledger.job_timeout)
+        if proc is self.timer:
+            self.timer = None
+
+    def kill(self, node: str) -> None:
+        """`node` dies between two steps (and comes back at once, with nothing in hand)."""
+        self.say(f"node {node} killed")
+        for proc in [p for p in self.procs if p.node == node]:
+            self.lost = True
+            self.end(proc)
+
+    def drain(self, node: str, fault: Fault) -> None:
+        """`node` drains (`Worker.drain`): it stops its attempts and hands their work back,
+        which JetStream gives out at once (or after ack_wait, if the nak was lost)."""
+        self.say(f"node {node} drained")
+        for proc in [p for p in self.procs if p.node == node]:
+            self.lost = True
+            self.answer(proc, "nak", fault)
+            self.end(proc)
+
+    def kill_scheduler(self) -> None:
+        """The scheduler replica checking the timer dies: the timer comes back after the
+        ack_wait, to any replica."""
+        assert self.timer is not None
+        self.say("scheduler killed")
+        self.end(self.timer)
+        self.timer_due = self.now + self.ledger.pending_timeout
+
+    def timer_stalls(self) -> None:
+        """The timer's check takes longer than the ack_wait (the bus is slow): JetStream
+        gives the timer to a replica again, while the first check goes on."""
+        assert self.timer is not None
+        self.say("timer check stalls")
+        self.timer, self.timer_due = None, self.now
+
+    def keep_alives_lost(self) -> None:
+        """The holder's keep-alives are lost for an ack_wait: JetStream gives the work out
+        again, and its attempt (if granted) is lost."""
+        assert self.holder is not None
+        self.say(f"node {self.holder.node}'s keep-alives lost")
+        self.lost = True
+        self.release(self.holder, self.now)
+
+    def resubmit(self) -> None:
+        """The client submits the job again, however late: the gateway stores the work only
+        if nothing of the job is stored (an expected last sequence of 0 over the job's
+        subjects), so it creates nothing."""
+        assert self.work_present or self.revision > 0, "a resubmit would store the job again"
+
+    def check(self) -> None:
+        """After every step."""
+        record = self.current().record
+        seen = {s.id: s.delivery for s in self.session}  # as the client dedupes them
+        if seen:
+            assert seen == {JOB_TERMINAL_ID: record.ended_with}
+        running = [p.attempt for p in self.procs if p.running]
+        assert len(running) == len(set(running)), "two handlers running as one attempt"
+
+    def settle(self) -> None:
+        """No more faults, every node alive, every handler returns: run to quiescence."""
+        for _ in range(1_000):
+            if self.procs:
+                self.resume(self.procs[0], CALM[self.procs[0].asks])
+            elif self.work_due():
+                self.fetch(NODES[0])
+            elif self.timer_is_due():
+                self.fire(served=True)
+            elif self.work_present:
+                due = [t for t in (self.redeliver_at, self.timer_due) if t is not None]
+                assert due, "the work is there, and nothing will ever take it"
+                self.now = max(self.now, min(due))
+            else:
+                return
+            self.check()
+        raise AssertionError("the job never settled")
+
+
+# -- the history's steps -----------------------------------------------------------
+
+How = Literal["well", "bus_fails", "answer_lost", "gives_up", "looks", "returns", "raises"]
+#: How a process's next step may go: what it must be waiting for, and what it is told.
+HOWS: dict[How, tuple[tuple[Ask, ...], Fault | bool | Move]] = {
+    "well": (("bus", "retry"), Fault.NONE),  # answered, or tried again (`CALM`)
+    "bus_fails": (("bus",), Fault.UNDONE),
+    "answer_lost": (("bus",), Fault.LOST),
+    "gives_up": (("retry",), False),  # its patience with the bus ran out
+    "looks": (("handler",), "keep_alive"),  # its keep-alive beats (and looks at the record)
+    "returns": (("handler",), "return"),
+    "raises": (("handler",), "raise"),
+}
+
+
+@dataclass(frozen=True)
+class Next:
+    """The `who`th process in flight (of those `how` can happen to) takes its next step."""
+
+    who: int
+    how: How = "well"
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """JetStream gives the work to `node` (it is due)."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class Fire:
+    """The scheduler's consumer delivers the job's timer (it is due)."""
+
+    served: bool = True
+
+
+@dataclass(frozen=True)
+class Tick:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Kill:
+    """The node of the `who`th node process in flight dies."""
+
+    who: int
+
+
+@dataclass(frozen=True)
+class Drain:
+    """The node of the `who`th node process in flight drains (its naks lost, or not)."""
+
+    who: int
+    fault: Fault
+
+
+@dataclass(frozen=True)
+class KillScheduler:
+    pass
+
+
+@dataclass(frozen=True)
+class TimerStall:
+    pass
+
+
+@dataclass(frozen=True)
+class Lapse:
+    pass
+
+
+@dataclass(frozen=True)
+class Resubmit:
+    pass
+
+
+Step = Next | Fetch | Fire | Tick | Kill | Drain | KillScheduler | TimerStall | Lapse | Resubmit
+Faults = frozenset[str]
+#: What can go wrong; each history draws which of them may happen in it, so that many
+#: histories have but a few kinds of fault, or none.
+FAULTS = (
+    "bus_fails",
+    "answer_lost",
+    "gives_up",
+    "raises",
+    "kill",
+    "kill_scheduler",
+    "lapse",
+    "unserved",
+)
+
+
+def node_of(world: World, who: int) -> str:
+    nodes = [p.node for p in world.procs if p.node is not None]
+    return nodes[who % len(nodes)]
+
+
+def take(world: World, step: Step) -> None:
+    match step:
+        case Next(who=who, how=how):
+            asks, answer = HOWS[how]
+            procs = world.waiting(*asks)
+            proc = procs[who % len(procs)]
+            world.resume(proc, CALM[proc.asks] if how == "well" else answer)
+        case Fetch(node=node):
+            world.fetch(node)
+        case Fire(served=served):
+            world.fire(served=served)
+        case Tick(seconds=seconds):
+            world.now += seconds
+        case Kill(who=who):
+            world.kill(node_of(world, who))
+        case Drain(who=who, fault=fault):
+            world.drain(node_of(world, who), fault)
+        case KillScheduler():
+            world.kill_scheduler()
+        case TimerStall():
+            world.timer_stalls()
+        case Lapse():
+            world.keep_alives_lost()
+        case Resubmit():
+            world.resubmit()
+
+
+_who = st.integers(0, 11)
+#: Each step that may happen, and how often it comes up against the others.
+STEPS: dict[str, tuple[int, st.SearchStrategy[Step]]] = {
+    "well": (12, st.builds(Next, _who)),
+    "fetch": (6, st.builds(Fetch, st.sampled_from(NODES))),
+    "fire": (3, st.just(Fire())),
+    "tick": (2, st.builds(Tick, st.sampled_from([0.5, 5.0, 10.0, 150.0, 300.0, 1_000.0]))),
+    "resubmit": (1, st.just(Resubmit())),
+    "looks": (2, st.builds(Next, _who, st.just("looks"))),
+    "returns": (2, st.builds(Next, _who, st.just("returns"))),
+    **{how: (2, st.builds(Next, _who, st.just(how))) for how in FAULTS if how in HOWS},
+    "unserved": (2, st.just(Fire(served=False))),
+    "kill": (2, st.builds(Kill, _who)),
+    "drain": (1, st.builds(Drain, _who, st.sampled_from([Fault.NONE, Fault.UNDONE]))),
+    "kill_scheduler": (1, st.just(KillScheduler())),
+    "timer_stall": (1, st.just(TimerStall())),
+    "lapse": (6, st.just(Lapse())),  # a handler's keep-alives lost
+    "stall": (2, st.just(Lapse())),  # a start that took an ack_wait
+}
+
+
+#: The fault each step is one of; the others happen in every history.
+FAULT_OF = {"stall": "lapse", "drain": "kill", "timer_stall": "kill_scheduler"}
+WELL_STEPS = frozenset(name for name in STEPS if FAULT_OF.get(name, name) not in FAULTS)
+
+
+@functools.cache
+def one_of(names: tuple[str, ...]) -> st.SearchStrategy[Step]:
+    """One of the steps `names`, as often as their weights say (`st.one_of` draws its
+    branches alike, whatever their number)."""
+    weighted = [name for name in names for _ in range(STEPS[name][0])]
+    return st.sampled_from(weighted).flatmap(lambda name: STEPS[name][1])
+
+
+def possible(world: World, faults: Faults) -> st.SearchStrategy[Step]:
+    """The steps that can happen now."""
+    can: dict[str, bool] = {
+        "fetch": world.work_due(),
+        "fire": world.timer_is_due(),
+        "tick": True,
+        "resubmit": True,
+        **{how: bool(world.waiting(*asks)) for how, (asks, _) in HOWS.items()},
+        "unserved": world.timer_is_due(),
+        "kill": any(p.node is not None for p in world.procs),
+        "drain": any(p.node is not None for p in world.procs),
+        "kill_scheduler": world.timer is not None,
+        "timer_stall": world.timer is not None,
+        "lapse": world.holder is not None and world.holder.running,
+        "stall": world.holder is not None and not world.holder.running,
+    }
+    allowed = (name for name in STEPS if FAULT_OF.get(name, name) in faults | WELL_STEPS)
+    return one_of(tuple(name for name in allowed if can[name]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    max_attempts=st.integers(1, 3),
+    faults=st.frozensets(st.sampled_from(FAULTS)),
+    steps=st.integers(0, 80),
+    data=st.data(),
+)
+def test_any_history_of_the_design_ends_the_job_in_exactly_one_terminal_delivery(
+    max_attempts: int, faults: Faults, steps: int, data: st.DataObject
+) -> None:
+    """One job, from its submit to its end. Checked at every step: at most one terminal
+    delivery (after the client's dedupe by id), the one the record decided; no handler
+    granted for a job that ended or for a delivery older than the newest granted; never
+    two handlers running as one attempt; the work withdrawn only after its terminal
+    delivery was stored; never more attempts granted than the limit; an attempt's end
+    recorded only for the newest attempt (a result is its own); `failed` only for a
+    cause (the last attempt's handler raised, an attempt was lost before its work came
+    back, or no node served the kind for the grace); never `no_capacity` once an attempt
+    was granted; a resubmit stores nothing. At the end, with faults over, every node
+    alive and the timers left to fire: the job ended, its work is withdrawn, and its one
+    terminal delivery is stored."""
+    ledger = JobLedger(
+        pending_timeout=PENDING_TIMEOUT_S, job_timeout=JOB_TIMEOUT_S, max_attempts=max_attempts
+    )
+    world = World(ledger)
+    try:
+        for _ in range(steps):
+            if not (world.work_present or world.procs):
+                break  # over: nothing can happen to the job any more
+            take(world, data.draw(possible(world, faults)))
+            world.check()
+        world.settle()
+        record = world.current().record
+        assert record.state.terminal, record
+        assert not world.work_present
+        assert {s.id: s.delivery for s in world.session} == {JOB_TERMINAL_ID: record.ended_with}
+    finally:
+        note("\n".join(world.story))
