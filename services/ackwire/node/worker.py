@@ -544,7 +544,8 @@ class Worker:
             log.info("job.superseded_attempt_ended")
         elif record.state.terminal:
             with contextlib.suppress(NatsError):
-                await msg.ack()  # the work is withdrawn already; a lost ack changes nothing
+                # Withdrawn, or to be by whoever ended the job (or a sweep): nothing to redo.
+                await msg.ack()
 
 
 def _reason(applied: Applied) -> str:
