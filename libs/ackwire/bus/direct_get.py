@@ -1,4 +1,4 @@
-"""Reading a stream's messages with JetStream's direct get: one, or in batches.
+"""Reading a stream's messages in batches with JetStream's batch direct get.
 
 nats-py has no call for it: the request goes to `$JS.API.DIRECT.GET.<stream>`
 and the answers come to an inbox, one message each, until a status message
@@ -46,12 +46,3 @@ async def read_batch(nc: Client, stream: str, subject: str, *, after: int, limit
                 messages.append(msg)
     finally:
         await sub.unsubscribe()
-
-
-async def read_one(nc: Client, stream: str, seq: int) -> Msg | None:
-    """Message `seq` of `stream` (from any replica), or `None` if it is gone. Raises what
-    nats-py raises (the caller translates it at its boundary)."""
-    request = json.dumps({"seq": seq}).encode()
-    msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}", request, timeout=_READ_TIMEOUT_S)
-    status = (msg.headers or {}).get("Status")
-    return None if status == "404" else msg

@@ -26,17 +26,16 @@ import asyncio
 import heapq
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import structlog
 from nats.aio.client import Client
-from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 from pydantic import ValidationError
 
 from ackwire.bus import subjects
 from ackwire.bus.boundary import bus_errors
-from ackwire.bus.direct_get import read_batch, read_one
+from ackwire.bus.direct_get import read_batch
 from ackwire.bus.nodes import NodeDirectory
 from ackwire.errors import BusError, ConflictError
 from ackwire.jobs.ledger import CheckAt, JobLedger, TimerFired
@@ -116,7 +115,6 @@ class JobTimers:
         """Check every job whose pending deadline passed since the last sweep, then every
         job whose next check is due."""
         assert self._nc is not None
-        due_before = now - self._ledger.pending_timeout
         while True:
             with bus_errors("sweeping the jobs' work"):
                 read = await read_batch(
@@ -127,44 +125,46 @@ class JobTimers:
                     limit=_SWEEP_BATCH,
                 )
             for msg in read.messages:
-                seq, stored_at = _position(msg)
-                if stored_at > due_before:
-                    return await self._checks_due(now)  # the rest is younger still
+                seq = int((msg.headers or {})["Nats-Sequence"])
+                stored = _stored(msg.data, msg.headers, seq)
+                if stored is not None:
+                    submitted_at = stored.job.submitted_at.timestamp()
+                    if self._ledger.pending_deadline(submitted_at) > now:
+                        return await self._checks_due(now)  # the rest is younger still
+                    await self._check_soon(stored)
                 self._cursor = seq + 1
-                await self._check_soon(msg, seq)
             if read.complete:
                 break
         await self._checks_due(now)
 
     async def _checks_due(self, now: float) -> None:
         assert self._nc is not None
+        js = self._nc.jetstream()
         while self._due and self._due[0].at <= now:
             due = heapq.heappop(self._due)
             with bus_errors("reading a job's work"):
-                msg = await read_one(self._nc, subjects.JOBS_STREAM, due.seq)
-            if msg is not None:  # else withdrawn meanwhile: the job is over
-                await self._check_soon(msg, due.seq)
+                try:
+                    msg = await js.get_msg(subjects.JOBS_STREAM, due.seq, direct=True)
+                except NotFoundError:
+                    continue  # withdrawn meanwhile: the job is over
+            stored = _stored(msg.data, msg.headers, due.seq)
+            if stored is not None:
+                await self._check_soon(stored)
 
-    async def _check_soon(self, msg: Msg, seq: int) -> None:
+    async def _check_soon(self, stored: StoredJob) -> None:
         await self._room.acquire()
-        self._checks.spawn(self._checked(msg, seq), name="job timer")
+        self._checks.spawn(self._checked(stored), name="job timer")
 
-    async def _checked(self, msg: Msg, seq: int) -> None:
+    async def _checked(self, stored: StoredJob) -> None:
         try:
-            await self._check(msg, seq)
+            await self._check(stored)
         finally:
             self._room.release()
 
-    async def _check(self, msg: Msg, seq: int) -> None:
+    async def _check(self, stored: StoredJob) -> None:
         assert self._records is not None
-        try:
-            job = JobSubmitted.model_validate_json(msg.data)
-        except ValidationError as exc:
-            _log.error("job.unreadable", seq=seq, error=str(exc))
-            return
+        job, seq, traceparent = stored.job, stored.seq, stored.traceparent
         log = _log.bind(job_id=job.job_id, trace_id=job.trace_id, session_id=job.session_id)
-        traceparent = usable_or_none((msg.headers or {}).get("traceparent"))
-        stored = StoredJob(job, seq, traceparent)
         served = self._nodes.payload_schema(job.kind) is not None
         with span("ackwire.timer", traceparent, trace_id=job.trace_id, job_id=job.job_id):
             try:
@@ -180,16 +180,11 @@ class JobTimers:
         TIMERS.labels(outcome="stopped" if check is None else "rearmed").inc()
 
 
-def _position(msg: Msg) -> tuple[int, float]:
-    """A message's stream sequence and when it was stored, from a direct get's headers."""
-    headers = msg.headers or {}
-    stored_at = _parse_timestamp(headers["Nats-Time-Stamp"])
-    return int(headers["Nats-Sequence"]), stored_at
-
-
-def _parse_timestamp(value: str) -> float:
-    """JetStream's RFC 3339 UTC time (nanoseconds), as seconds since the epoch."""
-    # datetime reads microseconds at most: the fraction is cut to six digits.
-    whole, _, fraction = value.rstrip("Z").partition(".")
-    stamp = datetime.fromisoformat(f"{whole}.{fraction[:6].ljust(6, '0')}+00:00")
-    return stamp.timestamp()
+def _stored(data: bytes | None, headers: dict[str, str] | None, seq: int) -> StoredJob | None:
+    """The job a work message read from the stream holds (`None`, logged: unreadable)."""
+    try:
+        job = JobSubmitted.model_validate_json(data or b"")
+    except ValidationError as exc:
+        _log.error("job.unreadable", seq=seq, error=str(exc))
+        return None
+    return StoredJob(job, seq, usable_or_none((headers or {}).get("traceparent")))
