@@ -28,6 +28,8 @@ import asyncio
 import contextlib
 import functools
 import itertools
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 from nats.aio.client import Client
@@ -85,6 +87,8 @@ _IN_PROGRESS = b"+WPI"
 _NAK = b"-NAK"
 
 
+T = TypeVar("T")
+
 _log = structlog.get_logger("ackwire.node")
 
 HANDED_BACK = Counter(
@@ -106,6 +110,11 @@ def _failure_message(exc: Exception) -> str:
     if len(message) > _FAILURE_MESSAGE_MAX:
         return message[: _FAILURE_MESSAGE_MAX - 1] + "…"
     return message
+
+
+async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, tried again while the bus fails, for `_BUS_PATIENCE_S`."""
+    return await retried(call, attempts=None, within_s=_BUS_PATIENCE_S)
 
 
 async def _answer(nc: Client, msg: Msg, answer: bytes) -> None:
@@ -167,11 +176,7 @@ class Attempt:
 
     async def start(self) -> Applied:
         """Ask the ledger to run this delivery; its answer (`RunHandler` when granted)."""
-        applied = await retried(
-            lambda: self._report(Started(self.delivery, self._node)),
-            attempts=None,
-            within_s=_BUS_PATIENCE_S,
-        )
+        applied = await _patiently(lambda: self._report(Started(self.delivery, self._node)))
         grant = next((a for a in applied.outcome.actions if isinstance(a, RunHandler)), None)
         if grant is not None:
             self.attempt = grant.attempt
@@ -179,7 +184,7 @@ class Attempt:
 
     async def end(self, event: AttemptEnd) -> Applied:
         """Report the attempt's end, again while the bus fails, for a bounded time."""
-        return await retried(lambda: self._report(event), attempts=None, within_s=_BUS_PATIENCE_S)
+        return await _patiently(lambda: self._report(event))
 
     async def _report(self, event: JobInput) -> Applied:
         applied = await self._records.apply(self._stored, event, self._log, known=self._version)
@@ -206,11 +211,7 @@ class Attempt:
                 data={"percent": percent},
             )
             try:
-                await retried(
-                    lambda: self._queue.put(delivery),  # noqa: B023
-                    attempts=None,
-                    within_s=_BUS_PATIENCE_S,
-                )
+                await _patiently(lambda: self._queue.put(delivery))  # noqa: B023
             except BusError as exc:
                 self._log.warning("job.progress_lost", percent=percent, error=str(exc))
 
