@@ -11,7 +11,9 @@ the next input for any job.
 Rules (docs/protocol.md, Jobs; docs/architecture.md, Jobs):
 
 - a node runs an attempt only once the ledger granted it (`RunHandler`): never for
-  a job that ended, never for a delivery of its work older than the newest granted;
+  a job that ended, never for a delivery of its work older than the newest granted.
+  One exception: a young job's first delivery runs at once, and asks for its start
+  after a quick time, or with its end if done by then (`StartedAndEnded`);
 - attempts are the ledger's to count: a grant is an attempt. A delivery of the work
   that was never granted (its node could not reach the bus, or handed it back
   unstarted) spends none; a granted attempt whose node went silent (JetStream gives
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
@@ -173,7 +175,19 @@ class TimerFired:
 
 
 AttemptEnd = Succeeded | AttemptFailed
-JobInput = Started | AttemptEnd | TimerFired
+
+
+@dataclass(frozen=True, slots=True)
+class StartedAndEnded:
+    """A node ran a first delivery before asking (its job young, its handler quick) and
+    asks for the start and the end at once: one write instead of two. `end` counts as the
+    end of whichever attempt the start is granted as (none granted: it is dropped)."""
+
+    started: Started
+    end: AttemptEnd
+
+
+JobInput = Started | AttemptEnd | TimerFired | StartedAndEnded
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,12 +255,31 @@ class JobLedger:
 
     def apply(self, record: JobRecord, event: JobInput, now: float) -> Outcome:
         """The record after `event`, and what to do about it."""
+        if isinstance(event, StartedAndEnded):
+            return self._started_and_ended(record, event, now)
         transition = _TRANSITIONS.get((record.state, type(event)))
         if transition is None:
             return Outcome(record, (Ignore(f"job already {record.state.value}"),))
         if isinstance(event, AttemptEnd) and event.attempt != record.attempt:
             return Outcome(record, (Ignore(f"superseded attempt {event.attempt}"),))
         return transition(self, record, event, now)
+
+    def _started_and_ended(self, record: JobRecord, event: StartedAndEnded, now: float) -> Outcome:
+        """The start, then the end as of the attempt it granted (none: the end is dropped):
+        one record, and the actions of both, each once."""
+        ran = event.started
+        if record.attempt and (record.delivery, record.node) == (ran.delivery, ran.node):
+            # Its own write landed before, and the answer was lost: the same end again.
+            started = Outcome(record, (RunHandler(record.attempt),))
+        else:
+            started = self.apply(record, ran, now)
+        grant = next((a for a in started.actions if isinstance(a, RunHandler)), None)
+        if grant is None:
+            return started
+        ended = self.apply(started.record, replace(event.end, attempt=grant.attempt), now)
+        actions = list(started.actions)
+        actions += [action for action in ended.actions if action not in actions]
+        return Outcome(ended.record, tuple(actions))
 
     # The transitions; `apply` has already dropped the ends of other attempts.
 

@@ -13,6 +13,8 @@ it runs a handler (work of a job that ended, or a delivery older than the one a
 newer attempt runs, is dropped unrun; the grant says which attempt it is), and
 it ends the attempt: the result is stored for the client's session straight
 from here, once the record's compare-and-set said this attempt decides the job.
+A young job's first delivery runs at once instead, and asks after a quick time
+(or, done by then, asks for its start with its end: one record write, not two).
 
 A failure of the bus is the platform's, never the handler's: a start, an end or
 a progress report the bus did not take is tried again (the work kept alive
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -57,6 +60,7 @@ from ackwire.jobs.ledger import (
     RetryLater,
     RunHandler,
     Started,
+    StartedAndEnded,
     Succeeded,
 )
 from ackwire.jobs.messages import TERMINAL_SUFFIX, JobSubmitted, StoredJob
@@ -71,6 +75,8 @@ _FETCH_WAIT_S = 1.0
 _FETCH_BATCH_MAX = 16
 #: How long a backlog's fetch waits for more: a backlog is there already, or there is none.
 _BACKLOG_WAIT_S = 0.05
+#: How long a first attempt's handler may run before its start is asked for.
+_QUICK_S = 1.0
 #: Attempts whose end is being stored, per handler slot: past that, slots wait.
 _ENDING_PER_SLOT = 4
 #: A handler's exception may carry anything (a whole payload, a megabyte of stack).
@@ -112,9 +118,9 @@ def _failure_message(exc: Exception) -> str:
     return message
 
 
-async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
-    """`call()`, tried again while the bus fails, for `_BUS_PATIENCE_S`."""
-    return await retried(call, attempts=None, within_s=_BUS_PATIENCE_S)
+async def _patiently(call: Callable[[], Awaitable[T]], within_s: float = _BUS_PATIENCE_S) -> T:
+    """`call()`, tried again while the bus fails, for `within_s`."""
+    return await retried(call, attempts=None, within_s=within_s)
 
 
 async def _answer(nc: Client, msg: Msg, answer: bytes) -> None:
@@ -153,7 +159,10 @@ class Attempt:
         self.delivery = msg.metadata.num_delivered
         """JetStream's delivery count of this work message."""
         self.attempt = 0
-        """The attempt the ledger granted (0 until it did)."""
+        """The attempt the ledger granted (0 until it did, or if it did not); while a
+        first delivery runs before it asked, the one it is granted as if nothing else
+        happened to the job: 1."""
+        self.granted = False
         self._version = records.fresh(stored)
         self._progress_reports = itertools.count(1)
         self._progress: asyncio.Task[None] | None = None
@@ -174,17 +183,31 @@ class Attempt:
     def trace_id(self) -> str:
         return self._stored.job.trace_id
 
-    async def start(self) -> Applied:
-        """Ask the ledger to run this delivery; its answer (`RunHandler` when granted)."""
-        applied = await _patiently(lambda: self._report(Started(self.delivery, self._node)))
+    @property
+    def started(self) -> Started:
+        return Started(self.delivery, self._node)
+
+    async def start(self, within_s: float = _BUS_PATIENCE_S) -> Applied:
+        """Ask the ledger to run this delivery; its answer (`RunHandler` when granted).
+        Raises `BusError` if the bus did not take it within `within_s`."""
+        return self._granted(await _patiently(lambda: self._report(self.started), within_s))
+
+    async def end(self, event: AttemptEnd | StartedAndEnded) -> Applied:
+        """Report the attempt's end (with its start, for one that ran before it asked:
+        `attempt` is then the one granted, or 0), again while the bus fails, for a
+        bounded time."""
+        applied = await _patiently(lambda: self._report(event))
+        return self._granted(applied) if isinstance(event, StartedAndEnded) else applied
+
+    def _granted(self, applied: Applied) -> Applied:
         grant = next((a for a in applied.outcome.actions if isinstance(a, RunHandler)), None)
-        if grant is not None:
-            self.attempt = grant.attempt
+        self.attempt = 0 if grant is None else grant.attempt
+        self.granted = grant is not None
         return applied
 
-    async def end(self, event: AttemptEnd) -> Applied:
-        """Report the attempt's end, again while the bus fails, for a bounded time."""
-        return await _patiently(lambda: self._report(event))
+    def runs_before_asking(self) -> None:
+        """Its handler runs before its start is asked for: as the first attempt."""
+        self.attempt = 1
 
     async def _report(self, event: JobInput) -> Applied:
         applied = await self._records.apply(self._stored, event, self._log, known=self._version)
@@ -223,17 +246,22 @@ class Attempt:
             await _answer(self._nc, self._msg, _IN_PROGRESS)
         except BusError as exc:
             self._log.warning("job.keep_alive_lost", error=str(exc))
-        if self._handling is None:
-            return  # the end is being reported: nothing left to stop
+        if self._handling is None or not self.granted:
+            return  # its end is being reported, or its start not yet asked for: no record
         try:
             current = await self._records.read(self._stored)
         except BusError:
             return
         newest = current.record
-        if self._handling is not None and (newest.state.terminal or newest.attempt != self.attempt):
+        if newest.state.terminal or newest.attempt != self.attempt:
             self._log.info(
                 "job.attempt_superseded", state=newest.state.value, newest_attempt=newest.attempt
             )
+            self.stop()
+
+    def stop(self) -> None:
+        """Tell the handler to stop, if it runs: `run` raises `StoppedError`."""
+        if self._handling is not None:
             self._told_to_stop = True
             self._handling.cancel()
 
@@ -299,6 +327,10 @@ class Worker:
         self._ending = asyncio.Semaphore(capacity * _ENDING_PER_SLOT)
         # Work in hand says it is alive a few times per job timeout, running or not.
         self._keep_alive_every = settings.job_timeout_s / 3
+        # A quick first attempt asks for its start with its end: one record written, not
+        # two. Its handler runs before it asks, for this long at most (well within the
+        # work's first keep-alive).
+        self._quick_s = min(_QUICK_S, self._keep_alive_every / 2)
         self._loops: list[asyncio.Task[None]] = []
         self._pulls: list[JetStreamContext.PullSubscription] = []
         self._running: dict[asyncio.Task[None], Msg] = {}
@@ -462,17 +494,13 @@ class Worker:
                 job_id=work.job_id,
                 delivery=attempt.delivery,
             ):
-                if not await self._granted(kind, msg, attempt, log):
-                    return
-                self._beating[attempt] = asyncio.get_running_loop().time()
-                log = log.bind(attempt=attempt.attempt)
-                end = await self._outcome(kind, attempt, log)
+                end = await self._run(kind, msg, attempt, log)
             await attempt.settled()
             async with self._ending:
                 # The handler is done: its slot takes the next job while its end is stored.
                 slot.release()
                 if end is not None:
-                    await self._settle(msg, attempt, await attempt.end(end), log)
+                    await self._report(kind, msg, attempt, end, log)
         except (BusError, ConflictError) as exc:
             # Unreported: JetStream gives the work to a node again after ack_wait.
             log.warning("job.attempt_unreported", error=str(exc))
@@ -480,13 +508,58 @@ class Worker:
             self._beating.pop(attempt, None)
             await attempt.abandon()
 
-    async def _granted(
+    def _asked_by(self, attempt: Attempt) -> float:
+        """When a handler running before it asked must have its start granted: a quick
+        time before the job's pending deadline, when a timer would find it not started."""
+        submitted_at = attempt.work.submitted_at.timestamp()
+        return submitted_at + self._settings.pending_timeout_s - self._quick_s
+
+    def _runs_before_asking(self, attempt: Attempt) -> bool:
+        """Whether the handler may run before its start is asked for: the work's first
+        delivery (no attempt can have been granted), of a job young enough to ask for its
+        start after a quick time, and have it granted before `_asked_by`."""
+        return attempt.delivery == 1 and time.time() + self._quick_s < self._asked_by(attempt)
+
+    async def _run(
         self, kind: str, msg: Msg, attempt: Attempt, log: FilteringBoundLogger
-    ) -> bool:
-        """Whether the ledger granted the attempt (if not, the work was answered as it
-        needs)."""
+    ) -> AttemptEnd | StartedAndEnded | None:
+        """Run the handler once granted: how it ended (`None`: not granted, or told to
+        stop). A quick first attempt's start is asked for with its end."""
+        if not self._runs_before_asking(attempt):
+            if not await self._granted(kind, msg, attempt, log):
+                return None
+            self._beating[attempt] = asyncio.get_running_loop().time()
+            return await self._outcome(kind, attempt, log.bind(attempt=attempt.attempt))
+        # Its work is kept alive from now on, as a granted attempt's is.
+        self._beating[attempt] = asyncio.get_running_loop().time()
+        attempt.runs_before_asking()
+        log = log.bind(attempt=attempt.attempt)
+        handling = asyncio.create_task(self._outcome(kind, attempt, log))
         try:
-            started = await attempt.start()
+            await asyncio.wait({handling}, timeout=self._quick_s)
+            if handling.done():
+                end = handling.result()
+                return None if end is None else StartedAndEnded(attempt.started, end)
+            within_s = self._asked_by(attempt) - time.time()
+            if not await self._granted(kind, msg, attempt, log, within_s):
+                attempt.stop()  # the job ended, another delivery runs, or the bus failed
+                return None
+            return await handling
+        finally:
+            await cancel_and_wait(handling)
+
+    async def _granted(
+        self,
+        kind: str,
+        msg: Msg,
+        attempt: Attempt,
+        log: FilteringBoundLogger,
+        within_s: float = _BUS_PATIENCE_S,
+    ) -> bool:
+        """Whether the ledger granted the attempt, asked for within `within_s` (if not,
+        the work was answered as it needs)."""
+        try:
+            started = await attempt.start(max(0.0, within_s))
         except (BusError, ConflictError) as exc:
             # Not started: handed back, it spends none of the job's attempts.
             log.warning("job.start_unrecorded", error=str(exc))
@@ -494,13 +567,37 @@ class Worker:
                 await _answer(self._nc, msg, _NAK)
             return False
         if not attempt.attempt:
-            log.info("job.work_dropped", reason=_reason(started))
-            if started.version.record.state.terminal:
-                with contextlib.suppress(NatsError):
-                    await msg.ack()  # the ledger withdrew the work (again) already
-            return False  # else a newer delivery is another attempt's: its answer is theirs
+            await self._dropped(msg, started, log)
+            return False
         log.info("job.attempt_started", kind=kind, attempt=attempt.attempt)
         return True
+
+    async def _dropped(self, msg: Msg, refused: Applied, log: FilteringBoundLogger) -> None:
+        """The ledger granted the delivery no attempt: its work is answered as it needs."""
+        log.info("job.work_dropped", reason=_reason(refused))
+        if refused.version.record.state.terminal:
+            with contextlib.suppress(NatsError):
+                await msg.ack()  # the ledger withdrew the work (again) already
+        # else a newer delivery is another attempt's: its answer is theirs
+
+    async def _report(
+        self,
+        kind: str,
+        msg: Msg,
+        attempt: Attempt,
+        end: AttemptEnd | StartedAndEnded,
+        log: FilteringBoundLogger,
+    ) -> None:
+        """Report the attempt's end (and its start, if it ran before asking), then answer
+        JetStream for the work."""
+        ended = await attempt.end(end)
+        if isinstance(end, StartedAndEnded):
+            if not attempt.granted:
+                await self._dropped(msg, ended, log)
+                return
+            # Granted as it ended: it ran before it asked.
+            log.info("job.attempt_started", kind=kind, attempt=attempt.attempt, asked=False)
+        await self._settle(msg, attempt, ended, log.bind(attempt=attempt.attempt))
 
     async def _outcome(
         self, kind: str, attempt: Attempt, log: FilteringBoundLogger

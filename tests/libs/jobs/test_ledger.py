@@ -27,6 +27,7 @@ from ackwire.jobs.ledger import (
     RetryLater,
     RunHandler,
     Started,
+    StartedAndEnded,
     Succeeded,
     TimerFired,
     WithdrawJob,
@@ -70,6 +71,51 @@ def test_a_job_runs_and_its_result_is_stored_before_its_work_is_withdrawn() -> N
     assert state_of(record) == (JobState.DONE, 1, 1, "node-1")
     assert record.ended_with == DeliverResult({"text": "hello"})
     assert actions == [RunHandler(1), DeliverResult({"text": "hello"}), WithdrawJob(SEQ)]
+
+
+# -- a quick first attempt: its start asked for with its end --------------------------
+
+
+def test_a_quick_first_attempt_is_started_and_ended_in_one_record() -> None:
+    one = LEDGER.apply(new_job(), StartedAndEnded(Started(1, "a"), Succeeded(0, {"n": 1})), 2)
+    two, _ = run(new_job(), (Started(1, "a"), 2), (Succeeded(1, {"n": 1}), 2))
+    assert one.record == two
+    assert one.actions == (RunHandler(1), DeliverResult({"n": 1}), WithdrawJob(SEQ))
+
+
+def test_a_quick_first_attempt_that_raised_hands_the_work_back_as_a_spent_attempt() -> None:
+    failed = AttemptFailed(0, "boom")
+    outcome = LEDGER.apply(new_job(), StartedAndEnded(Started(1, "a"), failed), 2)
+    assert outcome.actions == (RunHandler(1), RetryLater())
+    assert (outcome.record.state, outcome.record.attempt) == (JobState.PENDING, 1)
+
+
+@pytest.mark.parametrize(
+    ("end", "again"),
+    [
+        (Succeeded(0, {"n": 1}), (RunHandler(1), DeliverResult({"n": 1}), WithdrawJob(SEQ))),
+        (AttemptFailed(0, "boom"), (RunHandler(1), RetryLater())),
+    ],
+    ids=["succeeded", "failed"],
+)
+def test_a_quick_first_attempt_written_unconfirmed_asks_again_for_what_it_decided(
+    end: Succeeded | AttemptFailed, again: tuple[object, ...]
+) -> None:
+    """Its write landed, its answer was lost: the same report again is granted as the
+    same attempt, and asks again for the delivery, or the hand-back, it decided."""
+    both = StartedAndEnded(Started(1, "a"), end)
+    written = LEDGER.apply(new_job(), both, 2).record
+    assert LEDGER.apply(written, both, 3) == Outcome(written, again)
+
+
+def test_a_quick_first_attempt_of_a_job_that_ended_meanwhile_is_dropped() -> None:
+    """Its timer found it not started (the node's clock far behind): the handler's end is
+    not the job's; what the job ended with is asked for again."""
+    ended, _ = run(new_job(), (TimerFired(), PENDING_TIMEOUT_S))
+    outcome = LEDGER.apply(ended, StartedAndEnded(Started(1, "a"), Succeeded(0, {})), 11)
+    assert outcome.record == ended
+    assert outcome.actions == (ended.ended_with, WithdrawJob(SEQ))
+    assert not any(isinstance(action, RunHandler) for action in outcome.actions)
 
 
 # -- attempts: a grant is one ------------------------------------------------------
@@ -415,6 +461,8 @@ DEDUPE_WINDOW_S = 120.0
 #: How soon a timer whose check the bus interrupted fires again (`scheduler/jobs.py`).
 TIMER_RETRY_S = 0.5
 MAX_CAS_RETRIES = 10
+#: How long a young job's first delivery runs before its node asks (`node/worker.py`).
+QUICK_S = 1.0
 #: The model's timeouts, and the grace they make for a kind no node serves.
 PENDING_TIMEOUT_S, JOB_TIMEOUT_S = 10.0, 300.0
 UNSERVED_GRACE_S = JOB_TIMEOUT_S + PENDING_TIMEOUT_S
@@ -467,6 +515,11 @@ class Proc:
     attempt: int = 0
     """The attempt its handler runs as (0: none granted)."""
     running: bool = False
+    quick_until: float | None = None
+    """While its handler runs before it asked: when its node asks, at the latest."""
+    ask_until: float | None = None
+    """While it asks for a start its handler runs ahead of: when it gives up, at the
+    latest (before the job's pending deadline)."""
 
 
 @dataclass
@@ -545,15 +598,17 @@ class World:
             assert after.attempt == before.attempt + 1
             assert after.delivery > before.delivery
             self.grants.append((after.attempt, after.delivery))
-        if isinstance(event, Succeeded | AttemptFailed):
-            assert event.attempt == after.attempt, "the end of a superseded attempt recorded"
+        end = event.end if isinstance(event, StartedAndEnded) else event
+        if isinstance(end, Succeeded | AttemptFailed):
+            assert end.attempt == after.attempt, "the end of a superseded attempt recorded"
         if after.state is JobState.DONE:  # the newest attempt's own result
             assert after.ended_with == DeliverResult({"attempt": after.attempt, "node": after.node})
         if after.state is JobState.NO_CAPACITY:
             assert not self.grants, "no_capacity for a job that was granted an attempt"
+            assert not any(p.running for p in self.procs), "no_capacity while a handler runs"
         if after.state is JobState.FAILED:
             match event:
-                case AttemptFailed():
+                case AttemptFailed() | StartedAndEnded(end=AttemptFailed()):
                     assert self.raised
                 case Started():
                     assert self.lost, "failed for a silent node, and no attempt was lost"
@@ -647,13 +702,17 @@ class World:
             return Applied(outcome, version)
         raise RecordChangedError
 
-    def patiently(self, call: Callable[[], Call]) -> Generator[Ask, Any, Applied | None]:
+    def patiently(
+        self, call: Callable[[], Call], until: float | None = None
+    ) -> Generator[Ask, Any, Applied | None]:
         """The node's `_patiently`: again while the bus fails, until its patience runs out
-        (None); a record that kept changing is given up on at once."""
+        (None) or it is `until`; a record that kept changing is given up on at once."""
         while True:
             try:
                 return (yield from call())
             except BusFailedError:
+                if until is not None and self.now >= until:
+                    return None
                 if not (yield "retry"):
                     return None
             except RecordChangedError:
@@ -665,13 +724,30 @@ class World:
         node = proc.node
         assert node is not None
         start = Started(proc.delivery, node)
-        started = yield from self.patiently(lambda: self.apply(start, self.fresh))
+        if proc.delivery == 1 and self.now + 2 * QUICK_S < self.ledger.pending_timeout:
+            # A young job's first delivery runs before it asks (its work kept alive).
+            self.say(f"node {node} runs delivery 1 before asking")
+            proc.running, proc.quick_until = True, self.now + QUICK_S
+            move = yield "handler"
+            proc.quick_until = None
+            if move != "keep_alive":  # it ended within its quick time
+                yield from self.quick_end(proc, start, move)
+                return
+            # Its quick time is up: it asks, as any delivery does, the handler running on,
+            # and gives up before the pending deadline.
+            proc.ask_until = self.ledger.pending_timeout - QUICK_S
+        started = yield from self.patiently(
+            lambda: self.apply(start, self.fresh), until=proc.ask_until
+        )
+        proc.ask_until = None
         if started is None:  # handed back unstarted (spent, if written after all)
+            proc.running = False
             self.lost |= any(delivery == proc.delivery for _, delivery in self.grants)
             self.answer(proc, "nak", (yield "bus"))
             return
         grant = next((a for a in started.outcome.actions if isinstance(a, RunHandler)), None)
         if grant is None:
+            proc.running = False
             if started.version.record.state.terminal:
                 self.answer(proc, "ack", (yield "bus"))
             return  # else the newer delivery's holder answers for the work
@@ -701,6 +777,34 @@ class World:
         if ended is None:  # unreported: its work comes back after ack_wait
             self.lost = True
             return
+        yield from self.answer_end(proc, ended)
+
+    def quick_end(self, proc: Proc, start: Started, move: Move) -> Process:
+        """`proc`'s handler ended before it asked: it asks for the start with the end, in
+        one write, its end counting as that of the attempt granted (as the first)."""
+        proc.running = False
+        end: Succeeded | AttemptFailed
+        if move == "raise":
+            self.raised = True
+            end = AttemptFailed(1, "attempt 1 raised")
+        else:
+            end = Succeeded(1, {"attempt": 1, "node": proc.node})
+        self.say(f"node {proc.node} asks for delivery 1 and ends it: {end}")
+        both = StartedAndEnded(start, end)
+        ended = yield from self.patiently(lambda: self.apply(both, self.fresh))
+        if ended is None:  # unreported (the run unrecorded, or its write's answer lost)
+            self.lost = True
+            return
+        grant = next((a for a in ended.outcome.actions if isinstance(a, RunHandler)), None)
+        if grant is None:
+            if ended.version.record.state.terminal:
+                self.answer(proc, "ack", (yield "bus"))
+            return  # else the newer delivery's holder answers for the work
+        proc.attempt = grant.attempt
+        yield from self.answer_end(proc, ended)
+
+    def answer_end(self, proc: Proc, ended: Applied) -> Process:
+        """`Worker._settle`: JetStream's answer for the work, once the end was recorded."""
         record = ended.version.record
         handed_back = any(isinstance(action, RetryLater) for action in ended.outcome.actions)
         if record.state is JobState.PENDING and record.attempt == proc.attempt:
@@ -770,6 +874,12 @@ class World:
             self.first_unserved_at = self.now
         self.timer, self.timer_due = Proc(None), None
         self.begin(self.timer, self.check_timer(self.timer, served))
+
+    def tick(self, seconds: float) -> None:
+        """Time passes; no further than a node's quick time (it asks then, at the latest),
+        nor than when a node asking for a start its handler runs ahead of gives up."""
+        limits = [p.quick_until or p.ask_until for p in self.procs]
+        self.now = min([self.now + seconds, *(at for at in limits if at is not None)])
 
     def waiting(self, *asks: Ask) -> list[Proc]:
         return [p for p in self.procs if p.asks in asks]
@@ -847,7 +957,7 @@ class World:
         seen = {s.id: s.delivery for s in self.session}  # as the client dedupes them
         if seen:
             assert seen == {JOB_TERMINAL_ID: record.ended_with}
-        running = [p.attempt for p in self.procs if p.running]
+        running = [p.attempt for p in self.procs if p.running and p.attempt]
         assert len(running) == len(set(running)), "two handlers running as one attempt"
 
     def settle(self) -> None:
@@ -979,7 +1089,7 @@ def take(world: World, step: Step) -> None:
         case Fire(served=served):
             world.fire(served=served)
         case Tick(seconds=seconds):
-            world.now += seconds
+            world.tick(seconds)
         case Kill(who=who):
             world.kill(node_of(world, who))
         case Drain(who=who, fault=fault):
