@@ -12,6 +12,7 @@ from websockets.asyncio.client import ClientConnection
 
 from ackwire.bus import provision, subjects
 from ackwire.bus.embedded import EmbeddedNats
+from ackwire.node import worker
 from ackwire.node.demo_kinds import DEMO_KINDS, AnyObject, SleepPayload, Slept
 from ackwire.nodekit import JobContext, JobKind
 from ackwire.wire import encode
@@ -390,11 +391,14 @@ async def test_a_node_runs_as_many_jobs_of_one_kind_at_once_as_it_has_slots(
 
 
 async def test_work_that_waits_for_a_slot_keeps_its_attempt(
-    start_stack: StartStack, make_token: MakeToken, logs: LogWatch
+    start_stack: StartStack, make_token: MakeToken, logs: LogWatch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One slot, two kinds, both pulls waiting at the server: a job of each arrives at
     once, and the one that finds the slot taken waits for it in hand. It runs as its
     first attempt: waiting spends none of its attempts (there are 2 here)."""
+    # A pull whose wait ran out while the slot is taken asks again only once it is free:
+    # one running out between the two jobs' arrivals would leave nothing waiting in hand.
+    monkeypatch.setattr(worker, "_FETCH_WAIT_S", 30.0)
     stack = await start_stack(capacity=1)
     client = await connect(stack.gateway.url, make_token())
     # Shorter than the pending timeout (2 s), which the waiting job must not reach.
