@@ -500,7 +500,7 @@ class Worker:
                 # The handler is done: its slot takes the next job while its end is stored.
                 slot.release()
                 if end is not None:
-                    await self._report(kind, msg, attempt, end, log)
+                    await self._report(msg, attempt, end, log)
         except (BusError, ConflictError) as exc:
             # Unreported: JetStream gives the work to a node again after ack_wait.
             log.warning("job.attempt_unreported", error=str(exc))
@@ -539,7 +539,11 @@ class Worker:
             await asyncio.wait({handling}, timeout=self._quick_s)
             if handling.done():
                 end = handling.result()
-                return None if end is None else StartedAndEnded(attempt.started, end)
+                if end is None:
+                    return None
+                # Its start is asked for with its end (`job.work_dropped` if refused).
+                log.info("job.attempt_started", kind=kind, attempt=attempt.attempt, asked=False)
+                return StartedAndEnded(attempt.started, end)
             within_s = self._asked_by(attempt) - time.time()
             if not await self._granted(kind, msg, attempt, log, within_s):
                 attempt.stop()  # the job ended, another delivery runs, or the bus failed
@@ -582,7 +586,6 @@ class Worker:
 
     async def _report(
         self,
-        kind: str,
         msg: Msg,
         attempt: Attempt,
         end: AttemptEnd | StartedAndEnded,
@@ -591,12 +594,9 @@ class Worker:
         """Report the attempt's end (and its start, if it ran before asking), then answer
         JetStream for the work."""
         ended = await attempt.end(end)
-        if isinstance(end, StartedAndEnded):
-            if not attempt.granted:
-                await self._dropped(msg, ended, log)
-                return
-            # Granted as it ended: it ran before it asked.
-            log.info("job.attempt_started", kind=kind, attempt=attempt.attempt, asked=False)
+        if isinstance(end, StartedAndEnded) and not attempt.granted:
+            await self._dropped(msg, ended, log)
+            return
         await self._settle(msg, attempt, ended, log.bind(attempt=attempt.attempt))
 
     async def _outcome(

@@ -146,8 +146,6 @@ async def test_a_start_the_bus_failed_is_tried_again_and_runs_promptly_as_attemp
     took = time.monotonic() - began
     assert fault.hits == 1
     assert (seen[-1].kind, seen[-1].data) == ("result", {"n": 1})
-    # A quick first attempt says it was granted once its start and end are written.
-    await logs.wait_for("job.attempt_started", job_id=accepted.job_id)
     starts = logs.named("job.attempt_started", job_id=accepted.job_id)
     assert [s["attempt"] for s in starts] == [1]
     assert took < settings.job_timeout_s / 2, f"the result took {took:.1f} s"
