@@ -54,6 +54,10 @@ class StoredJob:
 
     @classmethod
     def of(cls, job: JobSubmitted, msg: Msg) -> StoredJob:
-        """The job read from `msg`, its message in the jobs stream."""
-        traceparent = usable_or_none((msg.headers or {}).get("traceparent"))
-        return cls(job, msg.metadata.sequence.stream, traceparent)
+        """The job read from `msg`, its message in the jobs stream, as a consumer got it."""
+        return cls.at(job, msg.metadata.sequence.stream, msg.headers)
+
+    @classmethod
+    def at(cls, job: JobSubmitted, seq: int, headers: dict[str, str] | None) -> StoredJob:
+        """The job read from message `seq` of the jobs stream, with its `headers`."""
+        return cls(job, seq, usable_or_none((headers or {}).get("traceparent")))

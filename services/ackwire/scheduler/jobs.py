@@ -44,7 +44,6 @@ from ackwire.jobs.records import JobRecords
 from ackwire.lifecycle import BackgroundTasks, cancel_and_wait
 from ackwire.settings import Settings
 from ackwire.tracing import span
-from ackwire.wire.tracecontext import usable_or_none
 
 #: Work messages read per request of a sweep.
 _SWEEP_BATCH = 256
@@ -187,4 +186,4 @@ def _stored(data: bytes | None, headers: dict[str, str] | None, seq: int) -> Sto
     except ValidationError as exc:
         _log.error("job.unreadable", seq=seq, error=str(exc))
         return None
-    return StoredJob(job, seq, usable_or_none((headers or {}).get("traceparent")))
+    return StoredJob.at(job, seq, headers)
