@@ -266,7 +266,7 @@ class JobLedger:
 
     def _started_and_ended(self, record: JobRecord, event: StartedAndEnded, now: float) -> Outcome:
         """The start, then the end as of the attempt it granted (none: the end is dropped):
-        one record, and the actions of both, each once."""
+        one record, and the actions of both (the start's is its grant alone)."""
         ran = event.started
         if record.attempt and (record.delivery, record.node) == (ran.delivery, ran.node):
             # Its own write landed before, and the answer was lost: the same end again.
@@ -277,9 +277,7 @@ class JobLedger:
         if grant is None:
             return started
         ended = self.apply(started.record, replace(event.end, attempt=grant.attempt), now)
-        actions = list(started.actions)
-        actions += [action for action in ended.actions if action not in actions]
-        return Outcome(ended.record, tuple(actions))
+        return Outcome(ended.record, started.actions + ended.actions)
 
     # The transitions; `apply` has already dropped the ends of other attempts.
 
