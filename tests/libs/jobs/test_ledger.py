@@ -515,11 +515,9 @@ class Proc:
     attempt: int = 0
     """The attempt its handler runs as (0: none granted)."""
     running: bool = False
-    quick_until: float | None = None
-    """While its handler runs before it asked: when its node asks, at the latest."""
-    ask_until: float | None = None
-    """While it asks for a start its handler runs ahead of: when it gives up, at the
-    latest (before the job's pending deadline)."""
+    acts_by: float | None = None
+    """While its handler runs ahead of its start: when its node asks for the start, at
+    the latest, then when it gives up asking (before the job's pending deadline)."""
 
 
 @dataclass
@@ -727,19 +725,19 @@ class World:
         if proc.delivery == 1 and self.now + 2 * QUICK_S < self.ledger.pending_timeout:
             # A young job's first delivery runs before it asks (its work kept alive).
             self.say(f"node {node} runs delivery 1 before asking")
-            proc.running, proc.quick_until = True, self.now + QUICK_S
+            proc.running, proc.acts_by = True, self.now + QUICK_S
             move = yield "handler"
-            proc.quick_until = None
+            proc.acts_by = None
             if move != "keep_alive":  # it ended within its quick time
                 yield from self.quick_end(proc, start, move)
                 return
             # Its quick time is up: it asks, as any delivery does, the handler running on,
             # and gives up before the pending deadline.
-            proc.ask_until = self.ledger.pending_timeout - QUICK_S
+            proc.acts_by = self.ledger.pending_timeout - QUICK_S
         started = yield from self.patiently(
-            lambda: self.apply(start, self.fresh), until=proc.ask_until
+            lambda: self.apply(start, self.fresh), until=proc.acts_by
         )
-        proc.ask_until = None
+        proc.acts_by = None
         if started is None:  # handed back unstarted (spent, if written after all)
             proc.running = False
             self.lost |= any(delivery == proc.delivery for _, delivery in self.grants)
@@ -876,10 +874,10 @@ class World:
         self.begin(self.timer, self.check_timer(self.timer, served))
 
     def tick(self, seconds: float) -> None:
-        """Time passes; no further than a node's quick time (it asks then, at the latest),
-        nor than when a node asking for a start its handler runs ahead of gives up."""
-        limits = [p.quick_until or p.ask_until for p in self.procs]
-        self.now = min([self.now + seconds, *(at for at in limits if at is not None)])
+        """Time passes; no further than when a node whose handler runs ahead of its start
+        must act (ask, or give up asking)."""
+        limits = [p.acts_by for p in self.procs if p.acts_by is not None]
+        self.now = min([self.now + seconds, *limits])
 
     def waiting(self, *asks: Ask) -> list[Proc]:
         return [p for p in self.procs if p.asks in asks]
